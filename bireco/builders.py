@@ -1,0 +1,137 @@
+"""The one place objects are built from config: backbone, data, stage module, loggers, trainer."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+
+from bireco.backbone import Backbone
+from bireco.config import ConfigError
+from bireco.data.collate import PairCollator
+from bireco.data.datamodule import PairDataModule
+
+log = logging.getLogger(__name__)
+
+
+def run_dir_of(cfg: DictConfig, run_name: str) -> Path:
+    return Path(cfg.output_root) / cfg.experiment / cfg.variant / run_name
+
+
+def init_checkpoint(cfg: DictConfig) -> str | None:
+    """Where the stage's weights start: None = the model config (base), else a bireco checkpoint directory."""
+    init = cfg.stage.init_from
+    if init in (None, "base"):
+        return None
+    if init == "stage1":
+        path = run_dir_of(cfg, "stage1") / "final"
+        if not (path / "bireco.json").is_file():
+            raise ConfigError(
+                f"stage.init_from=stage1 but no Stage I output at {path}. Run Stage I of this experiment first "
+                f"(make train-stage1 / stage=reconstruction with experiment={cfg.experiment} variant={cfg.variant}), "
+                "use stage=baseline to start from the base model, or give stage.init_from=/path/to/checkpoint"
+            )
+        return str(path)
+    if not Path(init).is_dir():
+        raise ConfigError(f"stage.init_from={init!r}: no such checkpoint directory (valid: stage1, base, a path)")
+    return init
+
+
+def build_backbone(cfg: DictConfig) -> Backbone:
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    start = init_checkpoint(cfg)
+    if start is not None:
+        model_cfg.update(name_or_path=start, tokenizer=start, architecture=None)
+        log.info("initialising from %s", start)
+    return Backbone.from_config(model_cfg, cfg.stage.lora)
+
+
+def build_datamodule(cfg: DictConfig, backbone: Backbone) -> PairDataModule:
+    collator = PairCollator(
+        backbone.tokenizer,
+        backbone.text_format,
+        cfg.data.max_query_length,
+        cfg.data.max_doc_length,
+        padding_side=backbone.padding_side,
+        num_hard_negatives=cfg.data.num_hard_negatives,
+        pad_id=backbone.pad_id,
+    )
+    return PairDataModule(cfg.data, collator, seed=cfg.seed)
+
+
+def build_module(cfg: DictConfig, backbone: Backbone) -> L.LightningModule:
+    s = cfg.stage
+    if s.name == "reconstruction":
+        from bireco.modules.reconstruction import ReconstructionModule
+
+        return ReconstructionModule(
+            backbone, s.optim, cfg.trainer.max_steps, alpha=s.alpha, schedule=s.schedule,
+            labels=s.labels, reconstruct_instruction=s.reconstruct_instruction,
+        )  # fmt: skip
+    if s.name == "contrastive":
+        from bireco.modules.contrastive import ContrastiveModule
+
+        return ContrastiveModule(
+            backbone, s.optim, cfg.trainer.max_steps, scale=s.scale, symmetric=s.symmetric,
+            gather_across_devices=s.gather_across_devices, grad_cache_chunk_size=s.grad_cache_chunk_size,
+        )  # fmt: skip
+    raise ConfigError(f"stage.name={s.name!r}; valid: reconstruction, contrastive")
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
+    from lightning.pytorch.loggers import CSVLogger
+
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    if cfg.logger.wandb:
+        from lightning.pytorch.loggers import WandbLogger
+
+        mode = cfg.logger.mode
+        if mode == "auto":
+            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key_available() else "offline")
+        loggers.append(
+            WandbLogger(
+                project=cfg.logger.project,
+                group=cfg.experiment,
+                job_type=cfg.stage.run_name,
+                name=f"{cfg.experiment}/{cfg.variant}/{cfg.stage.run_name}",
+                save_dir=str(run_dir),
+                mode=mode,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+        )
+    return loggers
+
+
+def _wandb_key_available() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path.home() / ".netrc"
+    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_steps=t.max_steps,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        gradient_clip_val=t.gradient_clip_val,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        enable_progress_bar=t.enable_progress_bar,
+        enable_model_summary=False,
+        enable_checkpointing=bool(t.checkpoint_every_n_steps),
+        use_distributed_sampler=False,  # PairBatchSampler is rank-aware
+        logger=build_loggers(cfg, run_dir),
+        callbacks=callbacks,
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )

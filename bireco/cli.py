@@ -1,0 +1,60 @@
+"""Shared start-up of the Hydra entry points: fail fast on a misspelt override, with the valid keys."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def first_values(args: list[str]) -> list[str] | None:
+    """Overrides with every sweep reduced to its first value (enough to check keys); None if unparsable."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    plain = [a for a in args if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except Exception:
+        return None  # Hydra reports syntax errors itself
+    out = []
+    for o in parsed:
+        if o.is_sweep_override():
+            first = next(iter(o.sweep_string_iterator()), None)
+            if first is None:
+                continue
+            out.append(f"{o.get_key_element()}={first}")
+        else:
+            out.append(o.input_line)
+    return out
+
+
+def check_overrides(config_name: str, args: list[str]) -> None:
+    """Compose once with the user's overrides; an unknown key exits with the valid keys at that level."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from omegaconf import OmegaConf
+
+    from bireco.config import register_configs, suggest_key
+
+    overrides = first_values(args)
+    if overrides is None:
+        return
+    register_configs()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        try:
+            compose(config_name, overrides=overrides)
+        except ConfigCompositionException as err:
+            text = str(err) + " " + str(err.__cause__ or "")
+            m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
+            if not m or not re.search(r"not in struct|Key .* not in|not found", text):
+                return  # group typos etc.: Hydra's own message already lists the options
+            key = m.group(1)
+            rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == key]
+            try:
+                base = compose(config_name, overrides=rest)
+            except Exception:
+                return
+            OmegaConf.set_struct(base, False)
+            sys.exit(f"Error: {suggest_key(base, key)}")

@@ -1,0 +1,238 @@
+"""Typed config schemas (registered in Hydra's ConfigStore) and start-up validation.
+
+YAML files under `conf/` extend these dataclasses, so a misspelt key or a wrong type fails at composition.
+`validate(cfg)` then checks ranges and combinations that types cannot express -- before any model loads.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+@dataclass
+class TextFormatConfig:
+    eos_token: str = MISSING  # the [EOS] token read by last pooling; a single token of the tokenizer
+    prefix: str = ""  # chat header before the text (family template)
+    add_bos: bool = False
+    instruction_separator: str = "; "
+
+
+@dataclass
+class ModelConfig:
+    family: str = MISSING
+    name_or_path: Optional[str] = None  # hub id or local dir; None -> random init from `architecture`
+    tokenizer: Optional[str] = None  # defaults to name_or_path
+    architecture: Optional[dict[str, Any]] = None  # inline HF config (model_type + kwargs) for random init
+    expected_model_type: Optional[str] = None  # a local checkpoint of another family fails clearly
+    dtype: str = "auto"  # auto = bf16 on a bf16 GPU, fp32 on CPU
+    attn_implementation: str = "sdpa"
+    gradient_checkpointing: bool = False
+    trust_remote_code: bool = False
+    pooling: str = "last"
+    attention: str = "causal"  # attention of embedding passes; decoding is always causal
+    padding_side: str = "left"
+    ce_chunk_size: int = 4096
+    lora_target_modules: list[str] = field(default_factory=list)
+    text_format: TextFormatConfig = field(default_factory=TextFormatConfig)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: Optional[list[str]] = None  # None -> model.lora_target_modules
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 4e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    warmup_steps: int = 300
+    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    schedule_steps: Optional[int] = None  # length the decay is sized for; None = trainer.max_steps
+    fused: Optional[bool] = None  # None = fused AdamW on CUDA
+
+
+@dataclass
+class ReconstructionStageConfig:
+    name: str = "reconstruction"
+    run_name: str = "stage1"
+    alpha: float = 0.2  # weight of EBQ2D (query embedding -> document); 1 - alpha on EBD2Q
+    schedule: str = "alternate"  # alternate | joint
+    labels: str = "paper"  # paper | released_code (targets incl. BOS/template/instruction, final EOS masked)
+    reconstruct_instruction: bool = False
+    init_from: str = "base"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+@dataclass
+class ContrastiveStageConfig:
+    name: str = "contrastive"
+    run_name: str = "stage2"
+    scale: float = 50.0  # 1 / temperature
+    symmetric: bool = False  # add the document -> query InfoNCE term
+    gather_across_devices: bool = True
+    grad_cache_chunk_size: Optional[int] = None  # GradCache sub-batch size; None = off
+    init_from: str = "stage1"  # stage1 (this experiment's Stage I output) | base | a checkpoint path
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=True))
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    format: str = "wordnet"  # wordnet | e5 | jsonl | parquet | disk
+    path: Optional[str] = None
+    datasets: Optional[list[str]] = None  # subset of files / source datasets
+    fields: dict[str, str] = field(default_factory=dict)  # generic formats: our name -> column name
+    instructions: Optional[str] = None  # table name in bireco/data/tables or a path
+    instruction: Optional[str] = None  # one instruction for every record of a generic dataset
+    max_query_length: int = 64
+    max_doc_length: int = 128
+    num_hard_negatives: int = 1
+    global_batch_size: int = 32
+    batching: str = "homogeneous"  # homogeneous (one source dataset per global batch) | mixed
+    bucket_by_length: bool = False
+    on_bad_record: str = "error"  # error | skip
+    max_train_records: Optional[int] = None
+    dev_queries: int = 200  # in-training retrieval check size
+    num_workers: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: Any = "auto"
+    precision: Any = "32-true"
+    max_steps: int = 100
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: Optional[float] = 1.0
+    log_every_n_steps: int = 10
+    val_check_interval: Optional[int] = None  # steps between dev retrieval checks; None = off
+    checkpoint_every_n_steps: Optional[int] = None
+    deterministic: bool = False
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class LoggerConfig:
+    wandb: bool = False
+    project: str = "bireco"
+    mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    size: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    stage: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    experiment: str = "default"
+    variant: str = "default"
+    output_root: str = "outputs"
+    run_dir: str = MISSING
+    seed: int = 42
+    resume: str = "never"  # never | auto | <checkpoint path>
+    save_mode: str = "full"  # full | merged | adapter
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="train_schema", node=TrainConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="data", name="data_schema", node=DataConfig)
+    cs.store(group="stage", name="reconstruction_schema", node=ReconstructionStageConfig)
+    cs.store(group="stage", name="contrastive_schema", node=ContrastiveStageConfig)
+    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message names the override to fix."""
+
+
+def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Ranges and combinations, checked before any model or data loads."""
+    s = cfg.stage
+    _choice(cfg.model.pooling, ("last", "mean", "weighted_mean"), "model.pooling")
+    _choice(cfg.model.attention, ("causal", "bidirectional"), "model.attention")
+    _choice(cfg.model.padding_side, ("left", "right"), "model.padding_side")
+    _choice(cfg.model.dtype, ("auto", "float32", "bfloat16", "float16"), "model.dtype")
+    _choice(cfg.data.format, ("wordnet", "e5", "jsonl", "parquet", "disk"), "data.format")
+    _choice(cfg.data.batching, ("homogeneous", "mixed"), "data.batching")
+    _choice(cfg.data.on_bad_record, ("error", "skip"), "data.on_bad_record")
+    _choice(cfg.save_mode, ("full", "merged", "adapter"), "save_mode")
+    _choice(s.optim.schedule, ("linear", "cosine", "constant"), "stage.optim.schedule")
+    if s.name == "reconstruction":
+        if not 0.0 <= s.alpha <= 1.0:
+            raise ConfigError(f"stage.alpha={s.alpha} must be in [0, 1] (weight of EBQ2D; paper: 0.2)")
+        _choice(s.schedule, ("alternate", "joint"), "stage.schedule")
+        _choice(s.labels, ("paper", "released_code"), "stage.labels")
+    elif s.name == "contrastive":
+        if s.scale <= 0:
+            raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")
+        if s.grad_cache_chunk_size is not None and s.grad_cache_chunk_size < 1:
+            raise ConfigError("stage.grad_cache_chunk_size must be >= 1 or null")
+        strategy = str(cfg.trainer.strategy)
+        if s.grad_cache_chunk_size and any(k in strategy for k in ("fsdp", "deepspeed")):
+            raise ConfigError(
+                f"stage.grad_cache_chunk_size needs strategy ddp or a single device, not {strategy!r}: "
+                "its per-chunk backward cannot be synchronised by sharded strategies"
+            )
+    if cfg.data.num_hard_negatives < 0:
+        raise ConfigError("data.num_hard_negatives must be >= 0")
+    world = _world_size(cfg)
+    if cfg.data.global_batch_size % world:
+        raise ConfigError(
+            f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the world size {world} "
+            "(trainer.devices x trainer.num_nodes)"
+        )
+    if cfg.trainer.max_steps < 1:
+        raise ConfigError("trainer.max_steps must be >= 1")
+
+
+def _world_size(cfg: DictConfig) -> int:
+    devices = cfg.trainer.devices
+    n = devices if isinstance(devices, int) and devices > 0 else (len(devices) if OmegaConf.is_list(devices) else 1)
+    return int(n) * int(cfg.trainer.num_nodes)
+
+
+def suggest_key(cfg: DictConfig, dotted: str) -> str:
+    """Message for an unknown key: lists the valid keys at that level and the closest match."""
+    parent_path, _, leaf = dotted.rpartition(".")
+    node = OmegaConf.select(cfg, parent_path) if parent_path else cfg
+    if not OmegaConf.is_dict(node):
+        return f"unknown config key {dotted!r}"
+    valid = sorted(str(k) for k in node.keys())
+    close = difflib.get_close_matches(leaf, valid, n=1)
+    hint = f" Did you mean {(parent_path + '.' if parent_path else '') + close[0]!r}?" if close else ""
+    return f"unknown config key {dotted!r}.{hint} Valid keys under {parent_path or '<root>'!r}: {', '.join(valid)}"
+
+
+def asset_path(name: str) -> str:
+    from importlib import resources
+
+    return str(resources.files("bireco.assets").joinpath(name))
+
+
+if not OmegaConf.has_resolver("bireco_asset"):
+    OmegaConf.register_new_resolver("bireco_asset", asset_path)

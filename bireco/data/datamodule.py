@@ -1,0 +1,63 @@
+"""PairDataModule: global batch from config, per-rank batch derived; the same loader feeds both stages."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from bireco.data.collate import PairCollator
+from bireco.data.records import load_pairs
+from bireco.data.samplers import PairBatchSampler
+
+log = logging.getLogger(__name__)
+
+
+class PairDataModule(L.LightningDataModule):
+    def __init__(self, cfg: Any, collator: PairCollator, seed: int = 42):
+        super().__init__()
+        self.cfg = cfg
+        self.collator = collator
+        self.seed = seed
+        self.train = None
+        self.sampler: PairBatchSampler | None = None
+
+    def load(self) -> None:
+        """Load and validate the training records (called before any output is written)."""
+        if self.train is None:
+            ds = load_pairs(self.cfg, "train")
+            if self.cfg.max_train_records:
+                ds = ds.select(range(min(self.cfg.max_train_records, len(ds))))
+            self.train = ds
+            log.info("training records: %d", len(ds))
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        lengths = None
+        if self.cfg.bucket_by_length:
+            lengths = [len(q) + len(p) for q, p in zip(self.train["query"], self.train["positive"])]
+        self.sampler = PairBatchSampler(
+            self.train["dataset"],
+            self.cfg.global_batch_size,
+            rank=rank,
+            world_size=world,
+            seed=self.seed,
+            homogeneous=self.cfg.batching == "homogeneous",
+            lengths=lengths,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.train,
+            batch_sampler=self.sampler,
+            collate_fn=self.collator,
+            num_workers=self.cfg.num_workers,
+            persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch if self.sampler else 0}

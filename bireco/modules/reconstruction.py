@@ -1,0 +1,118 @@
+"""Stage I: bidirectional reconstruction (paper-spec 2). EBQ2D decodes the document from the query's [EOS]
+state; EBD2Q decodes the query from the document's. The anchor is the raw final-norm hidden state of the last
+token (no normalisation), gradients flow through it, and the same weights encode and decode.
+
+Schedules: `joint` computes both directions on every batch, loss = a*L_Q2D + (1-a)*L_D2Q (Algorithm 1,
+4 transformer passes). `alternate` trains one direction per micro-batch (2 passes) with a deterministic
+interleave whose share of Q2D batches is exactly a, so the expected gradient is the paper's objective at half
+the compute per pair. The interleave counter is checkpointed and identical on every rank.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from bireco.backbone import Backbone, ReconstructionOutput
+from bireco.modules.common import StageModule
+from bireco.pooling import last_token
+
+Q2D, D2Q = "q2d", "d2q"
+
+
+def direction_at(micro_step: int, alpha: float) -> str:
+    """Q2D exactly when floor((k+1)*a) > floor(k*a): a share of a, evenly spread (a=0.2 -> 1 in 5)."""
+    a = Fraction(alpha).limit_denominator(10_000)
+    return Q2D if ((micro_step + 1) * a).__floor__() > (micro_step * a).__floor__() else D2Q
+
+
+def target_labels(side: dict, mode: str, reconstruct_instruction: bool) -> torch.Tensor:
+    """-100 except on reconstruction targets, from the masks only.
+
+    paper: the text tokens and the final EOS (plus the instruction if `reconstruct_instruction`).
+    released_code: every real token except the final EOS (BOS, template and instruction included; the
+    released code masks `labels == eos` with pad = eos, which drops the EOS target; paper-spec 2.4).
+    """
+    ids, attn = side["input_ids"], side["attention_mask"].bool()
+    if mode == "paper":
+        keep = side["embed_mask"].bool()
+        if reconstruct_instruction:
+            keep = keep | side["instruction_mask"].bool()
+    elif mode == "released_code":
+        T = attn.shape[1]
+        last = (attn * torch.arange(T, device=attn.device)).amax(1)  # (B,) final EOS position
+        keep = attn.clone()
+        keep[torch.arange(attn.shape[0], device=attn.device), last] = False
+    else:
+        raise ValueError(f"stage.labels={mode!r}; valid: paper, released_code")
+    return torch.where(keep & attn, ids, torch.full_like(ids, -100))  # (B, T)
+
+
+class ReconstructionModule(StageModule):
+    def __init__(
+        self,
+        backbone: Backbone,
+        optim: Any,
+        max_steps: int,
+        alpha: float = 0.2,
+        schedule: str = "alternate",
+        labels: str = "paper",
+        reconstruct_instruction: bool = False,
+    ):
+        super().__init__(backbone, optim, max_steps)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"stage.alpha={alpha} must be in [0, 1]")
+        if schedule not in ("alternate", "joint"):
+            raise ValueError(f"stage.schedule={schedule!r}; valid: alternate, joint")
+        self.alpha, self.schedule = alpha, schedule
+        self.labels_mode, self.reconstruct_instruction = labels, reconstruct_instruction
+        self.micro_step = 0  # drives the interleave; saved in checkpoints
+
+    def anchor(self, side: dict) -> torch.Tensor:
+        """(B, H) last-token final-norm hidden state (Stage I always reads the [EOS], whatever model.pooling)."""
+        hidden = self.backbone.hidden_states(side["input_ids"], side["attention_mask"])  # (B, T, H)
+        return last_token(hidden, side["attention_mask"])
+
+    def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
+        labels = target_labels(target, self.labels_mode, self.reconstruct_instruction)
+        return self.backbone.reconstruction_loss(anchor, target["input_ids"], target["attention_mask"], labels)
+
+    def q2d(self, batch: dict) -> ReconstructionOutput:
+        return self.decode(self.anchor(batch["query"]), batch["positive"])
+
+    def d2q(self, batch: dict) -> ReconstructionOutput:
+        return self.decode(self.anchor(batch["positive"]), batch["query"])
+
+    def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        logs: dict[str, float | torch.Tensor] = {}
+        if self.schedule == "joint":
+            q, d = self.q2d(batch), self.d2q(batch)
+            loss = self.alpha * q.loss + (1 - self.alpha) * d.loss
+            logs.update({"train/loss_q2d": q.loss.detach(), "train/acc_q2d": q.accuracy})
+            logs.update({"train/loss_d2q": d.loss.detach(), "train/acc_d2q": d.accuracy})
+        else:
+            direction = direction_at(self.micro_step, self.alpha)
+            out = self.q2d(batch) if direction == Q2D else self.d2q(batch)
+            loss = out.loss
+            logs.update({f"train/loss_{direction}": out.loss.detach(), f"train/acc_{direction}": out.accuracy})
+        return loss, logs
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, logs = self.step_loss(batch)
+        self.micro_step += 1
+        self.check_finite(loss, batch)
+        B = batch["query"]["input_ids"].shape[0]
+        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=B)
+        for k, v in logs.items():
+            self.log(k, v, on_step=True, batch_size=B)
+        self.count_throughput(B, batch["query"], batch["positive"])
+        self.log_truncation()
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["bireco_micro_step"] = self.micro_step
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.micro_step = checkpoint.get("bireco_micro_step", 0)

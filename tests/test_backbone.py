@@ -1,0 +1,157 @@
+import torch
+import torch.nn.functional as F
+from conftest import TEXTS, make_side
+
+from bireco.backbone import Backbone, to_right_padding
+from bireco.pooling import last_token, mean, weighted_mean
+
+
+def test_pooling_hand_computed():
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float).view(2, 3, 2)  # (B=2, T=3, H=2)
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    assert torch.equal(last_token(hidden, left), torch.tensor([[4.0, 5.0], [10.0, 11.0]]))
+    assert torch.equal(last_token(hidden, right), torch.tensor([[2.0, 3.0], [10.0, 11.0]]))
+    assert torch.allclose(mean(hidden, right), torch.tensor([[1.0, 2.0], [8.0, 9.0]]))
+    # weights 1, 2 on the two real tokens of row 0: (1*[0,1] + 2*[2,3]) / 3
+    assert torch.allclose(weighted_mean(hidden, right)[0], torch.tensor([4 / 3, 7 / 3]))
+
+
+def test_embed_left_and_right_padding_agree(backbones):
+    for name, bb in backbones.items():
+        bb.eval()
+        for pooling in ("last", "mean", "weighted_mean"):
+            bb.pooling = pooling
+            with torch.no_grad():
+                left = bb.embed(make_side(bb, TEXTS, padding_side="left"))
+                right = bb.embed(make_side(bb, TEXTS, padding_side="right"))
+                single = torch.cat([bb.embed(make_side(bb, [t])) for t in TEXTS])
+            assert left.shape == (len(TEXTS), bb.hidden_size)
+            assert torch.allclose(left, right, atol=1e-5), (name, pooling)
+            assert torch.allclose(left, single, atol=1e-5), (name, pooling)
+
+
+def naive_reconstruction_ce(bb: Backbone, anchor, side, labels):
+    """Full-vocabulary logits at every position, one sequence at a time, no padding at all."""
+    losses = []
+    for i in range(anchor.shape[0]):
+        m = side["attention_mask"][i].bool()
+        ids, lab = side["input_ids"][i][m], labels[i][m]
+        x = torch.cat([anchor[i : i + 1], bb.causal_lm.get_input_embeddings()(ids)], 0)[None]  # (1, 1+n, H)
+        logits = bb.causal_lm(inputs_embeds=x).logits[0, :-1]  # (n, V): position j predicts token j
+        losses.append((logits, lab))
+    logits = torch.cat([x for x, _ in losses])
+    labels = torch.cat([y for _, y in losses])
+    return F.cross_entropy(logits.float(), labels, ignore_index=-100)
+
+
+def test_reconstruction_loss_equals_naive_full_logit_ce(backbone):
+    backbone.ce_chunk_size = 7  # several chunks
+    torch.manual_seed(0)
+    for padding_side in ("left", "right"):
+        side = make_side(backbone, TEXTS, padding_side=padding_side)
+        labels = torch.where(side["embed_mask"], side["input_ids"], -100)
+        anchor = torch.randn(len(TEXTS), backbone.hidden_size)
+        out = backbone.reconstruction_loss(anchor, side["input_ids"], side["attention_mask"], labels)
+        ref = naive_reconstruction_ce(backbone, anchor, side, labels)
+        assert abs(out.loss.item() - ref.item()) < 1e-5
+        assert out.n_tokens == int(side["embed_mask"].sum())
+
+
+def test_anchor_receives_gradient_and_matters(backbone):
+    side = make_side(backbone, TEXTS)
+    labels = torch.where(side["embed_mask"], side["input_ids"], -100)
+    anchor = torch.randn(len(TEXTS), backbone.hidden_size, requires_grad=True)
+    loss = backbone.reconstruction_loss(anchor, side["input_ids"], side["attention_mask"], labels).loss
+    loss.backward()
+    assert anchor.grad is not None and anchor.grad.abs().sum() > 0
+    zero = backbone.reconstruction_loss(torch.zeros_like(anchor), side["input_ids"], side["attention_mask"], labels).loss
+    assert abs(zero.item() - loss.item()) > 1e-6
+
+
+def test_to_right_padding_moves_real_tokens_first():
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 1]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    out_ids, out_mask = to_right_padding(ids, attention_mask=mask)
+    assert out_ids.tolist() == [[5, 6, 0, 0], [7, 8, 9, 1]]
+    assert out_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def test_bidirectional_attention_sees_later_tokens(backbone):
+    backbone.eval()
+    backbone.pooling = "mean"
+    a = make_side(backbone, ["dog runs fast"], padding_side="right")
+    b = make_side(backbone, ["dog walks slowly"], padding_side="right")
+    with torch.no_grad():
+        h_causal = [backbone.hidden_states(s["input_ids"], s["attention_mask"])[0, 0] for s in (a, b)]
+        backbone.attention = "bidirectional"
+        h_bi = [backbone.hidden_states(s["input_ids"], s["attention_mask"])[0, 0] for s in (a, b)]
+        backbone.attention = "causal"
+        again = backbone.hidden_states(a["input_ids"], a["attention_mask"])[0, 0]
+    assert torch.allclose(h_causal[0], h_causal[1], atol=1e-6)  # first token cannot see the rest
+    assert not torch.allclose(h_bi[0], h_bi[1], atol=1e-4)  # ... unless attention is bidirectional
+    assert torch.allclose(again, h_causal[0], atol=1e-6)  # switch restored
+    assert getattr(backbone.causal_lm.config, "is_causal", True) is not False
+
+
+def test_lora_merge_equals_unmerged(backbone):
+    from bireco.backbone import apply_lora
+
+    backbone.model = apply_lora(backbone.model, {"r": 4, "alpha": 8, "dropout": 0.0}, ["q_proj", "v_proj", "up_proj"])
+    with torch.no_grad():  # make the adapter non-trivial
+        for n, p in backbone.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    backbone.eval()
+    side = make_side(backbone, TEXTS)
+    with torch.no_grad():
+        unmerged = backbone.embed(side)
+        backbone.model = backbone.model.merge_and_unload()
+        merged = backbone.embed(side)
+    assert torch.allclose(unmerged, merged, atol=1e-5)
+
+
+def test_save_load_round_trip(backbone, tmp_path):
+    from bireco.backbone import apply_lora
+
+    side = make_side(backbone, TEXTS)
+    backbone.eval()
+    with torch.no_grad():
+        ref = backbone.embed(side)
+    Backbone.save(backbone, tmp_path / "full")
+    loaded = Backbone.load(tmp_path / "full", dtype="float32").eval()
+    with torch.no_grad():
+        assert torch.equal(loaded.embed(side), ref)
+    assert loaded.text_format == backbone.text_format
+    # LoRA: full (base + adapter/) and merged both reload to the same function
+    backbone.model = apply_lora(backbone.model, {"r": 4, "alpha": 8, "dropout": 0.0}, ["q_proj", "v_proj"])
+    with torch.no_grad():
+        for n, p in backbone.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+        ref = backbone.eval().embed(side)
+    for mode in ("full", "merged"):
+        backbone.save(tmp_path / mode, mode)
+        again = Backbone.load(tmp_path / mode, dtype="float32").eval()
+        with torch.no_grad():
+            assert torch.allclose(again.embed(side), ref, atol=1e-5), mode
+    assert (tmp_path / "full" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "merged" / "adapter").exists()
+    assert backbone.is_lora  # saving merged did not merge the training model
+
+
+def test_checkpoint_of_other_family_fails_clearly(backbone, tmp_path, cfg_factory):
+    import pytest
+
+    backbone.save(tmp_path / "ckpt")
+    cfg = cfg_factory("model=tiny_qwen2")
+    from omegaconf import OmegaConf
+
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.update(name_or_path=str(tmp_path / "ckpt"), architecture=None)
+    with pytest.raises(ValueError, match="'llama' model but the model config expects 'qwen2'"):
+        Backbone.from_config(model_cfg)
+    (tmp_path / "ckpt" / "model.safetensors").unlink()
+    model_cfg["expected_model_type"] = "llama"
+    with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
+        Backbone.from_config(model_cfg)

@@ -1,0 +1,99 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import compose_cfg
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from bireco.cli import CONF_DIR
+from bireco.config import ConfigError, validate
+
+ROOT = Path(CONF_DIR).parent
+
+
+def makefile_overrides() -> list[list[str]]:
+    """The override sets of every Makefile target that trains or evaluates."""
+    text = (ROOT / "Makefile").read_text()
+    out = []
+    for m in re.finditer(r"bireco\.train (.*)", text):
+        args = [a for a in m.group(1).split() if "=" in a and "$" not in a]
+        out.append(args)
+    assert out, "Makefile has no bireco.train lines"
+    return out
+
+
+def test_every_config_file_is_counted():
+    files = sorted(p.relative_to(CONF_DIR) for p in Path(CONF_DIR).rglob("*.yaml"))
+    groups = {p.parts[0] for p in files if len(p.parts) > 1}
+    assert {"model", "size", "model_size", "data", "stage", "trainer", "logger"} <= groups
+    assert len(files) >= 40
+
+
+@pytest.mark.parametrize("overrides", makefile_overrides())
+def test_makefile_combinations_compose_and_validate(overrides):
+    cfg = compose_cfg(overrides)
+    validate(cfg)
+
+
+def test_every_model_size_composes():
+    for f in sorted((Path(CONF_DIR) / "model_size").glob("*.yaml")):
+        stem = f.stem
+        for family in sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")):
+            if stem.startswith(family + "_") and (Path(CONF_DIR) / "size" / f"{stem[len(family) + 1:]}.yaml").is_file():
+                size = stem[len(family) + 1 :]
+                cfg = compose_cfg([f"model={family}", f"size={size}"])
+                assert cfg.model.family == family
+                assert cfg.model.name_or_path or cfg.model.architecture
+                validate(cfg)
+
+
+def test_missing_family_size_combination_lists_options():
+    with pytest.raises(ConfigCompositionException, match="model_size/llama3_1_5b"):
+        compose_cfg(["model=llama3", "size=1_5b"])
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException):
+        compose_cfg(["stage.alpha=abc"])
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["stage.alpha=1.5"], "stage.alpha=1.5 must be in"),
+        (["stage.schedule=both"], "stage.schedule='both' is not valid; choose one of: alternate, joint"),
+        (["model.pooling=cls"], "choose one of: last, mean, weighted_mean"),
+        (["data.global_batch_size=33", "trainer=ddp_cpu"], "not divisible by the world size 2"),
+        (["stage=contrastive", "stage.grad_cache_chunk_size=8", "trainer.strategy=fsdp"], "needs strategy ddp"),
+    ],
+)
+def test_impossible_combinations_fail_before_loading(overrides, message):
+    cfg = compose_cfg(overrides)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(cfg)
+
+
+def test_typo_override_names_valid_keys():
+    r = subprocess.run(
+        [sys.executable, "-m", "bireco.train", "stage.alhpa=0.3"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert r.returncode != 0
+    assert "Did you mean 'stage.alpha'?" in r.stderr
+    assert "Valid keys under 'stage': alpha," in r.stderr
+
+
+def test_typo_group_option_lists_choices():
+    r = subprocess.run(
+        [sys.executable, "-m", "bireco.train", "stage=recnstruction"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert "Could not find 'stage/recnstruction'" in out and "reconstruction" in out and "contrastive" in out
+
+
+def test_resolved_config_has_no_missing_values():
+    cfg = compose_cfg([])
+    assert not OmegaConf.missing_keys(cfg)

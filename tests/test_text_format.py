@@ -1,0 +1,44 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from transformers import AutoTokenizer
+
+from bireco.cli import CONF_DIR
+from bireco.text_format import TextFormat, encode_side
+from bireco.tiny import tiny_tokenizer_path
+
+FAMILIES = sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_final_token_is_the_family_eos(family):
+    """Each family's [EOS] marker is one token, and it is the tokenizer's eos when the family's tokenizer says so."""
+    spec = yaml.safe_load((Path(CONF_DIR) / "model" / f"{family}.yaml").read_text())["text_format"]
+    fmt = TextFormat(**spec)
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path(), eos_token=fmt.eos_token)  # tokenizer of that family
+    side = encode_side(tok, fmt, "a small dog", 32, instruction="Retrieve a definition")
+    assert side.input_ids[-1] == tok.eos_token_id == fmt.eos_id(tok)
+    assert side.is_text[-1] and not side.is_instruction[-1]
+    if fmt.add_bos:
+        assert side.input_ids[0] == tok.bos_token_id
+    prefix_ids = tok(fmt.prefix, add_special_tokens=False)["input_ids"]
+    start = int(fmt.add_bos)
+    assert side.input_ids[start : start + len(prefix_ids)] == prefix_ids
+
+
+def test_truncation_keeps_eos_and_is_reported():
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    fmt = TextFormat(eos_token="<|eot_id|>", prefix="<|start_header_id|>user<|end_header_id|>\n\n", add_bos=True)
+    long = " ".join(["dog"] * 100)
+    side = encode_side(tok, fmt, long, 16, instruction="Find it")
+    assert side.truncated and len(side.input_ids) == 16 and side.input_ids[-1] == fmt.eos_id(tok)
+    assert not encode_side(tok, fmt, "dog", 16).truncated
+    with pytest.raises(ValueError, match="leaves no room"):
+        encode_side(tok, fmt, "dog", 3, instruction="a long instruction here")
+
+
+def test_unknown_eos_token_fails():
+    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
+    with pytest.raises(ValueError, match="not a single token"):
+        TextFormat(eos_token="<|not_a_token|>").eos_id(tok)
