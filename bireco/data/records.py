@@ -237,6 +237,6 @@ def _validate_dataset(ds: datasets.Dataset, path: Path, cfg: Any) -> datasets.Da
 
     def fix(row, idx):
         instr = cfg.instruction or instruction_for(table, row.get(fields.get("dataset", "dataset"), name) or name, idx)
-        return normalise(row, path, idx + 1, fields, name, instr)
+        return normalise(dict(row), path, idx + 1, fields, name, instr)
 
     return ds.map(fix, with_indices=True, remove_columns=ds.column_names, features=FEATURES)

@@ -1,0 +1,153 @@
+import copy
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+
+from bireco.config import OptimConfig
+from bireco.data.collate import PairCollator
+from bireco.modules.reconstruction import D2Q, Q2D, ReconstructionModule, direction_at, target_labels
+
+RECORDS = [
+    {"query": "dog", "positive": "a member of the genus Canis", "negatives": ["a cat"], "instruction": "Find the sense", "dataset": "a"},
+    {"query": "run fast", "positive": "move quickly on foot", "negatives": ["walk"], "instruction": "Find the sense", "dataset": "a"},
+    {"query": "red", "positive": "the color of blood", "negatives": ["blue"], "instruction": "Find the sense", "dataset": "a"},
+]  # fmt: skip
+
+
+def make_batch(backbone):
+    return PairCollator(backbone.tokenizer, backbone.text_format, 32, 32, pad_id=backbone.pad_id)(RECORDS)
+
+
+def module(backbone, **kw):
+    return ReconstructionModule(backbone, OmegaConf.structured(OptimConfig()), max_steps=10, **kw)
+
+
+@pytest.mark.parametrize("alpha,expected", [(0.0, "DDDDDDDDDD"), (0.2, "DDDDQDDDDQ"), (0.5, "DQDQDQDQDQ"), (1.0, "QQQQQQQQQQ")])
+def test_interleave_pattern_is_exact(alpha, expected):
+    got = "".join("Q" if direction_at(k, alpha) == Q2D else "D" for k in range(10))
+    assert got == expected
+    share = sum(direction_at(k, alpha) == Q2D for k in range(1000)) / 1000
+    assert share == alpha
+
+
+def count_passes(m, batch, schedule):
+    calls = []
+    hook = m.backbone.decoder.register_forward_hook(lambda *a: calls.append(1))
+    m.schedule = schedule
+    m.step_loss(batch)
+    hook.remove()
+    return len(calls)
+
+
+def test_alternate_runs_two_passes_joint_four(backbone):
+    m = module(backbone)
+    batch = make_batch(backbone)
+    assert count_passes(m, batch, "alternate") == 2
+    assert count_passes(m, batch, "joint") == 4
+
+
+def test_joint_loss_is_weighted_sum_of_independent_ces(backbone):
+    alpha = 0.2
+    m = module(backbone, alpha=alpha, schedule="joint")
+    batch = make_batch(backbone)
+    loss, logs = m.step_loss(batch)
+
+    def ce(src, tgt):  # independent: full logits, per sequence, paper labels
+        bb = backbone
+        h = bb.hidden_states(batch[src]["input_ids"], batch[src]["attention_mask"])
+        last = batch[src]["attention_mask"].shape[1] - 1  # left padding: EOS at the end
+        logits, labels = [], []
+        for i in range(len(RECORDS)):
+            m_ = batch[tgt]["attention_mask"][i].bool()
+            ids = batch[tgt]["input_ids"][i][m_]
+            lab = torch.where(batch[tgt]["embed_mask"][i][m_], ids, -100)
+            x = torch.cat([h[i, last][None], bb.causal_lm.get_input_embeddings()(ids)])[None]
+            logits.append(bb.causal_lm(inputs_embeds=x).logits[0, :-1])
+            labels.append(lab)
+        return F.cross_entropy(torch.cat(logits), torch.cat(labels), ignore_index=-100)
+
+    expected = alpha * ce("query", "positive") + (1 - alpha) * ce("positive", "query")
+    assert abs(loss.item() - expected.item()) < 1e-6
+    assert abs(logs["train/loss_q2d"].item() - ce("query", "positive").item()) < 1e-6
+
+
+def test_gradient_reaches_encoder_through_anchor(backbone):
+    m = module(backbone)
+    batch = make_batch(backbone)
+    anchor = m.anchor(batch["query"])
+    out = m.decode(anchor, batch["positive"])
+    g_anchor = torch.autograd.grad(out.loss, anchor, retain_graph=True)[0]
+    assert g_anchor.abs().sum() > 0
+    zeroed = m.decode(torch.zeros_like(anchor), batch["positive"])
+    assert abs(zeroed.loss.item() - out.loss.item()) > 1e-6
+    params = [p for p in backbone.parameters()]
+    g1 = torch.autograd.grad(out.loss, params, allow_unused=True)
+    g0 = torch.autograd.grad(zeroed.loss, params, allow_unused=True)
+    assert any(a is not None and b is not None and not torch.allclose(a, b) for a, b in zip(g1, g0))
+
+
+def test_batch_is_not_mutated_by_a_step(backbone):
+    m = module(backbone, schedule="joint")
+    batch = make_batch(backbone)
+    before = copy.deepcopy(batch)
+    m.step_loss(batch)[0].backward()
+    for side in ("query", "positive", "negatives"):
+        for k, v in before[side].items():
+            assert torch.equal(v, batch[side][k]), (side, k)
+
+
+def test_label_modes(backbone):
+    batch = make_batch(backbone)
+    q = batch["query"]
+    paper = target_labels(q, "paper", False)
+    assert torch.equal(paper != -100, q["embed_mask"])  # text + EOS only
+    with_instr = target_labels(q, "paper", True)
+    assert torch.equal(with_instr != -100, q["embed_mask"] | q["instruction_mask"])
+    code = target_labels(q, "released_code", False)
+    assert ((code != -100) == (q["attention_mask"].bool() & (torch.arange(q["input_ids"].shape[1]) < q["input_ids"].shape[1] - 1))).all()
+    eos = backbone.text_format.eos_id(backbone.tokenizer)
+    assert (paper[:, -1] == eos).all() and (code[:, -1] == -100).all()
+
+
+def test_short_run_reduces_both_losses_and_feeds_stage2(cfg_factory, tmp_path):
+    from bireco.train import run
+
+    # a small real pair set (64 WordNet pairs), seen several times: both directions must learn it
+    common = ["trainer.log_every_n_steps=1", "data.global_batch_size=16", "data.datasets=[wordnet_definitions]", "data.max_train_records=64"]
+    cfg = cfg_factory(
+        "stage=reconstruction", "stage.schedule=joint", "trainer.max_steps=50", "stage.optim.lr=6e-3", "stage.optim.warmup_steps=4", *common
+    )
+    run(cfg)
+    run_dir = tmp_path / "out" / "default" / "default" / "stage1"
+    log = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    for direction in ("q2d", "d2q"):
+        col = log[f"train/loss_{direction}"].dropna()
+        first, last = col.iloc[0], col.iloc[-5:].mean()
+        assert last < 0.7 * first, (direction, first, last)
+    assert (run_dir / "final" / "bireco.json").is_file() and (run_dir / "config.yaml").is_file()
+    # Stage II finds and loads it without a path
+    cfg2 = cfg_factory("stage=contrastive", "trainer.max_steps=2", *common)
+    run(cfg2)
+    assert (tmp_path / "out" / "default" / "default" / "stage2" / "final" / "adapter").is_dir()
+
+
+def test_stage2_without_stage1_output_explains(cfg_factory):
+    from bireco.config import ConfigError
+    from bireco.train import run
+
+    with pytest.raises(ConfigError, match="no Stage I output"):
+        run(cfg_factory("stage=contrastive", "trainer.max_steps=1"))
+
+
+def test_direction_logging_in_alternate(backbone):
+    m = module(backbone, alpha=0.5)
+    batch = make_batch(backbone)
+    seen = []
+    for _ in range(2):
+        _, logs = m.step_loss(batch)
+        m.micro_step += 1
+        seen.append(sorted(k for k in logs if k.startswith("train/loss_")))
+    assert seen == [[f"train/loss_{D2Q}"], [f"train/loss_{Q2D}"]]
