@@ -198,6 +198,11 @@ def validate(cfg: DictConfig) -> None:
                 f"stage.grad_cache_chunk_size needs strategy ddp or a single device, not {strategy!r}: "
                 "its per-chunk backward cannot be synchronised by sharded strategies"
             )
+    if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and _world_size(cfg) > 1:
+        raise ConfigError(
+            "stage.grad_cache_chunk_size is supported on a single device for now (its backward recomputes chunks "
+            "re-entrantly, which DDP's reducer does not allow); use one device or set it to null"
+        )
     if cfg.data.num_hard_negatives < 0:
         raise ConfigError("data.num_hard_negatives must be >= 0")
     world = _world_size(cfg)

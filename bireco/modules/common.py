@@ -34,6 +34,9 @@ class StageModule(L.LightningModule):
         self._pairs += pairs
         self._tokens += sum(int(s["attention_mask"].sum()) for s in sides)
 
+    def on_train_start(self):
+        self.backbone.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA) must be on
+
     def on_train_batch_start(self, batch, batch_idx):
         if self._t0 is None:
             self._t0 = time.perf_counter()

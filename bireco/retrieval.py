@@ -1,0 +1,91 @@
+"""Small in-process retrieval evaluation (nDCG@10, MRR@10) used during training and in tests.
+
+The full benchmark path goes through mteb (bireco.evaluate); this one is cheap enough to run every N steps.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bireco.data import wordnet
+from bireco.data.instructions import instruction_for, load_table
+
+
+@dataclass
+class RetrievalSet:
+    queries: list[str]
+    instruction: str | None
+    corpus: list[str]
+    relevant: list[int]  # corpus index of each query's positive
+
+
+def wordnet_retrieval_set(split: str = "dev", dataset: str = wordnet.DEFINITIONS, n_queries: int = 200,
+                          corpus_size: int = 2000, seed: int = 0) -> RetrievalSet:  # fmt: skip
+    """Queries of one WordNet dataset; corpus = their positives + hard negatives + random glosses of the split."""
+    records = [r for r in wordnet.pair_records(split) if r["dataset"] == dataset]
+    rng = random.Random(seed)
+    picked = rng.sample(records, min(n_queries, len(records)))
+    corpus: list[str] = []
+    index: dict[str, int] = {}
+
+    def add(text: str) -> int:
+        if text not in index:
+            index[text] = len(corpus)
+            corpus.append(text)
+        return index[text]
+
+    relevant = [add(r["positive"]) for r in picked]
+    for r in picked:
+        for n in r["negatives"]:
+            add(n)
+    others = [r["positive"] for r in records]
+    rng.shuffle(others)
+    for text in others:
+        if len(corpus) >= corpus_size:
+            break
+        add(text)
+    instr = instruction_for(load_table("wordnet"), dataset, 0)
+    return RetrievalSet([r["query"] for r in picked], instr, corpus, relevant)
+
+
+@torch.no_grad()
+def encode(backbone, texts: list[str], instruction: str | None, max_length: int, batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised fp32 embeddings, length-sorted batches (less padding), original order restored."""
+    from bireco.text_format import encode_side, pad_sides
+
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    sides = [encode_side(backbone.tokenizer, backbone.text_format, t, max_length, instruction) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: sides[i].length)
+    out = torch.empty(len(texts), backbone.hidden_size)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = pad_sides([sides[i] for i in idx], backbone.pad_id, backbone.padding_side)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        out[idx] = torch.nn.functional.normalize(backbone.embed(batch).float(), dim=-1).cpu()
+    backbone.train(was_training)
+    return out
+
+
+def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, float]:
+    """One relevant document per query: nDCG@10 = 1/log2(rank+1) if rank <= 10; MRR@10 = 1/rank."""
+    ndcg = mrr = 0.0
+    for i, rel in enumerate(relevant):
+        rank = int((scores[i] > scores[i, rel]).sum()) + 1  # ties count in the query's favour
+        if rank <= 10:
+            ndcg += 1.0 / math.log2(rank + 1)
+            mrr += 1.0 / rank
+    return ndcg / len(relevant), mrr / len(relevant)
+
+
+def evaluate(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_length: int = 128) -> dict[str, float]:
+    q = encode(backbone, rs.queries, rs.instruction, max_query_length)
+    d = encode(backbone, rs.corpus, None, max_doc_length)
+    ndcg, mrr = ndcg_mrr_at_10((q @ d.T).numpy(), rs.relevant)
+    return {"ndcg@10": ndcg, "mrr@10": mrr}
