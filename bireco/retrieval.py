@@ -77,7 +77,7 @@ def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, floa
     """One relevant document per query: nDCG@10 = 1/log2(rank+1) if rank <= 10; MRR@10 = 1/rank."""
     ndcg = mrr = 0.0
     for i, rel in enumerate(relevant):
-        rank = int((scores[i] > scores[i, rel]).sum()) + 1  # ties count in the query's favour
+        rank = int((scores[i] >= scores[i, rel]).sum())  # ties count against the query (no free wins)
         if rank <= 10:
             ndcg += 1.0 / math.log2(rank + 1)
             mrr += 1.0 / rank

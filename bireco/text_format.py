@@ -46,10 +46,6 @@ class EncodedSide:
         self.length = len(self.input_ids)
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
-
-
 def encode_side(
     tokenizer,
     fmt: TextFormat,
@@ -57,28 +53,37 @@ def encode_side(
     max_length: int,
     instruction: str | None = None,
 ) -> EncodedSide:
-    """`[BOS] prefix [instruction sep] text EOS`, text truncated on the right so the EOS always survives."""
-    head: list[int] = []
-    if fmt.add_bos and tokenizer.bos_token_id is not None:
-        head.append(tokenizer.bos_token_id)
-    head += _ids(tokenizer, fmt.prefix)
-    instr = _ids(tokenizer, instruction + fmt.instruction_separator) if instruction else []
-    body = _ids(tokenizer, text)
+    """`[BOS] prefix [instruction sep] text EOS`, text truncated on the right so the EOS always survives.
+
+    The string `prefix + instruction + sep + text` is tokenised in one piece (as sentence-transformers and the
+    HF tokenizer would with a prompt), and the instruction / text spans are read from the character offsets.
+    """
+    head = fmt.prefix
+    instr = instruction + fmt.instruction_separator if instruction else ""
+    full = head + instr + text
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    instr_start, text_start = len(head), len(head) + len(instr)
+    ends = [o[1] for o in offsets]  # a token joins the first span whose characters it covers ("; a" -> text)
+    n_head = sum(e <= instr_start for e in ends)
+    n_instr = sum(instr_start < e <= text_start for e in ends)
+    bos = [tokenizer.bos_token_id] if fmt.add_bos and tokenizer.bos_token_id is not None else []
     eos = [fmt.eos_id(tokenizer)]
-    budget = max_length - len(head) - len(instr) - len(eos)
+    budget = max_length - len(bos) - n_head - n_instr - len(eos)
     if budget < 1:
         raise ValueError(
             f"max_length={max_length} leaves no room for text after the template and instruction "
-            f"({len(head) + len(instr) + 1} tokens); raise data.max_query_length / data.max_doc_length"
+            f"({len(bos) + n_head + n_instr + 1} tokens); raise data.max_query_length / data.max_doc_length"
         )
+    body = ids[n_head + n_instr :]
     truncated = len(body) > budget
     body = body[:budget]
-    ids = head + instr + body + eos
-    n_head, n_instr = len(head), len(instr)
+    out = bos + ids[: n_head + n_instr] + body + eos
+    n_pre = len(bos) + n_head
     return EncodedSide(
-        input_ids=ids,
-        is_instruction=[False] * n_head + [True] * n_instr + [False] * (len(body) + 1),
-        is_text=[False] * (n_head + n_instr) + [True] * (len(body) + 1),
+        input_ids=out,
+        is_instruction=[False] * n_pre + [True] * n_instr + [False] * (len(body) + 1),
+        is_text=[False] * (n_pre + n_instr) + [True] * (len(body) + 1),
         truncated=truncated,
     )
 

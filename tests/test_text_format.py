@@ -22,9 +22,13 @@ def test_final_token_is_the_family_eos(family):
     assert side.is_text[-1] and not side.is_instruction[-1]
     if fmt.add_bos:
         assert side.input_ids[0] == tok.bos_token_id
-    prefix_ids = tok(fmt.prefix, add_special_tokens=False)["input_ids"]
     start = int(fmt.add_bos)
-    assert side.input_ids[start : start + len(prefix_ids)] == prefix_ids
+    body = side.input_ids[start:-1]
+    assert tok.decode(body) == fmt.prefix + "Retrieve a definition" + fmt.instruction_separator + "a small dog"
+    instr_ids = [i for i, m in zip(side.input_ids, side.is_instruction) if m]
+    text_ids = [i for i, m in zip(side.input_ids, side.is_text) if m][:-1]
+    assert tok.decode(instr_ids).strip().startswith("Retrieve a definition")
+    assert tok.decode(text_ids).strip() == "a small dog"
 
 
 def test_truncation_keeps_eos_and_is_reported():

@@ -1,7 +1,7 @@
 """The built-in real dataset: Princeton WordNet 3.0 (Debian `wordnet-base`), shipped compactly in the package.
 
-Two pair sets are derived from every synset (word -> gloss, example sentence -> gloss), with hard negatives
-taken from other senses of the same words. Splits are by synset (80/10/10, seeded), and every negative comes
+Two pair sets are derived from every synset (words -> gloss, usage example -> dictionary entry), with hard
+negatives taken from other senses of the same words. Splits are by synset (80/10/10, seeded), and every negative comes
 from the same split, so no synset's text crosses splits. Rebuild the shipped file with
 `python -m bireco.data.wordnet --source /usr/share/wordnet` (needs `apt-get install wordnet-base`).
 """
@@ -93,11 +93,24 @@ def load_synsets() -> tuple[Synset, ...]:
     return tuple(out)
 
 
+def gloss(s: Synset) -> str:
+    """The WordNet gloss: definition followed by the quoted usage examples."""
+    return "; ".join([s.definition, *(f'"{e}"' for e in s.examples)])
+
+
+def entry(s: Synset) -> str:
+    """A dictionary entry: the synset's words, then the definition."""
+    return f"{', '.join(s.lemmas)}: {s.definition}"
+
+
 def pair_records(split: str, seed: int = 0) -> list[dict]:
     """Query / positive / negative records of one split for both WordNet datasets.
 
-    The negative is the definition of another sense of one of the query's words (same split); where a word has
-    no other sense in the split, a definition of the same part of speech is drawn at random.
+    wordnet_definitions: words of a synset -> its gloss (definition + usage examples).
+    wordnet_examples: one usage example -> the dictionary entry (words: definition) of its sense.
+    The negative is the same kind of text for another sense of one of the query's words (same split), so
+    word overlap alone cannot tell them apart; where a word has no other sense in the split, another synset
+    of the same part of speech is drawn at random.
     """
     if split not in SPLITS:
         raise ValueError(f"split {split!r}; valid: {', '.join(SPLITS)}")
@@ -110,7 +123,7 @@ def pair_records(split: str, seed: int = 0) -> list[dict]:
             by_lemma[lemma.lower()].append(i)
     rng = random.Random(seed)
 
-    def negative(i: int) -> str:
+    def other_sense(i: int) -> Synset:
         s = synsets[i]
         others = [j for lemma in s.lemmas for j in by_lemma[lemma.lower()] if j != i and synsets[j].definition != s.definition]
         if not others:
@@ -119,15 +132,14 @@ def pair_records(split: str, seed: int = 0) -> list[dict]:
             while j == i or synsets[j].definition == s.definition:
                 j = pool[rng.randrange(len(pool))]
             others = [j]
-        return synsets[others[rng.randrange(len(others))]].definition
+        return synsets[others[rng.randrange(len(others))]]
 
     records = []
     for i, s in enumerate(synsets):
-        records.append(
-            {"query": ", ".join(s.lemmas), "positive": s.definition, "negatives": [negative(i)], "dataset": DEFINITIONS, "id": s.id}
-        )
+        neg = other_sense(i)
+        records.append({"query": ", ".join(s.lemmas), "positive": gloss(s), "negatives": [gloss(neg)], "dataset": DEFINITIONS, "id": s.id})
         for example in s.examples:
-            records.append({"query": example, "positive": s.definition, "negatives": [negative(i)], "dataset": EXAMPLES, "id": s.id})
+            records.append({"query": example, "positive": entry(s), "negatives": [entry(neg)], "dataset": EXAMPLES, "id": s.id})
     return records
 
 
