@@ -2,12 +2,13 @@
 PYTHON ?= python
 EXP ?= default
 ARGS ?=
+CKPT ?= outputs/$(EXP)/default/stage2/final
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install test test-full lint train-stage1 train-stage2 baseline eval demo bench
+.PHONY: help install test test-full lint train-stage1 train-stage2 baseline eval export demo bench
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -26,16 +27,19 @@ lint: ## ruff
 	$(PYTHON) -m ruff check bireco tests experiments
 
 train-stage1: ## Stage I (reconstruction) on the offline default; EXP=<experiment preset>, ARGS=<overrides>
-	$(PYTHON) -m bireco.train stage=reconstruction $(if $(filter-out default,$(EXP)),+experiment=$(EXP)) $(ARGS)
+	$(PYTHON) -m bireco.train stage=reconstruction $(if $(filter-out default,$(EXP)),experiment=$(EXP)) $(ARGS)
 
 train-stage2: ## Stage II (contrastive) from this experiment's Stage I output
-	$(PYTHON) -m bireco.train stage=contrastive $(if $(filter-out default,$(EXP)),+experiment=$(EXP)) $(ARGS)
+	$(PYTHON) -m bireco.train stage=contrastive $(if $(filter-out default,$(EXP)),experiment=$(EXP)) $(ARGS)
 
 baseline: ## Stage II from the base model (the paper's baseline)
-	$(PYTHON) -m bireco.train stage=baseline $(if $(filter-out default,$(EXP)),+experiment=$(EXP)) $(ARGS)
+	$(PYTHON) -m bireco.train stage=baseline $(if $(filter-out default,$(EXP)),experiment=$(EXP)) $(ARGS)
 
-eval: ## evaluate a checkpoint (lands with the evaluation issue)
-	@echo "make eval: not yet -- evaluation (MTEB) lands with the Evaluation/export issue" >&2; exit 2
+eval: ## evaluate CKPT (default: this experiment's Stage II) on the built-in tasks; ARGS='tasks=[...]' for MTEB
+	$(PYTHON) -m bireco.evaluate checkpoint=$(CKPT) $(ARGS)
+
+export: ## export CKPT as a sentence-transformers directory: make export OUT=dir ARGS='instruction="..."'
+	$(PYTHON) -m bireco.export checkpoint=$(CKPT) output=$(OUT) $(ARGS)
 
 demo: ## the main job: tiny base LM, baseline vs anchor, MTEB table (lands with the main-job issue)
 	@echo "make demo: not yet -- the offline demo lands with the main-job issue" >&2; exit 2

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def run_dir_of(cfg: DictConfig, run_name: str) -> Path:
-    return Path(cfg.output_root) / cfg.experiment / cfg.variant / run_name
+    return Path(cfg.output_root) / cfg.experiment_name / cfg.variant / run_name
 
 
 def init_checkpoint(cfg: DictConfig) -> str | None:
@@ -31,7 +31,7 @@ def init_checkpoint(cfg: DictConfig) -> str | None:
         if not (path / "bireco.json").is_file():
             raise ConfigError(
                 f"stage.init_from=stage1 but no Stage I output at {path}. Run Stage I of this experiment first "
-                f"(make train-stage1 / stage=reconstruction with experiment={cfg.experiment} variant={cfg.variant}), "
+                f"(make train-stage1 / stage=reconstruction with experiment_name={cfg.experiment_name} variant={cfg.variant}), "
                 "use stage=baseline to start from the base model, or give stage.init_from=/path/to/checkpoint"
             )
         return str(path)
@@ -94,9 +94,9 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
         loggers.append(
             WandbLogger(
                 project=cfg.logger.project,
-                group=cfg.experiment,
+                group=cfg.experiment_name,
                 job_type=cfg.stage.run_name,
-                name=f"{cfg.experiment}/{cfg.variant}/{cfg.stage.run_name}",
+                name=f"{cfg.experiment_name}/{cfg.variant}/{cfg.stage.run_name}",
                 save_dir=str(run_dir),
                 mode=mode,
                 config=OmegaConf.to_container(cfg, resolve=True),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -25,10 +25,10 @@ class TextFormatConfig:
 @dataclass
 class ModelConfig:
     family: str = MISSING
-    name_or_path: Optional[str] = None  # hub id or local dir; None -> random init from `architecture`
-    tokenizer: Optional[str] = None  # defaults to name_or_path
-    architecture: Optional[dict[str, Any]] = None  # inline HF config (model_type + kwargs) for random init
-    expected_model_type: Optional[str] = None  # a local checkpoint of another family fails clearly
+    name_or_path: str | None = None  # hub id or local dir; None -> random init from `architecture`
+    tokenizer: str | None = None  # defaults to name_or_path
+    architecture: dict[str, Any] | None = None  # inline HF config (model_type + kwargs) for random init
+    expected_model_type: str | None = None  # a local checkpoint of another family fails clearly
     dtype: str = "auto"  # auto = bf16 on a bf16 GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
@@ -47,7 +47,7 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: Optional[list[str]] = None  # None -> model.lora_target_modules
+    target_modules: list[str] | None = None  # None -> model.lora_target_modules
 
 
 @dataclass
@@ -58,8 +58,8 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 300
     schedule: str = "linear"  # linear | cosine | constant (after warmup)
-    schedule_steps: Optional[int] = None  # length the decay is sized for; None = trainer.max_steps
-    fused: Optional[bool] = None  # None = fused AdamW on CUDA
+    schedule_steps: int | None = None  # length the decay is sized for; None = trainer.max_steps
+    fused: bool | None = None  # None = fused AdamW on CUDA
 
 
 @dataclass
@@ -82,7 +82,7 @@ class ContrastiveStageConfig:
     scale: float = 50.0  # 1 / temperature
     symmetric: bool = False  # add the document -> query InfoNCE term
     gather_across_devices: bool = True
-    grad_cache_chunk_size: Optional[int] = None  # GradCache sub-batch size; None = off
+    grad_cache_chunk_size: int | None = None  # GradCache sub-batch size; None = off
     init_from: str = "stage1"  # stage1 (this experiment's Stage I output) | base | a checkpoint path
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=True))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
@@ -92,11 +92,11 @@ class ContrastiveStageConfig:
 class DataConfig:
     name: str = MISSING
     format: str = "wordnet"  # wordnet | e5 | jsonl | parquet | disk
-    path: Optional[str] = None
-    datasets: Optional[list[str]] = None  # subset of files / source datasets
+    path: str | None = None
+    datasets: list[str] | None = None  # subset of files / source datasets
     fields: dict[str, str] = field(default_factory=dict)  # generic formats: our name -> column name
-    instructions: Optional[str] = None  # table name in bireco/data/tables or a path
-    instruction: Optional[str] = None  # one instruction for every record of a generic dataset
+    instructions: str | None = None  # table name in bireco/data/tables or a path
+    instruction: str | None = None  # one instruction for every record of a generic dataset
     max_query_length: int = 64
     max_doc_length: int = 128
     num_hard_negatives: int = 1
@@ -104,7 +104,7 @@ class DataConfig:
     batching: str = "homogeneous"  # homogeneous (one source dataset per global batch) | mixed
     bucket_by_length: bool = False
     on_bad_record: str = "error"  # error | skip
-    max_train_records: Optional[int] = None
+    max_train_records: int | None = None
     dev_queries: int = 200  # in-training retrieval check size
     num_workers: int = 0
 
@@ -118,10 +118,10 @@ class TrainerConfig:
     precision: Any = "32-true"
     max_steps: int = 100
     accumulate_grad_batches: int = 1
-    gradient_clip_val: Optional[float] = 1.0
+    gradient_clip_val: float | None = 1.0
     log_every_n_steps: int = 10
-    val_check_interval: Optional[int] = None  # steps between dev retrieval checks; None = off
-    checkpoint_every_n_steps: Optional[int] = None
+    val_check_interval: int | None = None  # steps between dev retrieval checks; None = off
+    checkpoint_every_n_steps: int | None = None
     deterministic: bool = False
     enable_progress_bar: bool = True
 
@@ -141,7 +141,7 @@ class TrainConfig:
     stage: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    experiment: str = "default"
+    experiment_name: str = "default"
     variant: str = "default"
     output_root: str = "outputs"
     run_dir: str = MISSING

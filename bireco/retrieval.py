@@ -10,7 +10,6 @@ import random
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from bireco.data import wordnet
 from bireco.data.instructions import instruction_for, load_table
@@ -53,26 +52,6 @@ def wordnet_retrieval_set(split: str = "dev", dataset: str = wordnet.DEFINITIONS
     return RetrievalSet([r["query"] for r in picked], instr, corpus, relevant)
 
 
-@torch.no_grad()
-def encode(backbone, texts: list[str], instruction: str | None, max_length: int, batch_size: int = 64) -> torch.Tensor:
-    """L2-normalised fp32 embeddings, length-sorted batches (less padding), original order restored."""
-    from bireco.text_format import encode_side, pad_sides
-
-    was_training = backbone.training
-    backbone.eval()
-    device = next(backbone.parameters()).device
-    sides = [encode_side(backbone.tokenizer, backbone.text_format, t, max_length, instruction) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: sides[i].length)
-    out = torch.empty(len(texts), backbone.hidden_size)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        batch = pad_sides([sides[i] for i in idx], backbone.pad_id, backbone.padding_side)
-        batch = {k: v.to(device) for k, v in batch.items()}
-        out[idx] = torch.nn.functional.normalize(backbone.embed(batch).float(), dim=-1).cpu()
-    backbone.train(was_training)
-    return out
-
-
 def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, float]:
     """One relevant document per query: nDCG@10 = 1/log2(rank+1) if rank <= 10; MRR@10 = 1/rank."""
     ndcg = mrr = 0.0
@@ -85,7 +64,9 @@ def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, floa
 
 
 def evaluate(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_length: int = 128) -> dict[str, float]:
-    q = encode(backbone, rs.queries, rs.instruction, max_query_length)
-    d = encode(backbone, rs.corpus, None, max_doc_length)
+    from bireco.encoder import encode_texts
+
+    q = encode_texts(backbone, rs.queries, rs.instruction, max_query_length)
+    d = encode_texts(backbone, rs.corpus, None, max_doc_length)
     ndcg, mrr = ndcg_mrr_at_10((q @ d.T).numpy(), rs.relevant)
     return {"ndcg@10": ndcg, "mrr@10": mrr}

@@ -68,3 +68,11 @@ TEXTS = [
     "the act of running quickly over a long distance in the rain",
     "red",
 ]
+
+
+@pytest.fixture(scope="session")
+def pretrained_lm():
+    """The demo's tiny base LM (hidden 128, 4 layers), briefly pretrained on WordNet text; cached across runs."""
+    from bireco.pretrain import pretrain_tiny_lm
+
+    return pretrain_tiny_lm(steps=400, progress=False)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_table(name_or_path: str) -> dict[str, str | list[str]]:
     """`e5`, `wordnet`, `mteb` (shipped) or a path to a YAML/JSON mapping name -> instruction (or list)."""
     p = Path(name_or_path)

@@ -115,8 +115,7 @@ def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
     table = pq.read_table(path)
     if table.num_rows == 0:
         yield 1, DataError(path, 1, "<file>", "file has no rows")
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield i, row
+    yield from enumerate(table.to_pylist(), start=1)
 
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
