@@ -41,8 +41,8 @@ eval: ## evaluate CKPT (default: this experiment's Stage II) on the built-in tas
 export: ## export CKPT as a sentence-transformers directory: make export OUT=dir ARGS='instruction="..."'
 	$(PYTHON) -m bireco.export checkpoint=$(CKPT) output=$(OUT) $(ARGS)
 
-demo: ## the main job: tiny base LM, baseline vs anchor, MTEB table (lands with the main-job issue)
-	@echo "make demo: not yet -- the offline demo lands with the main-job issue" >&2; exit 2
+demo: ## the main job: tiny base LM, baseline vs Anchor (Stage I -> II), mteb table + convergence plot (CPU, offline)
+	$(PYTHON) -m bireco.demo $(ARGS)
 
 bench: ## CPU benchmark vs a plain PyTorch loop (lands with the performance issue)
 	@echo "make bench: not yet -- the benchmark lands with the performance issue" >&2; exit 2

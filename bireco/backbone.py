@@ -229,7 +229,9 @@ class Backbone(nn.Module):
         Args:
             anchor: (B, H) embeddings of the other side; gradients flow through it.
             input_ids / attention_mask / labels: (B, T) target side, any padding side; labels -100 = ignore.
-        The anchor slot predicts the first target token, token t predicts token t+1.
+        Position j of the decoder input predicts target token j: the anchor slot predicts the first token of
+        the target side, token t predicts token t+1 (template / instruction tokens are context, not targets,
+        under the paper labels; so with a chat template the first *text* token sees the anchor through them).
         """
         ids, labels, mask = to_right_padding(input_ids, labels, attention_mask=attention_mask)  # (B, T) each
         B, T = ids.shape

@@ -148,6 +148,7 @@ class TrainConfig:
     seed: int = 42
     resume: str = "never"  # never | auto | <checkpoint path>
     save_mode: str = "full"  # full | merged | adapter
+    paper: dict[str, Any] = field(default_factory=dict)  # per-stage batch / steps of a paper preset (conf/experiment)
 
 
 def register_configs() -> None:

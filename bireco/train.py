@@ -54,6 +54,9 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for logger in trainer.loggers:  # close wandb runs: a later run in this process must not reuse this one
+        if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
+            logger.experiment.finish()
     if trainer.is_global_zero:
         backbone.save(run_dir / "final", cfg.save_mode)
         (run_dir / "final" / "train_summary.json").write_text(json.dumps({"steps": trainer.global_step, **metrics}, indent=2))
@@ -67,8 +70,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     return metrics.get("train/loss")
 
 
+def quiet_console() -> None:
+    """A clean console: our own progress and results, not library tips and known deprecation chatter."""
+    import warnings
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="[bireco] %(message)s")
+    quiet_console()
     register_configs()
     check_overrides("train", sys.argv[1:])
     _hydra_main()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from conftest import compose_cfg
+from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
@@ -97,3 +98,44 @@ def test_typo_group_option_lists_choices():
 def test_resolved_config_has_no_missing_values():
     cfg = compose_cfg([])
     assert not OmegaConf.missing_keys(cfg)
+
+
+# paper-spec section 4: (micro-step global batch = per-device x 8 GPUs, grad accumulation, steps) per stage
+PAPER = {
+    "paper_llama32_1b": ("llama3", "meta-llama/Llama-3.2-1B-Instruct", (256, 2), (1024, 1), (512, 1)),
+    "paper_qwen25_1_5b": ("qwen2_5", "Qwen/Qwen2.5-1.5B-Instruct", (256, 4), (1024, 1), (1024, 1)),
+    "paper_llama32_3b": ("llama3", "meta-llama/Llama-3.2-3B-Instruct", (128, 8), (512, 2), (512, 2)),
+    "paper_llama31_8b": ("llama3", "meta-llama/Llama-3.1-8B-Instruct", (8, 64), (256, 4), (256, 4)),
+    "paper_mistral_7b": ("mistral", "mistralai/Mistral-7B-Instruct-v0.2", (8, 64), (256, 4), (256, 4)),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(PAPER))
+def test_paper_presets_match_paper_spec(preset):
+    family, hub, s1, s2, base = PAPER[preset]
+    for stage, (batch, accum), steps in (("reconstruction", s1, 2000), ("contrastive", s2, 1000), ("baseline", base, 1000)):
+        cfg = compose_cfg([f"experiment={preset}", f"stage={stage}"])
+        validate(cfg)
+        assert (cfg.model.family, cfg.model.name_or_path) == (family, hub)
+        assert (cfg.data.global_batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (batch, accum, steps)
+        assert cfg.data.global_batch_size * cfg.trainer.accumulate_grad_batches in (512, 1024, 2048)
+        assert cfg.trainer.devices == 8 and cfg.trainer.precision == "bf16-true" and cfg.model.dtype == "bfloat16"
+        assert cfg.trainer.gradient_clip_val == 1.0 and cfg.seed == 42 and cfg.data.max_doc_length == 512
+        assert cfg.model.gradient_checkpointing and cfg.data.format == "e5"
+        s = cfg.stage
+        assert s.optim.warmup_steps == 300 and s.optim.schedule == "linear" and s.optim.weight_decay == 0.0
+        if stage == "reconstruction":
+            assert (s.alpha, s.optim.lr, s.lora.enabled, s.labels) == (0.2, 4e-5, False, "paper")
+        else:
+            assert (s.optim.lr, s.scale, s.lora.enabled, s.lora.r, s.lora.alpha, s.lora.dropout) == (2e-4, 50.0, True, 16, 32, 0.05)
+            assert s.init_from == ("base" if stage == "baseline" else "stage1")
+
+
+@pytest.mark.parametrize("preset,values", [("ablation_alpha", "0.2,0.5,0.8"), ("ablation_direction", "0.0,1.0")])
+def test_ablation_presets_sweep_alpha_into_variants(preset, values):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"experiment={preset}", "stage=reconstruction"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params["stage.alpha"] == values
+    first = values.split(",")[0]
+    job = compose_cfg([f"experiment={preset}", "stage=reconstruction", f"stage.alpha={first}"])
+    assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(f"{preset}/alpha{float(first)}/stage1")

@@ -1,0 +1,22 @@
+"""A reduced `make demo`: every step runs and writes its table, CSV, plot and a wandb offline run."""
+
+import csv
+
+from bireco.demo import run_demo
+
+
+def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    res = run_demo(out, lm_steps=10, stage1_steps=4, stage2_steps=4, eval_every=2, pooling="last", eval_queries=20,
+                   eval_docs=100, wandb=True, progress=False)  # fmt: skip
+    rows = list(csv.reader(open(out / "results.csv")))
+    assert rows[0] == ["run", "WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval", "Average"]
+    assert [r[0] for r in rows[1:]] == list(res["summaries"])
+    assert len(rows) == 5 and all(0 <= float(x) <= 100 for r in rows[1:] for x in r[1:])
+    assert (out / "convergence.png").stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    assert "| Stage I + Stage II (Anchor) |" in md
+    assert [s for s, _ in res["dev_curves"]["Anchor"]] == [0, 2, 4]
+    assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), "no wandb offline run directory"
