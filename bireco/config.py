@@ -193,16 +193,12 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")
         if s.grad_cache_chunk_size is not None and s.grad_cache_chunk_size < 1:
             raise ConfigError("stage.grad_cache_chunk_size must be >= 1 or null")
-        strategy = str(cfg.trainer.strategy)
-        if s.grad_cache_chunk_size and any(k in strategy for k in ("fsdp", "deepspeed")):
-            raise ConfigError(
-                f"stage.grad_cache_chunk_size needs strategy ddp or a single device, not {strategy!r}: "
-                "its per-chunk backward cannot be synchronised by sharded strategies"
-            )
-    if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and _world_size(cfg) > 1:
+    multi = _world_size(cfg) > 1 or any(k in str(cfg.trainer.strategy) for k in ("ddp", "fsdp", "deepspeed"))
+    if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and multi:
         raise ConfigError(
-            "stage.grad_cache_chunk_size is supported on a single device for now (its backward recomputes chunks "
-            "re-entrantly, which DDP's reducer does not allow); use one device or set it to null"
+            f"stage.grad_cache_chunk_size is supported on a single device for now, not with strategy "
+            f"{cfg.trainer.strategy!r} / {_world_size(cfg)} devices (its backward recomputes chunks re-entrantly, "
+            "which the DDP/FSDP/DeepSpeed gradient hooks do not allow); use one device or set it to null"
         )
     if cfg.data.num_hard_negatives < 0:
         raise ConfigError("data.num_hard_negatives must be >= 0")
