@@ -145,6 +145,8 @@ def _stem(path: Path) -> str:
 
 
 def _generate(files: list[str], fields: dict, table_name: str | None, instruction: str | None, on_bad: str, stamp: str):
+    """Validated records of every file; `stamp` (sizes + mtimes) is unused here but keys the Arrow cache, so an
+    edited file is re-read and re-validated while an unchanged one is reused (its skip counts are not re-logged)."""
     table = load_table(table_name) if table_name else {}
     for file in map(Path, files):
         dataset = _stem(file)
@@ -224,8 +226,7 @@ def load_pairs(cfg: Any, split: str = "train") -> datasets.Dataset:
         ds = datasets.load_from_disk(cfg.path)
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
-        tmp = Path(cfg.path)
-        return _validate_dataset(ds, tmp, cfg)
+        return _validate_dataset(ds, Path(cfg.path), cfg)
     raise ValueError(f"data.format={fmt!r}; valid: wordnet, e5, jsonl, parquet, disk")
 
 
