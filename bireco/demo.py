@@ -70,7 +70,7 @@ def run_demo(out: Path, lm_steps: int, stage1_steps: int, stage2_steps: int, eva
     if not (untrained_dir / "bireco.json").is_file():
         Backbone.save(build_backbone(_compose(common + ["stage=baseline", "stage.lora.enabled=false"])), untrained_dir)
     checkpoints = {
-        "Untrained base (eos pooling)": untrained_dir,
+        f"Untrained base ({pooling} pooling)": untrained_dir,
         "Only Stage I (reconstruction)": runs / "stage1" / "final",
         "Only Stage II (baseline)": runs / "baseline" / "final",
         "Stage I + Stage II (Anchor)": runs / "stage2" / "final",

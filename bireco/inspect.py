@@ -68,7 +68,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     prompt = target_prompt(backbone, cfg.instruction if cfg.side == "document" else None)
     _, text = reconstruct(backbone, anchor_of(backbone, cfg.text, instruction), cfg.max_new_tokens, prompt)
     other = "document" if cfg.side == "query" else "query"
-    print(f"{cfg.side}: {cfg.text}\nreconstructed {other} from its embedding: {text}")
+    print(f"{cfg.side}: {cfg.text!r}\nreconstructed {other} from its embedding: {text!r}")
 
 
 def main() -> None:
