@@ -174,6 +174,7 @@ def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Ranges and combinations, checked before any model or data loads."""
     s = cfg.stage
+    world = _world_size(cfg)
     _choice(cfg.model.pooling, ("last", "mean", "weighted_mean"), "model.pooling")
     _choice(cfg.model.attention, ("causal", "bidirectional"), "model.attention")
     _choice(cfg.model.padding_side, ("left", "right"), "model.padding_side")
@@ -193,16 +194,15 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")
         if s.grad_cache_chunk_size is not None and s.grad_cache_chunk_size < 1:
             raise ConfigError("stage.grad_cache_chunk_size must be >= 1 or null")
-    multi = _world_size(cfg) > 1 or any(k in str(cfg.trainer.strategy) for k in ("ddp", "fsdp", "deepspeed"))
+    multi = world > 1 or any(k in str(cfg.trainer.strategy) for k in ("ddp", "fsdp", "deepspeed"))
     if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and multi:
         raise ConfigError(
             f"stage.grad_cache_chunk_size is supported on a single device for now, not with strategy "
-            f"{cfg.trainer.strategy!r} / {_world_size(cfg)} devices (its backward recomputes chunks re-entrantly, "
+            f"{cfg.trainer.strategy!r} / {world} devices (its backward recomputes chunks re-entrantly, "
             "which the DDP/FSDP/DeepSpeed gradient hooks do not allow); use one device or set it to null"
         )
     if cfg.data.num_hard_negatives < 0:
         raise ConfigError("data.num_hard_negatives must be >= 0")
-    world = _world_size(cfg)
     if cfg.data.global_batch_size % world:
         raise ConfigError(
             f"data.global_batch_size={cfg.data.global_batch_size} is not divisible by the world size {world} "

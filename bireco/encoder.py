@@ -7,6 +7,7 @@ gets a unique ModelMeta name and revision (a hash of its path and weight files).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -46,7 +47,7 @@ def encode_texts(
     sides = [encode_side(backbone.tokenizer, fmt, t, max_length, instruction) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -sides[i].length)
     out = torch.empty(len(texts), backbone.hidden_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _null()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for start in tqdm(range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_sides([sides[i] for i in idx], backbone.pad_id, backbone.padding_side).items()}
@@ -55,14 +56,6 @@ def encode_texts(
         out[idx] = (torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu()
     backbone.train(was_training)
     return out
-
-
-class _null:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def checkpoint_revision(path: str | Path) -> str:
@@ -74,17 +67,18 @@ def checkpoint_revision(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def instruction_for_task(task_name: str, task_type: str, prompt_type: Any, extra_tables: list[str] = ()) -> str | None:
-    """Instruction of an mteb task for this input side (None for retrieval/reranking documents)."""
+def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> str | None:
+    """Instruction of an mteb task for this input side (None for retrieval/reranking documents): the MTEB table,
+    or for bireco's built-in tasks the instruction their training data uses."""
     from mteb.types import PromptType
+
+    from bireco.mteb_tasks import TASK_DATASET
 
     if task_type in QUERY_ONLY_TYPES and prompt_type != PromptType.query:
         return None
-    for table in ("mteb", *extra_tables):
-        value = load_table(table).get(task_name)
-        if value:
-            return value
-    return None
+    if task_name in TASK_DATASET:
+        return load_table("wordnet").get(TASK_DATASET[task_name])
+    return load_table("mteb").get(task_name)
 
 
 def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: int = 512, batch_size: int = 64,
@@ -92,8 +86,6 @@ def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: in
     """An mteb 2.x encoder around a loaded backbone, with a ModelMeta unique to `checkpoint`."""
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
-
-    from bireco.mteb_tasks import TASK_DATASET
 
     revision = checkpoint_revision(checkpoint)
     name = f"bireco/{Path(checkpoint).resolve().parent.name}-{Path(checkpoint).name}-{revision[:8]}"
@@ -113,9 +105,6 @@ def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: in
         def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
             texts = [t for batch in inputs for t in batch["text"]]
             instruction = instruction_for_task(task_metadata.name, task_metadata.type, prompt_type)
-            if instruction is None and task_metadata.name in TASK_DATASET:
-                if task_metadata.type not in QUERY_ONLY_TYPES or prompt_type is not None and prompt_type.value == "query":
-                    instruction = load_table("wordnet").get(TASK_DATASET[task_metadata.name])
             emb = encode_texts(backbone, texts, instruction, max_length, batch_size, progress=progress)
             return emb.numpy()
 

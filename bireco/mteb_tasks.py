@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 from datasets import Dataset
@@ -45,18 +46,14 @@ class _WordNetRetrieval(AbsTaskRetrieval):
             corpus.setdefault(r["id"], r["positive"])
         queries = [{"id": f"q{i}", "text": r["query"]} for i, r in enumerate(records)]
         if self.max_queries and len(queries) > self.max_queries:
-            import random
-
             keep = sorted(random.Random(0).sample(range(len(queries)), self.max_queries))
             queries = [queries[i] for i in keep]
         qrels = {q["id"]: {records[int(q["id"][1:])]["id"]: 1} for q in queries}
         if self.max_docs and len(corpus) > self.max_docs:
-            import random
-
             needed = {d for rel in qrels.values() for d in rel}
             rest = sorted(set(corpus) - needed)
-            extra = random.Random(1).sample(rest, max(0, self.max_docs - len(needed)))
-            corpus = {k: v for k, v in corpus.items() if k in needed or k in set(extra)}
+            kept = needed | set(random.Random(1).sample(rest, max(0, self.max_docs - len(needed))))
+            corpus = {k: v for k, v in corpus.items() if k in kept}
         split = RetrievalSplitData(
             queries=Dataset.from_list(queries),
             corpus=Dataset.from_list([{"id": k, "text": v, "title": ""} for k, v in corpus.items()]),

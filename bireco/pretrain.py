@@ -21,8 +21,14 @@ import torch
 
 from bireco.text_format import TextFormat, encode_side
 
-# the tiny_llama family format (conf/model/tiny_llama.yaml)
-LLAMA_FORMAT = TextFormat(eos_token="<|eot_id|>", prefix="<|start_header_id|>user<|end_header_id|>\n\n", add_bos=True)
+
+def family_format(family: str = "tiny_llama") -> TextFormat:
+    """The text format of a `conf/model/<family>.yaml` (the demo trains that family from this LM)."""
+    import yaml
+
+    from bireco.cli import CONF_DIR
+
+    return TextFormat(**yaml.safe_load((Path(CONF_DIR) / "model" / f"{family}.yaml").read_text())["text_format"])
 
 SMALL_ARCH = {
     "model_type": "llama",
@@ -63,7 +69,7 @@ def pretrain_tiny_lm(
     seed: int = 0,
     out: Path | None = None,
     progress: bool = True,
-    text_format: TextFormat = LLAMA_FORMAT,
+    text_format: TextFormat | None = None,
 ) -> Path:
     """Train (or reuse from cache) the tiny base LM; returns its Hugging Face directory."""
     from tqdm.auto import tqdm
@@ -72,6 +78,7 @@ def pretrain_tiny_lm(
     from bireco.tiny import tiny_tokenizer_path
 
     arch = dict(arch or SMALL_ARCH)
+    text_format = text_format or family_format()
     settings = {"arch": arch, "steps": steps, "seq_len": seq_len, "batch_size": batch_size, "lr": lr, "seed": seed,
                 "corpus": CORPUS_VERSION, "format": text_format.__dict__}  # fmt: skip
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
