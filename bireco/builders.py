@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from bireco.backbone import Backbone
@@ -69,7 +71,7 @@ def build_module(cfg: DictConfig, backbone: Backbone) -> L.LightningModule:
 
         return ReconstructionModule(
             backbone, s.optim, cfg.trainer.max_steps, alpha=s.alpha, schedule=s.schedule,
-            labels=s.labels, reconstruct_instruction=s.reconstruct_instruction,
+            labels=s.labels, reconstruct_instruction=s.reconstruct_instruction, on_nonfinite=cfg.trainer.on_nonfinite,
         )  # fmt: skip
     if s.name == "contrastive":
         from bireco.modules.contrastive import ContrastiveModule
@@ -77,17 +79,23 @@ def build_module(cfg: DictConfig, backbone: Backbone) -> L.LightningModule:
         return ContrastiveModule(
             backbone, s.optim, cfg.trainer.max_steps, scale=s.scale, symmetric=s.symmetric,
             gather_across_devices=s.gather_across_devices, grad_cache_chunk_size=s.grad_cache_chunk_size,
+            on_nonfinite=cfg.trainer.on_nonfinite,
         )  # fmt: skip
     raise ConfigError(f"stage.name={s.name!r}; valid: reconstruction, contrastive")
 
 
-def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    from lightning.pytorch.loggers import CSVLogger
+def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> list:
+    """CSV always (appends across resumes); wandb when enabled, continuing the same wandb run on resume."""
+    from bireco.loggers import AppendingCSVLogger
 
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="logs")]
+    # flushed at every log interval and before every checkpoint: a crash loses no row the resumed run will not redo
+    loggers = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="logs", flush_logs_every_n_steps=cfg.trainer.log_every_n_steps)]
     if cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
+        id_file = run_dir / "wandb_run_id"
+        resumed = resuming and id_file.is_file()
+        run_id = id_file.read_text().strip() if resumed else uuid.uuid4().hex[:12]
         mode = cfg.logger.mode
         if mode == "auto":
             mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key_available() else "offline")
@@ -100,8 +108,12 @@ def build_loggers(cfg: DictConfig, run_dir: Path) -> list:
                 save_dir=str(run_dir),
                 mode=mode,
                 config=OmegaConf.to_container(cfg, resolve=True),
+                id=run_id,
+                resume="allow" if resumed else None,
             )
         )
+        if not resumed and rank_zero_only.rank == 0:
+            id_file.write_text(run_id)
     return loggers
 
 
@@ -112,7 +124,7 @@ def _wandb_key_available() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: bool = False) -> L.Trainer:
     t = cfg.trainer
     return L.Trainer(
         accelerator=t.accelerator,
@@ -129,7 +141,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         enable_model_summary=False,
         enable_checkpointing=bool(t.checkpoint_every_n_steps),
         use_distributed_sampler=False,  # PairBatchSampler is rank-aware
-        logger=build_loggers(cfg, run_dir),
+        logger=build_loggers(cfg, run_dir, resuming),
         callbacks=callbacks,
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,

@@ -32,6 +32,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto = bf16 on a bf16 GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the transformer body (pays on GPU, most of all under LoRA)
     trust_remote_code: bool = False
     pooling: str = "last"
     attention: str = "causal"  # attention of embedding passes; decoding is always causal
@@ -124,6 +125,7 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None
     deterministic: bool = False
     enable_progress_bar: bool = True
+    on_nonfinite: str = "raise"  # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
 
 
 @dataclass
@@ -183,6 +185,7 @@ def validate(cfg: DictConfig) -> None:
     _choice(cfg.data.batching, ("homogeneous", "mixed"), "data.batching")
     _choice(cfg.data.on_bad_record, ("error", "skip"), "data.on_bad_record")
     _choice(cfg.save_mode, ("full", "merged", "adapter"), "save_mode")
+    _choice(cfg.trainer.on_nonfinite, ("raise", "skip"), "trainer.on_nonfinite")
     _choice(s.optim.schedule, ("linear", "cosine", "constant"), "stage.optim.schedule")
     if s.name == "reconstruction":
         if not 0.0 <= s.alpha <= 1.0:

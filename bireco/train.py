@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -37,6 +38,46 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return cfg.resume
 
 
+def checkpoint_step(path: str) -> int:
+    """The optimizer step a Lightning checkpoint was taken at (memory-mapped, tensors only)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+    except Exception as e:  # truncated file, foreign pickle, not a Lightning checkpoint
+        raise RuntimeError(
+            f"{path}: not a loadable Lightning checkpoint ({type(e).__name__}: {e}). bireco writes checkpoints "
+            "atomically, so this file was written by something else or damaged later; pass resume=<another .ckpt> "
+            "or resume=never"
+        ) from e
+
+
+def trim_metrics(csv_path: Path, step: int) -> None:
+    """Drop logged rows at or after `step` (work the crash threw away and the resumed run redoes), atomically."""
+    if not csv_path.is_file():
+        return
+    import csv
+
+    with csv_path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames or [], [r for r in reader if r.get("step", "") == "" or int(r["step"]) < step]
+    tmp = csv_path.with_name(csv_path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+
+
+def keep_previous_metrics(csv_path: Path) -> None:
+    """A fresh (not resumed) run in a used run_dir starts a new metrics.csv; the old one is renamed, not lost."""
+    if csv_path.is_file():
+        n = 1
+        while csv_path.with_name(f"metrics.previous-{n}.csv").exists():
+            n += 1
+        csv_path.rename(csv_path.with_name(f"metrics.previous-{n}.csv"))
+
+
 def run(cfg: DictConfig) -> dict:
     """Validate, build, fit, save. Returns the final logged metrics."""
     from bireco.builders import build_backbone, build_datamodule, build_module, build_trainer
@@ -51,8 +92,17 @@ def run(cfg: DictConfig) -> dict:
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_path(cfg, run_dir))
+    ckpt = resume_path(cfg, run_dir)
+    if ckpt is not None:
+        step = checkpoint_step(ckpt)
+        log.info("resuming from %s (step %d)", ckpt, step)
+        trim_metrics(run_dir / "logs" / "metrics.csv", step)
+        # wrong here: the datamodule restores the sampler position (PairDataModule.state_dict)
+        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+    else:
+        keep_previous_metrics(run_dir / "logs" / "metrics.csv")
+    trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for logger in trainer.loggers:  # close wandb runs: a later run in this process must not reuse this one
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:

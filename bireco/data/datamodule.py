@@ -23,6 +23,7 @@ class PairDataModule(L.LightningDataModule):
         self.seed = seed
         self.train = None
         self.sampler: PairBatchSampler | None = None
+        self._resume_state: dict | None = None
 
     def load(self) -> None:
         """Load and validate the training records (called before any output is written)."""
@@ -49,6 +50,8 @@ class PairDataModule(L.LightningDataModule):
             homogeneous=self.cfg.batching == "homogeneous",
             lengths=lengths,
         )
+        if self._resume_state is not None:
+            self.sampler.resume(self._resume_state.get("epoch", 0), self._resume_state.get("consumed", 0))
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -60,4 +63,15 @@ class PairDataModule(L.LightningDataModule):
         )
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch if self.sampler else 0}
+        """Sampler position for exact resume: the epoch and the batches the training loop has *processed* in it
+        (not what the loader has prefetched), read from Lightning's progress counters at checkpoint time."""
+        trainer = self.trainer
+        if trainer is None:
+            return {"epoch": 0, "consumed": 0}
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        return {"epoch": trainer.current_epoch, "consumed": progress.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_state = state
+        if self.sampler is not None:
+            self.sampler.resume(state.get("epoch", 0), state.get("consumed", 0))

@@ -36,7 +36,7 @@ class PairBatchSampler(Sampler[list[int]]):
         self.lengths = torch.as_tensor(lengths) if lengths is not None else None
         self.bucket_window = bucket_window
         self.epoch = 0
-        self.start_batch = 0  # batches of the current epoch already consumed (set on resume)
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already consumed), set on resume
         groups: dict[str, list[int]] = {}
         for i, n in enumerate(self.names):
             groups.setdefault(n, []).append(i)
@@ -50,6 +50,11 @@ class PairBatchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume(self, epoch: int, consumed: int) -> None:
+        """Skip the first `consumed` global batches of `epoch` (once): the rest of that epoch is then exactly
+        what an uninterrupted run would have seen, because the order depends on seed + epoch only."""
+        self.resume_at = (epoch, consumed) if 0 < consumed < len(self) else None
 
     def _blocks(self) -> list[torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
@@ -66,11 +71,11 @@ class PairBatchSampler(Sampler[list[int]]):
         return [blocks[i] for i in order]
 
     def __iter__(self) -> Iterator[list[int]]:
-        for b, block in enumerate(self._blocks()):
-            if b < self.start_batch:
-                continue
+        skip = 0
+        if self.resume_at is not None and self.resume_at[0] == self.epoch:
+            skip, self.resume_at = self.resume_at[1], None
+        for block in self._blocks()[skip:]:
             yield block[self.rank * self.per_rank : (self.rank + 1) * self.per_rank].tolist()
-        self.start_batch = 0
 
     def __len__(self) -> int:
         if self.homogeneous:

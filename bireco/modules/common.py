@@ -1,26 +1,37 @@
-"""What both stage modules share: optimizer wiring, lr / grad-norm / throughput logging, backbone saving."""
+"""What both stage modules share: optimizer wiring, lr / grad-norm / throughput logging, the non-finite guard and
+the extra state an exact resume needs (RNG streams)."""
 
 from __future__ import annotations
 
+import logging
+import random
 import time
 from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import grad_norm
 
 from bireco.backbone import Backbone
 from bireco.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 class StageModule(L.LightningModule):
     """Base of ReconstructionModule / ContrastiveModule: everything but the training step."""
 
-    def __init__(self, backbone: Backbone, optim: Any, max_steps: int):
+    def __init__(self, backbone: Backbone, optim: Any, max_steps: int, on_nonfinite: str = "raise"):
         super().__init__()
+        if on_nonfinite not in ("raise", "skip"):
+            raise ValueError(f"trainer.on_nonfinite={on_nonfinite!r}; valid: raise, skip")
         self.backbone = backbone
         self.optim_cfg = optim
         self.max_steps = max_steps
+        self.on_nonfinite = on_nonfinite
+        self.skipped_nonfinite = 0  # optimizer steps skipped for a non-finite loss/gradient (on_nonfinite=skip)
+        self._sources: set[str] = set()  # source datasets of the micro-batches since the last optimizer step
+        self._loss_finite: torch.Tensor | None = None
+        self._rng_to_restore: dict | None = None
         self._t0: float | None = None
         self._pairs = 0
         self._tokens = 0
@@ -30,22 +41,30 @@ class StageModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.optim_cfg, self.max_steps)}
 
     def count_throughput(self, pairs: int, *sides: dict) -> None:
-        """Accumulate real (non-pad) tokens and pairs of this micro-batch for pairs/s and tokens/s."""
+        """Accumulate real (non-pad) tokens and pairs of this micro-batch for pairs/s and tokens/s. Token counts
+        stay on the device (no per-step host sync) until they are logged."""
         self._pairs += pairs
-        self._tokens += sum(int(s["attention_mask"].sum()) for s in sides)
+        self._tokens = self._tokens + sum(s["attention_mask"].sum() for s in sides)
 
     def on_train_start(self):
         self.backbone.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA) must be on
 
     def on_train_batch_start(self, batch, batch_idx):
+        if self._rng_to_restore is not None:  # after resume: continue the interrupted run's random streams
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
         if self._t0 is None:
             self._t0 = time.perf_counter()
 
     def on_before_optimizer_step(self, optimizer):
-        norms = grad_norm(self.backbone, norm_type=2)
-        if "grad_2.0_norm_total" in norms:
-            self.log("train/grad_norm", norms["grad_2.0_norm_total"], on_step=True)
+        grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads) if grads else None  # fused, no per-parameter host sync
+        self.guard(optimizer, total)
+        if total is not None:
+            self.log("train/grad_norm", total, on_step=True)
         self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True)
+        if self.on_nonfinite == "skip":
+            self.log("train/skipped_nonfinite", float(self.skipped_nonfinite), on_step=True)
         if self._t0 is not None:
             dt = max(time.perf_counter() - self._t0, 1e-9)
             world = self.trainer.world_size
@@ -60,8 +79,57 @@ class StageModule(L.LightningModule):
                 self.log(f"data/truncated_{kind}", float(n), on_step=True)
 
     def check_finite(self, loss: torch.Tensor, batch: dict) -> None:
-        if not torch.isfinite(loss):
+        """Record this micro-batch's loss finiteness and sources. The check itself happens once per optimizer step in
+        `guard`, after backward (one host sync per step; under DDP every rank must join the backward anyway)."""
+        self._sources.update(batch.get("dataset", ["?"]))
+        finite = torch.isfinite(loss.detach())
+        self._loss_finite = finite if self._loss_finite is None else self._loss_finite & finite
+
+    def guard(self, optimizer, total_norm: torch.Tensor | None) -> None:
+        """Non-finite loss or gradient: the optimizer step never reaches the weights. The gradient norm is taken
+        after the DDP all-reduce, so every rank reaches the same decision. raise: stop with the step and source
+        datasets (no checkpoint of broken weights can follow). skip: drop every gradient (AdamW leaves parameters
+        without one untouched) and count the step in train/skipped_nonfinite."""
+        sources, self._sources = sorted(self._sources), set()
+        loss_ok, self._loss_finite = self._loss_finite, None
+        checks = [t for t in (loss_ok, None if total_norm is None else torch.isfinite(total_norm)) if t is not None]
+        if not checks or bool(torch.stack(checks).all()):
+            return
+        what = "loss" if loss_ok is not None and not bool(loss_ok) else f"gradient (norm {float(total_norm)})"
+        if self.on_nonfinite == "raise":
             raise FloatingPointError(
-                f"non-finite loss {loss.item()} at step {self.global_step} on a batch from dataset(s) "
-                f"{sorted(set(batch.get('dataset', ['?'])))}; no checkpoint of these weights is written"
+                f"non-finite {what} at step {self.global_step} on batch(es) from dataset(s) {sources}; the optimizer "
+                "step was not taken and no checkpoint of these weights is written "
+                "(trainer.on_nonfinite=skip skips such steps and counts them instead)"
             )
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
+        self.skipped_nonfinite += 1
+        log.warning("step %d: non-finite %s on dataset(s) %s; step skipped (%d so far)", self.global_step, what, sources, self.skipped_nonfinite)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        for logger in self.trainer.loggers:  # rows up to this step reach the disk before the checkpoint does
+            logger.save()
+        checkpoint["bireco_rng"] = _get_rng_state()
+        checkpoint["bireco_skipped_nonfinite"] = self.skipped_nonfinite
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._rng_to_restore = checkpoint.get("bireco_rng")
+        self.skipped_nonfinite = checkpoint.get("bireco_skipped_nonfinite", 0)
+
+
+def _get_rng_state() -> dict:
+    """torch (CPU + every CUDA device) and Python RNG streams, as types `torch.load(weights_only=True)` accepts."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

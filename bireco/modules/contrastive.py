@@ -23,8 +23,9 @@ class ContrastiveModule(StageModule):
         symmetric: bool = False,
         gather_across_devices: bool = True,
         grad_cache_chunk_size: int | None = None,
+        on_nonfinite: str = "raise",
     ):
-        super().__init__(backbone, optim, max_steps)
+        super().__init__(backbone, optim, max_steps, on_nonfinite)
         self.loss_fn = InfoNCELoss(scale=scale, symmetric=symmetric)
         self.gather_across_devices = gather_across_devices
         self.grad_cache_chunk_size = grad_cache_chunk_size

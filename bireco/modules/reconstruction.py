@@ -60,8 +60,9 @@ class ReconstructionModule(StageModule):
         schedule: str = "alternate",
         labels: str = "paper",
         reconstruct_instruction: bool = False,
+        on_nonfinite: str = "raise",
     ):
-        super().__init__(backbone, optim, max_steps)
+        super().__init__(backbone, optim, max_steps, on_nonfinite)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"stage.alpha={alpha} must be in [0, 1]")
         if schedule not in ("alternate", "joint"):
@@ -112,7 +113,9 @@ class ReconstructionModule(StageModule):
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["bireco_micro_step"] = self.micro_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
         self.micro_step = checkpoint.get("bireco_micro_step", 0)

@@ -1,0 +1,69 @@
+"""Run `bireco.train` and SIGKILL the process mid-run: used by tests/test_reliability.py.
+
+    python tests/scripts/train_and_kill.py after-step K  -- <hydra overrides>   # kill after optimizer step K
+    python tests/scripts/train_and_kill.py during-save K -- <hydra overrides>   # kill halfway through writing
+                                                                                # the checkpoint of step K
+SIGKILL gives the process no chance to clean up, like an OOM-killer or a lost node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import lightning as L
+from fsspec.implementations.local import LocalFileOpener
+
+import bireco.callbacks
+from bireco import train
+
+
+def die() -> None:
+    sys.stdout.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAfterStep(L.Callback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            die()
+
+
+def kill_during_save(step: int) -> None:
+    """Let the checkpoint write of optimizer step `step` put half its bytes on disk, then die."""
+    state = {"trainer": None}
+    write = LocalFileOpener.write
+
+    def half_write_then_die(self, data):
+        trainer = state["trainer"]
+        if trainer is not None and trainer.global_step >= step and len(data) > 1000:
+            write(self, data[: len(data) // 2])
+            self.flush()
+            die()
+        return write(self, data)
+
+    LocalFileOpener.write = half_write_then_die
+
+    class Remember(L.Callback):
+        def on_train_start(self, trainer, pl_module):
+            state["trainer"] = trainer
+
+    return Remember()
+
+
+def main() -> None:
+    mode, step, sep, *overrides = sys.argv[1:]
+    assert sep == "--" and mode in ("after-step", "during-save"), __doc__
+    extra = KillAfterStep(int(step)) if mode == "after-step" else kill_during_save(int(step))
+    build = bireco.callbacks.build_callbacks
+    bireco.callbacks.build_callbacks = lambda cfg, run_dir: [*build(cfg, run_dir), extra]
+    sys.argv = [sys.argv[0], *overrides]
+    train.main()
+
+
+if __name__ == "__main__":
+    main()
