@@ -44,5 +44,5 @@ export: ## export CKPT as a sentence-transformers directory: make export OUT=dir
 demo: ## the main job: tiny base LM, baseline vs Anchor (Stage I -> II), mteb table + convergence plot (CPU, offline)
 	$(PYTHON) -m bireco.demo $(ARGS)
 
-bench: ## CPU benchmark vs a plain PyTorch loop (lands with the performance issue)
-	@echo "make bench: not yet -- the benchmark lands with the performance issue" >&2; exit 2
+bench: ## bireco vs plain PyTorch loops, tiny model on CPU (~3 min); MODE=gpu for the 1B shape; results in outputs/bench
+	$(PYTHON) experiments/bench/bench.py --mode $(or $(MODE),cpu) --out outputs/bench $(ARGS)

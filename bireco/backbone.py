@@ -33,11 +33,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 class ReconstructionOutput:
     loss: torch.Tensor  # token-mean CE over label positions
     n_tokens: int
-    n_correct: int
+    n_correct: torch.Tensor  # on the device: reading it would cost a host sync per step
 
     @property
-    def accuracy(self) -> float:
-        return self.n_correct / max(self.n_tokens, 1)
+    def accuracy(self) -> torch.Tensor:
+        return self.n_correct.float() / max(self.n_tokens, 1)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -135,7 +135,7 @@ class Backbone(nn.Module):
         if lora_cfg is not None and _as_dict(lora_cfg).get("enabled", False):
             model = apply_lora(model, _as_dict(lora_cfg), cfg.get("lora_target_modules"))
         fmt = TextFormat(**_as_dict(cfg["text_format"]))
-        return cls(
+        backbone = cls(
             model,
             tokenizer,
             fmt,
@@ -144,6 +144,9 @@ class Backbone(nn.Module):
             padding_side=cfg.get("padding_side", "left"),
             ce_chunk_size=int(cfg.get("ce_chunk_size", 4096)),
         )
+        if cfg.get("compile", False):  # in place: parameter names, saving and LoRA are unchanged
+            backbone.decoder.compile(dynamic=None)
+        return backbone
 
     @classmethod
     def load(cls, path: str | os.PathLike, dtype: str = "auto", lora_cfg: Any | None = None) -> Backbone:
@@ -250,7 +253,7 @@ class Backbone(nn.Module):
         if n == 0:
             raise ValueError("reconstruction batch has no target tokens (all labels are -100)")
         loss_sum, correct = chunked_cross_entropy(hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size)
-        return ReconstructionOutput(loss=loss_sum / n, n_tokens=n, n_correct=int(correct))
+        return ReconstructionOutput(loss=loss_sum / n, n_tokens=n, n_correct=correct)
 
     # ------------------------------------------------------------------ persistence
     def metadata(self) -> dict:

@@ -124,13 +124,15 @@ def _wandb_key_available() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: bool = False) -> L.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: bool = False, backbone: Backbone | None = None) -> L.Trainer:
+    from bireco.strategies import build_strategy
+
     t = cfg.trainer
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=t.strategy,
+        strategy=build_strategy(cfg, backbone) if backbone is not None else t.strategy,
         precision=t.precision,
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,

@@ -111,6 +111,21 @@ class DataConfig:
 
 
 @dataclass
+class FSDPConfig:
+    sharding_strategy: str = "FULL_SHARD"  # FULL_SHARD (ZeRO-3) | SHARD_GRAD_OP (ZeRO-2) | HYBRID_SHARD (multi-node) | NO_SHARD
+    activation_checkpointing: bool = True  # per decoder layer (replaces model.gradient_checkpointing)
+    state_dict_type: str = "sharded"  # checkpoints: sharded (every rank writes its shard) | full (one file, rank 0)
+    cpu_offload: bool = False
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 2  # ZeRO stage: 2 (optimizer + gradients sharded) | 3 (parameters too)
+    offload_optimizer: bool = False
+    offload_parameters: bool = False
+
+
+@dataclass
 class TrainerConfig:
     accelerator: str = "auto"
     devices: Any = 1
@@ -126,6 +141,8 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     on_nonfinite: str = "raise"  # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # read when strategy=fsdp
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read when strategy=deepspeed
 
 
 @dataclass
@@ -197,12 +214,24 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")
         if s.grad_cache_chunk_size is not None and s.grad_cache_chunk_size < 1:
             raise ConfigError("stage.grad_cache_chunk_size must be >= 1 or null")
-    multi = world > 1 or any(k in str(cfg.trainer.strategy) for k in ("ddp", "fsdp", "deepspeed"))
-    if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and multi:
+    strategy = str(cfg.trainer.strategy)
+    if strategy == "fsdp":
+        _choice(cfg.trainer.fsdp.sharding_strategy, ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"), "trainer.fsdp.sharding_strategy")
+        _choice(cfg.trainer.fsdp.state_dict_type, ("sharded", "full"), "trainer.fsdp.state_dict_type")
+    if strategy in ("fsdp", "deepspeed") and cfg.trainer.accelerator not in ("gpu", "cuda", "auto"):
+        raise ConfigError(f"trainer.strategy={strategy} runs on GPUs only (trainer.accelerator={cfg.trainer.accelerator}); on CPU use trainer=ddp_cpu")
+    if strategy == "deepspeed":
+        if cfg.trainer.deepspeed.stage not in (2, 3):
+            raise ConfigError(f"trainer.deepspeed.stage={cfg.trainer.deepspeed.stage}; valid: 2, 3")
+        import importlib.util
+
+        if importlib.util.find_spec("deepspeed") is None:
+            raise ConfigError("trainer.strategy=deepspeed needs the deepspeed package: pip install deepspeed")
+    if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and strategy in ("fsdp", "deepspeed"):
         raise ConfigError(
-            f"stage.grad_cache_chunk_size is supported on a single device for now, not with strategy "
-            f"{cfg.trainer.strategy!r} / {world} devices (its backward recomputes chunks re-entrantly, "
-            "which the DDP/FSDP/DeepSpeed gradient hooks do not allow); use one device or set it to null"
+            f"stage.grad_cache_chunk_size is supported on one device and under ddp, not with strategy {strategy!r}: "
+            "its second pass back-propagates chunk by chunk, which FSDP's and DeepSpeed's gradient sharding hooks do "
+            "not allow; use trainer=ddp or set stage.grad_cache_chunk_size=null (FSDP already frees activation memory)"
         )
     if cfg.data.num_hard_negatives < 0:
         raise ConfigError("data.num_hard_negatives must be >= 0")

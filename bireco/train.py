@@ -31,19 +31,21 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if last.is_file() else None
-    if not Path(cfg.resume).is_file():
+        last = run_dir / "checkpoints" / "last.ckpt"  # a directory under fsdp (sharded)
+        return str(last) if last.exists() else None
+    if not Path(cfg.resume).exists():
         raise FileNotFoundError(f"resume={cfg.resume!r}: no such checkpoint file (valid: never, auto, a .ckpt path)")
     return cfg.resume
 
 
 def checkpoint_step(path: str) -> int:
-    """The optimizer step a Lightning checkpoint was taken at (memory-mapped, tensors only)."""
+    """The optimizer step a Lightning checkpoint was taken at (memory-mapped, tensors only). A sharded (FSDP)
+    checkpoint is a directory whose meta.pt holds the same fields."""
     import torch
 
     try:
-        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["global_step"])
+        file = Path(path) / "meta.pt" if Path(path).is_dir() else Path(path)
+        return int(torch.load(file, map_location="cpu", weights_only=True, mmap=True)["global_step"])
     except Exception as e:  # truncated file, foreign pickle, not a Lightning checkpoint
         raise RuntimeError(
             f"{path}: not a loadable Lightning checkpoint ({type(e).__name__}: {e}). bireco writes checkpoints "
@@ -78,6 +80,24 @@ def keep_previous_metrics(csv_path: Path) -> None:
         csv_path.rename(csv_path.with_name(f"metrics.previous-{n}.csv"))
 
 
+def export_backbone(cfg: DictConfig, module, backbone):
+    """The backbone to save as final/: itself, or under a sharded strategy a fresh CPU copy on rank 0 holding the
+    full weights gathered at the end of training (one Hugging Face directory, whatever the strategy)."""
+    from bireco.builders import build_backbone
+    from bireco.strategies import backbone_state
+
+    full = module.gathered_state
+    if full is None:
+        return backbone
+    copy = build_backbone(cfg)  # same architecture, LoRA and dtype, on CPU
+    missing, unexpected = copy.load_state_dict(backbone_state(full), strict=False)
+    if copy.causal_lm.config.tie_word_embeddings:  # the gathered dict may hold the tied output weight once
+        missing = [k for k in missing if not k.endswith("lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"gathered weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return copy
+
+
 def run(cfg: DictConfig) -> dict:
     """Validate, build, fit, save. Returns the final logged metrics."""
     from bireco.builders import build_backbone, build_datamodule, build_module, build_trainer
@@ -101,14 +121,15 @@ def run(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     else:
         keep_previous_metrics(run_dir / "logs" / "metrics.csv")
-    trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None)
+    trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None, backbone=backbone)
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for logger in trainer.loggers:  # close wandb runs: a later run in this process must not reuse this one
         if type(logger).__name__ == "WandbLogger" and trainer.is_global_zero:
             logger.experiment.finish()
+    export = export_backbone(cfg, module, backbone)
     if trainer.is_global_zero:
-        backbone.save(run_dir / "final", cfg.save_mode)
+        export.save(run_dir / "final", cfg.save_mode)
         (run_dir / "final" / "train_summary.json").write_text(json.dumps({"steps": trainer.global_step, **metrics}, indent=2))
         log.info("saved %s", run_dir / "final")
     return metrics

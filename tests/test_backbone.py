@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TEXTS, make_side
@@ -155,3 +156,31 @@ def test_checkpoint_of_other_family_fails_clearly(backbone, tmp_path, cfg_factor
     model_cfg["expected_model_type"] = "llama"
     with pytest.raises(FileNotFoundError, match="no \\*.safetensors"):
         Backbone.from_config(model_cfg)
+
+
+@pytest.mark.parametrize("chunk", [3, 1000])
+@pytest.mark.parametrize("train_weight", [True, False])
+def test_fused_chunked_ce_matches_full_logit_ce_and_its_gradients(chunk, train_weight):
+    from bireco.losses.chunked_ce import chunked_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 50, bias=True)
+    head.weight.requires_grad_(train_weight)
+    head.bias.requires_grad_(train_weight)
+    h = torch.randn(11, 16, requires_grad=True)
+    y = torch.randint(0, 50, (11,))
+    loss, correct = chunked_cross_entropy(h, y, head, chunk)
+    (2.5 * loss).backward()  # a non-unit incoming gradient must scale the precomputed ones
+    got = [h.grad.clone()] + ([head.weight.grad.clone(), head.bias.grad.clone()] if train_weight else [])
+    for t in (h, head.weight, head.bias):
+        t.grad = None
+    logits = head(h)
+    ref = F.cross_entropy(logits, y, reduction="sum")
+    (2.5 * ref).backward()
+    want = [h.grad] + ([head.weight.grad, head.bias.grad] if train_weight else [])
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    assert int(correct) == int((logits.argmax(-1) == y).sum())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    if not train_weight:
+        assert head.weight.grad is None

@@ -48,7 +48,16 @@ def test_every_model_size_composes():
                 cfg = compose_cfg([f"model={family}", f"size={size}"])
                 assert cfg.model.family == family
                 assert cfg.model.name_or_path or cfg.model.architecture
+                assert dict(cfg.size) == {"name": size}  # the size file's keys land at the top level (@package _global_)
+                assert cfg.model.gradient_checkpointing == (size != "tiny")  # real sizes train with checkpointing
                 validate(cfg)
+
+
+def test_package_headers_are_on_the_first_line():
+    """Hydra reads `# @package` only on a file's first line; anywhere else it is a comment and the keys nest."""
+    for f in Path(CONF_DIR).rglob("*.yaml"):
+        lines = f.read_text().splitlines()
+        assert all("@package" not in line for line in lines[1:]), f
 
 
 def test_missing_family_size_combination_lists_options():
@@ -68,8 +77,10 @@ def test_wrong_type_fails_at_compose():
         (["stage.schedule=both"], "stage.schedule='both' is not valid; choose one of: alternate, joint"),
         (["model.pooling=cls"], "choose one of: last, mean, weighted_mean"),
         (["data.global_batch_size=33", "trainer=ddp_cpu"], "not divisible by the world size 2"),
-        (["stage=contrastive", "stage.grad_cache_chunk_size=8", "trainer.strategy=fsdp"], "supported on a single device"),
-        (["stage=contrastive", "stage.grad_cache_chunk_size=8", "trainer=ddp"], "supported on a single device"),
+        (["stage=contrastive", "stage.grad_cache_chunk_size=8", "trainer=fsdp"], "supported on one device and under ddp"),
+        (["trainer.strategy=fsdp"], "runs on GPUs only"),
+        (["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"], "trainer.fsdp.sharding_strategy='FULL' is not valid"),
+        (["trainer=deepspeed", "trainer.deepspeed.stage=1"], "trainer.deepspeed.stage=1; valid: 2, 3"),
     ],
 )
 def test_impossible_combinations_fail_before_loading(overrides, message):
@@ -140,3 +151,14 @@ def test_ablation_presets_sweep_alpha_into_variants(preset, values):
     first = values.split(",")[0]
     job = compose_cfg([f"experiment={preset}", "stage=reconstruction", f"stage.alpha={first}"])
     assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(f"{preset}/alpha{float(first)}/stage1")
+
+
+def test_slurm_launcher_config_composes_with_the_plugin():
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the [slurm] extra (part of [dev])
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.tasks_per_node == launcher.gpus_per_node  # Lightning on SLURM: one task per GPU
+    assert cfg.hydra.sweep.dir == "outputs/default/multirun"  # fixed, shared by every rank of a job

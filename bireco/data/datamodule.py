@@ -9,7 +9,6 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from bireco.data.collate import PairCollator
-from bireco.data.records import load_pairs
 from bireco.data.samplers import PairBatchSampler
 
 log = logging.getLogger(__name__)
@@ -28,6 +27,9 @@ class PairDataModule(L.LightningDataModule):
     def load(self) -> None:
         """Load and validate the training records (called before any output is written)."""
         if self.train is None:
+            # imported here, not at module level: `datasets` is heavy and only needed once data loads
+            from bireco.data.records import load_pairs
+
             ds = load_pairs(self.cfg, "train")
             if self.cfg.max_train_records:
                 ds = ds.select(range(min(self.cfg.max_train_records, len(ds))))

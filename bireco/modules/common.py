@@ -32,6 +32,7 @@ class StageModule(L.LightningModule):
         self._sources: set[str] = set()  # source datasets of the micro-batches since the last optimizer step
         self._loss_finite: torch.Tensor | None = None
         self._rng_to_restore: dict | None = None
+        self.gathered_state: dict | None = None  # full weights gathered at the end of a sharded run (rank 0)
         self._t0: float | None = None
         self._pairs = 0
         self._tokens = 0
@@ -59,6 +60,8 @@ class StageModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer):
         grads = [p.grad for p in self.backbone.parameters() if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads) if grads else None  # fused, no per-parameter host sync
+        if total is not None and self._sharded():  # each rank holds a shard of the gradients
+            total = self.trainer.strategy.reduce(total.float() ** 2, reduce_op="sum").sqrt()
         self.guard(optimizer, total)
         if total is not None:
             self.log("train/grad_norm", total, on_step=True)
@@ -70,7 +73,20 @@ class StageModule(L.LightningModule):
             world = self.trainer.world_size
             self.log("train/pairs_per_s", self._pairs * world / dt, on_step=True)
             self.log("train/tokens_per_s", self._tokens * world / dt, on_step=True)
+            self.log("train/step_s", dt, on_step=True)
+        if self.device.type == "cuda":  # allocator statistics: no device sync
+            self.log("train/peak_mem_gb", torch.cuda.max_memory_allocated(self.device) / 2**30, on_step=True)
         self._t0, self._pairs, self._tokens = time.perf_counter(), 0, 0
+
+    def _sharded(self) -> bool:
+        return self._trainer is not None and type(self.trainer.strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy")
+
+    def on_train_end(self):
+        """Under a sharded strategy, gather the full weights for the final export while the strategy is still live
+        (Lightning tears it down after fit). Every rank joins; rank 0 keeps the result."""
+        from bireco.strategies import full_state_dict
+
+        self.gathered_state = full_state_dict(self.trainer)
 
     def log_truncation(self) -> None:
         dm = self.trainer.datamodule if self._trainer else None
@@ -93,9 +109,14 @@ class StageModule(L.LightningModule):
         sources, self._sources = sorted(self._sources), set()
         loss_ok, self._loss_finite = self._loss_finite, None
         checks = [t for t in (loss_ok, None if total_norm is None else torch.isfinite(total_norm)) if t is not None]
-        if not checks or bool(torch.stack(checks).all()):
+        if not checks:
             return
-        what = "loss" if loss_ok is not None and not bool(loss_ok) else f"gradient (norm {float(total_norm)})"
+        bad = (~torch.stack(checks).all()).float()
+        if self._trainer is not None and self.trainer.world_size > 1:  # one decision for all ranks
+            bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
+        if not bool(bad):
+            return
+        what = "loss" if loss_ok is not None and not bool(loss_ok) else f"gradient (norm {float(total_norm) if total_norm is not None else 'n/a'})"
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"non-finite {what} at step {self.global_step} on batch(es) from dataset(s) {sources}; the optimizer "

@@ -30,6 +30,33 @@ class ContrastiveModule(StageModule):
         self.gather_across_devices = gather_across_devices
         self.grad_cache_chunk_size = grad_cache_chunk_size
 
+    # GradCache under DDP: the second pass back-propagates chunk by chunk inside the loss's backward, which DDP's
+    # bucketed gradient hooks cannot follow (they expect one backward per forward). So DDP's own sync is switched
+    # off for this module, like the non-final micro-batches of gradient accumulation, and the gradients are
+    # averaged over ranks in one flat all-reduce before clipping and the optimizer step (same update as DDP's).
+    def _manual_grad_sync(self) -> bool:
+        return bool(self.grad_cache_chunk_size) and self._trainer is not None and self.trainer.world_size > 1
+
+    def on_train_batch_start(self, batch, batch_idx):
+        super().on_train_batch_start(batch, batch_idx)
+        if self._manual_grad_sync():
+            from torch.nn.parallel import DistributedDataParallel
+
+            ddp = self.trainer.strategy.model
+            if not isinstance(ddp, DistributedDataParallel):
+                raise RuntimeError(f"stage.grad_cache_chunk_size with several devices needs ddp, got {type(ddp).__name__}")
+            ddp.require_backward_grad_sync = False
+
+    def on_before_optimizer_step(self, optimizer):
+        if self._manual_grad_sync():
+            grads = [p.grad for p in self.parameters() if p.grad is not None]
+            flat = self.trainer.strategy.reduce(torch.cat([g.reshape(-1) for g in grads]), reduce_op="mean")
+            offset = 0
+            for g in grads:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        super().on_before_optimizer_step(optimizer)
+
     def embed(self, side: dict) -> torch.Tensor:
         if self.grad_cache_chunk_size and torch.is_grad_enabled():
             return cached_embed(self.backbone.embed, side, self.grad_cache_chunk_size)
@@ -58,10 +85,11 @@ class ContrastiveModule(StageModule):
         out = self.step_loss(batch)
         self.check_finite(out.loss, batch)
         B = batch["query"]["input_ids"].shape[0]
-        self.log("train/loss", out.loss.detach(), on_step=True, prog_bar=True, batch_size=B)
-        self.log("train/acc", out.accuracy, on_step=True, prog_bar=True, batch_size=B)
-        self.log("train/pos_sim", out.pos_sim, on_step=True, batch_size=B)
-        self.log("train/hard_neg_sim", out.hard_neg_sim, on_step=True, batch_size=B)
+        sync = self.trainer.world_size > 1  # every rank holds B queries: the mean over ranks is the global mean
+        self.log("train/loss", out.loss.detach(), on_step=True, prog_bar=True, batch_size=B, sync_dist=sync)
+        self.log("train/acc", out.accuracy, on_step=True, prog_bar=True, batch_size=B, sync_dist=sync)
+        self.log("train/pos_sim", out.pos_sim, on_step=True, batch_size=B, sync_dist=sync)
+        self.log("train/hard_neg_sim", out.hard_neg_sim, on_step=True, batch_size=B, sync_dist=sync)
         sides = [batch["query"], batch["positive"]] + ([batch["negatives"]] if "negatives" in batch else [])
         self.count_throughput(B, *sides)
         self.log_truncation()

@@ -86,18 +86,29 @@ class ReconstructionModule(StageModule):
     def d2q(self, batch: dict) -> ReconstructionOutput:
         return self.decode(self.anchor(batch["positive"]), batch["query"])
 
+    def global_mean(self, out: ReconstructionOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss to back-propagate, global token-mean loss, global accuracy). With several ranks each rank's sum is
+        divided by the token count of the whole global batch (times the world size, which DDP's gradient averaging
+        divides out), so the update is the one a single process would make on the global batch."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return out.loss, out.loss.detach(), out.accuracy
+        n = torch.tensor([float(out.n_tokens)], device=out.loss.device)
+        stats = self.trainer.strategy.reduce(torch.cat([n, (out.loss.detach() * out.n_tokens)[None], out.n_correct.float()[None]]), reduce_op="sum")
+        n_global = stats[0]
+        return out.loss * (out.n_tokens * world / n_global), stats[1] / n_global, stats[2] / n_global
+
     def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         logs: dict[str, float | torch.Tensor] = {}
         if self.schedule == "joint":
-            q, d = self.q2d(batch), self.d2q(batch)
-            loss = self.alpha * q.loss + (1 - self.alpha) * d.loss
-            logs.update({"train/loss_q2d": q.loss.detach(), "train/acc_q2d": q.accuracy})
-            logs.update({"train/loss_d2q": d.loss.detach(), "train/acc_d2q": d.accuracy})
+            (q, q_log, q_acc), (d, d_log, d_acc) = self.global_mean(self.q2d(batch)), self.global_mean(self.d2q(batch))
+            loss = self.alpha * q + (1 - self.alpha) * d
+            logs.update({"train/loss_q2d": q_log, "train/acc_q2d": q_acc, "train/loss_d2q": d_log, "train/acc_d2q": d_acc})
+            logs["train/loss"] = self.alpha * q_log + (1 - self.alpha) * d_log
         else:
             direction = direction_at(self.micro_step, self.alpha)
-            out = self.q2d(batch) if direction == Q2D else self.d2q(batch)
-            loss = out.loss
-            logs.update({f"train/loss_{direction}": out.loss.detach(), f"train/acc_{direction}": out.accuracy})
+            loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
+            logs.update({f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged})
         return loss, logs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -105,9 +116,8 @@ class ReconstructionModule(StageModule):
         self.micro_step += 1
         self.check_finite(loss, batch)
         B = batch["query"]["input_ids"].shape[0]
-        self.log("train/loss", loss.detach(), on_step=True, prog_bar=True, batch_size=B)
-        for k, v in logs.items():
-            self.log(k, v, on_step=True, batch_size=B)
+        for k, v in logs.items():  # already global means over all ranks
+            self.log(k, v, on_step=True, prog_bar=k == "train/loss", batch_size=B)
         self.count_throughput(B, batch["query"], batch["positive"])
         self.log_truncation()
         return loss

@@ -1,0 +1,489 @@
+"""bireco's Stage I / Stage II training steps against plain PyTorch + transformers loops, in one process.
+
+    python experiments/bench/bench.py --mode cpu            # tiny model, minutes on a laptop (make bench)
+    python experiments/bench/bench.py --mode gpu            # Llama-3.2-1B shape, bf16, batch 32 (one H100)
+    python experiments/bench/bench.py --mode gpu --only stage1_ckpt,varlen
+
+Every variant builds the same model shape from the same seed and trains on the same synthetic batches (token ids,
+fixed lengths: query / document / hard negative). bireco runs through its real path: Backbone + the stage's
+LightningModule under a Lightning Trainer (hooks, logging, guards included). The plain loops are what a researcher
+writes by hand (released-code style: full-vocabulary logits through the HF loss, both directions per batch).
+Step time is the median wall time between consecutive steps after warm-up (device synchronised), so data transfer
+and framework overhead count. MFU counts model FLOPs only: 6*N per token (8*N with activation recomputation) for a
+full fine-tune, 4*N (6*N) under LoRA, over the padded tokens that went through the transformer, against the 989
+TFLOP/s bf16 datasheet figure of an H100. The `varlen` group draws E5-like lengths (short queries, long-tailed
+documents) and compares real-token throughput of length-bucketed batches with random batches.
+
+Prints a markdown table with ratios bireco / reference and writes it (plus JSON) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from bireco.backbone import Backbone  # noqa: E402
+from bireco.config import asset_path  # noqa: E402
+
+PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense, datasheet
+
+LLAMA_1B = dict(
+    model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+    num_key_value_heads=8, vocab_size=128256, max_position_embeddings=131072, rope_theta=500000.0,
+    tie_word_embeddings=True, head_dim=64,
+)  # fmt: skip
+TINY = dict(
+    model_type="llama", hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, vocab_size=8192, max_position_embeddings=1024, tie_word_embeddings=True,
+)  # fmt: skip
+
+
+@dataclass
+class Setup:
+    arch: dict
+    dtype: torch.dtype
+    batch: int
+    q_len: int
+    d_len: int
+    warmup: int
+    steps: int
+    device: str
+    precision: str  # Lightning precision for bireco's Trainer
+
+
+SETUPS = {
+    "cpu": Setup(TINY, torch.float32, 8, 32, 128, 2, 8, "cpu", "32-true"),
+    "gpu": Setup(LLAMA_1B, torch.bfloat16, 32, 64, 256, 3, 10, "cuda", "bf16-true"),
+    # every code path of the gpu mode (bf16, all groups) at toy size on CPU: the test suite runs it
+    "smoke": Setup(dict(TINY, hidden_size=64, intermediate_size=128, num_hidden_layers=2), torch.bfloat16, 4, 16, 32, 1, 2, "cpu", "bf16-true"),
+}
+
+
+@dataclass
+class Result:
+    name: str
+    step_s: float
+    pairs_per_s: float
+    tokens_per_s: float  # real (non-pad) tokens
+    peak_gb: float | None
+    mfu: float | None
+    error: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic data
+def make_side(lengths: list[int], vocab: int, eos: int, pad: int, side: str, g: torch.Generator) -> dict:
+    """Random token ids ending in EOS, padded on `side`; all masks explicit (as the collator makes them)."""
+    B, T = len(lengths), max(lengths)
+    ids = torch.full((B, T), pad, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        row = torch.randint(16, vocab, (n,), generator=g)
+        row[-1] = eos
+        sl = slice(T - n, T) if side == "left" else slice(0, n)
+        ids[i, sl], attn[i, sl] = row, 1
+    return {"input_ids": ids, "attention_mask": attn, "embed_mask": attn.bool(), "instruction_mask": torch.zeros_like(attn, dtype=torch.bool)}
+
+
+def make_batches(n: int, setup: Setup, eos: int, pad: int, negatives: bool, lengths=None, seed: int = 0) -> list[dict]:
+    g = torch.Generator().manual_seed(seed)
+    vocab = setup.arch["vocab_size"]
+    out = []
+    for b in range(n):
+        ql, dl = lengths[b] if lengths else ([setup.q_len] * setup.batch, [setup.d_len] * setup.batch)
+        batch = {"query": make_side(ql, vocab, eos, pad, "left", g), "positive": make_side(dl, vocab, eos, pad, "left", g)}
+        if negatives:
+            batch["negatives"] = make_side(dl, vocab, eos, pad, "left", g)
+            batch["negative_owner"] = torch.arange(len(dl))
+        batch["dataset"] = ["bench"] * len(ql)
+        out.append(batch)
+    return out
+
+
+def e5_like_lengths(n_batches: int, batch: int, q_max: int, d_max: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+    """Records with short queries (median ~q_max/5) and long-tailed documents (median ~d_max/5, capped at d_max)."""
+    g = torch.Generator().manual_seed(seed)
+    n = n_batches * batch
+    q = torch.exp(torch.randn(n, generator=g) * 0.5 + math.log(q_max / 5)).clamp(4, q_max).long()
+    d = torch.exp(torch.randn(n, generator=g) * 0.9 + math.log(d_max / 5)).clamp(8, d_max).long()
+    return list(zip(q.tolist(), d.tolist()))
+
+
+def to_device(batch: dict, device: str) -> dict:
+    return {k: to_device(v, device) if isinstance(v, dict) else (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def real_tokens(batch: dict, sides=("query", "positive", "negatives")) -> int:
+    return sum(int(batch[s]["attention_mask"].sum()) for s in sides if s in batch)
+
+
+def padded_tokens(batch: dict, sides) -> int:
+    return sum(batch[s]["input_ids"].numel() for s in sides if s in batch)
+
+
+# ---------------------------------------------------------------------------------------------- model building
+def model_cfg(setup: Setup, ckpt: bool, compile: bool = False) -> dict:
+    return {
+        "family": "bench",
+        "tokenizer": asset_path("tiny_tokenizer"),
+        "architecture": dict(setup.arch),
+        "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16"}[setup.dtype],
+        "attn_implementation": "sdpa",
+        "gradient_checkpointing": ckpt,
+        "compile": compile,
+        "text_format": {"add_bos": True, "prefix": "<|start_header_id|>user<|end_header_id|>\n\n", "eos_token": "<|eot_id|>"},
+        "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    }
+
+
+LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
+
+
+def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False) -> Backbone:
+    torch.manual_seed(0)
+    with torch.device(setup.device):  # random init straight on the device
+        return Backbone.from_config(model_cfg(setup, ckpt, compile), LORA if lora else None)
+
+
+def n_params(backbone: Backbone) -> int:
+    return sum(p.numel() for p in backbone.causal_lm.parameters())
+
+
+# ---------------------------------------------------------------------------------------------- timing
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def reset_memory(device: str) -> None:
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_gb(device: str) -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+
+
+def summarise(name, times, batches, setup, flops_per_token, n, token_sides) -> Result:
+    step = statistics.median(times)
+    timed = batches[setup.warmup + 1 : setup.warmup + 1 + len(times)] or batches[-len(times) :]
+    pairs = statistics.mean(len(b["dataset"]) for b in timed)
+    real = statistics.mean(real_tokens(b, token_sides) for b in timed)
+    padded = statistics.mean(padded_tokens(b, token_sides) for b in timed)
+    mfu = flops_per_token * n * padded / step / (PEAK_TFLOPS * 1e12) if setup.device == "cuda" else None
+    return Result(name, step, pairs / step, real / step, peak_gb(setup.device), mfu, extra={"times": times})
+
+
+# ---------------------------------------------------------------------------------------------- plain loops
+def right_pad(side: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded side -> right-padded ids and mask (what a hand-written decoder loop feeds the LM)."""
+    lengths = side["attention_mask"].sum(1)
+    T = side["input_ids"].shape[1]
+    idx = (torch.arange(T, device=lengths.device)[None, :] + (T - lengths)[:, None]) % T
+    return side["input_ids"].gather(1, idx), side["attention_mask"].gather(1, idx)
+
+
+def plain_stage1_loss(model, batch: dict, direction: str) -> torch.Tensor:
+    """Released-code style: encoder [EOS] state as a one-vector prefix, HF causal-LM loss over full logits."""
+    src, tgt = (batch["query"], batch["positive"]) if direction == "q2d" else (batch["positive"], batch["query"])
+    hidden = model.model(input_ids=src["input_ids"], attention_mask=src["attention_mask"]).last_hidden_state
+    anchor = hidden[:, -1]  # left padding: the last column is every row's EOS
+    ids, mask = right_pad(tgt)
+    emb = model.get_input_embeddings()(ids)
+    inputs = torch.cat([anchor[:, None].to(emb.dtype), emb], 1)
+    attn = torch.cat([mask.new_ones(mask.shape[0], 1), mask], 1)
+    labels = torch.cat([torch.full_like(ids[:, :1], -100), ids.masked_fill(mask == 0, -100)], 1)
+    return model(inputs_embeds=inputs, attention_mask=attn, labels=labels, use_cache=False).loss
+
+
+def plain_stage2_loss(decoder, batch: dict, scale: float = 50.0) -> torch.Tensor:
+    def emb(side):
+        return F.normalize(decoder(input_ids=side["input_ids"], attention_mask=side["attention_mask"]).last_hidden_state[:, -1].float(), dim=-1)
+
+    q, p, n = emb(batch["query"]), emb(batch["positive"]), emb(batch["negatives"])
+    scores = scale * q @ torch.cat([p, n]).T
+    return F.cross_entropy(scores, torch.arange(q.shape[0], device=q.device))
+
+
+def run_plain(name, setup, batches, loss_fn, params, flops_per_token, n, token_sides) -> Result:
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=setup.device == "cuda")
+    times, last = [], None
+    for i, batch in enumerate(batches):
+        batch = to_device(batch, setup.device)
+        loss = loss_fn(batch, i)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(setup.device)
+        now = time.perf_counter()
+        if i > setup.warmup:
+            times.append(now - last)
+        last = now
+    return summarise(name, times, batches, setup, flops_per_token, n, token_sides)
+
+
+# ---------------------------------------------------------------------------------------------- bireco
+def run_bireco(name, setup, batches, module, flops_per_token, n, token_sides) -> Result:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    class StepClock(L.Callback):
+        def __init__(self):
+            self.times, self.last = [], None
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            sync(setup.device)
+            now = time.perf_counter()
+            if batch_idx > setup.warmup:
+                self.times.append(now - self.last)
+            self.last = now
+
+    clock = StepClock()
+    trainer = L.Trainer(
+        accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=setup.precision,
+        max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[clock], gradient_clip_val=1.0, num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )  # fmt: skip
+    loader = DataLoader(batches, batch_size=None, shuffle=False, pin_memory=setup.device == "cuda")
+    trainer.fit(module, train_dataloaders=loader)
+    return summarise(name, clock.times, batches, setup, flops_per_token, n, token_sides)
+
+
+def optim_cfg(lr: float):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=None, schedule="constant", warmup_steps=0, schedule_steps=None)
+
+
+# ---------------------------------------------------------------------------------------------- variants
+def stage1_variants(setup: Setup, ckpt: bool) -> list:
+    from bireco.modules.reconstruction import ReconstructionModule
+
+    k = 8 if ckpt else 6
+    tag = "ckpt" if ckpt else "no ckpt"
+    sides = ("query", "positive")
+    n_steps = setup.warmup + 1 + setup.steps
+
+    def plain(both: bool):
+        def go():
+            backbone = build_backbone(setup, ckpt)
+            model = backbone.causal_lm
+            model.train()
+            bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False)
+
+            def loss_fn(batch, i):
+                if both:
+                    return 0.2 * plain_stage1_loss(model, batch, "q2d") + 0.8 * plain_stage1_loss(model, batch, "d2q")
+                return plain_stage1_loss(model, batch, "q2d" if i % 5 == 0 else "d2q")
+
+            name = f"plain Stage I, {'both directions' if both else 'one direction'} ({tag})"
+            return run_plain(name, setup, bb, loss_fn, model.parameters(), k * (2 if both else 1), n_params(backbone), sides)
+
+        return go
+
+    def bireco(schedule: str):
+        def go():
+            backbone = build_backbone(setup, ckpt)
+            bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False)
+            module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule=schedule)
+            name = f"bireco Stage I, {schedule} ({tag})"
+            return run_bireco(name, setup, bb, module, k * (2 if schedule == "joint" else 1), n_params(backbone), sides)
+
+        return go
+
+    return [plain(True), plain(False), bireco("joint"), bireco("alternate")]
+
+
+def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
+    from bireco.modules.contrastive import ContrastiveModule
+
+    k = 6 if ckpt else 4
+    tag = "LoRA r16" + (", ckpt" if ckpt else "")
+    sides = ("query", "positive", "negatives")
+    n_steps = setup.warmup + 1 + setup.steps
+
+    def plain():
+        backbone = build_backbone(setup, ckpt, lora=True)
+        backbone.model.train()
+        bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True)
+        params = [p for p in backbone.model.parameters() if p.requires_grad]
+        return run_plain(f"plain Stage II, {tag}", setup, bb, lambda b, i: plain_stage2_loss(backbone.decoder, b), params, k, n_params(backbone), sides)
+
+    def bireco(compile: bool):
+        def go():
+            backbone = build_backbone(setup, ckpt, lora=True, compile=compile)
+            bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True)
+            module = ContrastiveModule(backbone, optim_cfg(2e-4), len(bb), scale=50.0)
+            name = f"bireco Stage II, {tag}" + (", compiled" if compile else "")
+            return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
+
+        return go
+
+    return [bireco(True)] if compiled else [plain, bireco(False)]
+
+
+def varlen_variants(setup: Setup) -> list:
+    """Same records, same bireco Stage I (alternate): random batches vs length-bucketed batches."""
+    from bireco.data.samplers import PairBatchSampler
+    from bireco.modules.reconstruction import ReconstructionModule
+
+    n_batches = setup.warmup + 1 + 3 * setup.steps
+    q_max, d_max = (64, 512) if setup.device == "cuda" else (32, 128)
+    records = e5_like_lengths(n_batches, setup.batch, q_max, d_max)
+
+    def go(bucketed: bool):
+        def inner():
+            sampler = PairBatchSampler(["e5"] * len(records), setup.batch, seed=0, lengths=[q + d for q, d in records] if bucketed else None)
+            order = list(sampler)
+            lengths = [([records[i][0] for i in b], [records[i][1] for i in b]) for b in order]
+            backbone = build_backbone(setup, ckpt=setup.device == "cuda")
+            bb = make_batches(len(order), setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False, lengths)
+            module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate")
+            name = f"bireco Stage I, E5-like lengths, {'length-bucketed' if bucketed else 'random'} batches"
+            r = run_bireco(name, setup, bb, module, 8, n_params(backbone), ("query", "positive"))
+            # throughput over the whole timed stretch (batches differ in size): real tokens / total time
+            timed = bb[setup.warmup + 1 :]
+            total = sum(r.extra.get("times", [])) or r.step_s * len(timed)
+            r.tokens_per_s = sum(real_tokens(b, ("query", "positive")) for b in timed) / total
+            r.pairs_per_s = sum(len(b["dataset"]) for b in timed) / total
+            return r
+
+        return inner
+
+    return [go(False), go(True)]
+
+
+GROUPS = {
+    "stage1_ckpt": lambda s: stage1_variants(s, ckpt=True),
+    "stage1_nockpt": lambda s: stage1_variants(s, ckpt=False),
+    "stage2": lambda s: stage2_variants(s, ckpt=True),
+    "varlen": varlen_variants,
+    "stage2_compile": lambda s: stage2_variants(s, ckpt=True, compiled=True),  # GPU: compile time ~1 min
+}
+DEFAULT_GROUPS = {
+    "cpu": ["stage1_nockpt", "stage2", "varlen"],
+    "gpu": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "stage2_compile"],
+    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen"],
+}
+
+
+# ---------------------------------------------------------------------------------------------- report
+def fmt(x, spec):
+    return "–" if x is None else format(x, spec)
+
+
+def table(results: list[Result]) -> str:
+    rows = ["| variant | step s | pairs/s | real tokens/s | MFU | peak GB |", "|---|---|---|---|---|---|"]
+    for r in results:
+        if r.error:
+            rows.append(f"| {r.name} | failed: {r.error} | | | | |")
+        else:
+            rows.append(f"| {r.name} | {r.step_s:.3f} | {r.pairs_per_s:.1f} | {r.tokens_per_s:,.0f} | {fmt(r.mfu, '.2f')} | {fmt(r.peak_gb, '.1f')} |")
+    return "\n".join(rows)
+
+
+def ratios(results: list[Result]) -> list[str]:
+    by = {r.name: r for r in results if not r.error}
+    out = []
+
+    def ratio(label, a, b, attr, target=None, higher=True):
+        if a in by and b in by:
+            x, y = getattr(by[a], attr), getattr(by[b], attr)
+            if x is None or y is None:
+                return
+            v = x / y
+            ok = "" if target is None else (" ✔" if (v >= target if higher else v <= target) else " ✘") + f" (target {'≥' if higher else '≤'} {target})"
+            out.append(f"- {label}: **{v:.2f}×**{ok}")
+
+    for tag in ("ckpt", "no ckpt"):
+        ratio(f"Stage I step time, bireco alternate / plain one direction ({tag}) — framework overhead",
+              f"bireco Stage I, alternate ({tag})", f"plain Stage I, one direction ({tag})", "step_s", 1.10, higher=False)
+        ratio(f"Stage I pairs/s, bireco alternate / plain both directions ({tag})",
+              f"bireco Stage I, alternate ({tag})", f"plain Stage I, both directions ({tag})", "pairs_per_s", 2.0)
+        ratio(f"Stage I peak memory, bireco alternate / plain both directions ({tag})",
+              f"bireco Stage I, alternate ({tag})", f"plain Stage I, both directions ({tag})", "peak_gb", 0.6, higher=False)
+        ratio(f"Stage I peak memory, bireco joint / plain both directions ({tag})",
+              f"bireco Stage I, joint ({tag})", f"plain Stage I, both directions ({tag})", "peak_gb")
+    for s2 in ("LoRA r16, ckpt", "LoRA r16"):
+        ratio(f"Stage II step time, bireco / plain ({s2}) — framework overhead",
+              f"bireco Stage II, {s2}", f"plain Stage II, {s2}", "step_s", 1.10, higher=False)
+        ratio(f"Stage II pairs/s, bireco compiled / plain ({s2})",
+              f"bireco Stage II, {s2}, compiled", f"plain Stage II, {s2}", "pairs_per_s")
+    ratio("Variable lengths, real tokens/s, bucketed / random batches",
+          "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
+    return out
+
+
+def machine() -> str:
+    import lightning
+    import transformers
+
+    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"{dev}; Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__}"
+
+
+def main(argv=None) -> list[Result]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mode", choices=sorted(SETUPS), default="cpu")
+    ap.add_argument("--only", default=None, help=f"comma-separated groups: {', '.join(GROUPS)}")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant")
+    ap.add_argument("--repeats", type=int, default=None, help="run each group N times in turn and keep each variant's "
+                    "fastest median (shared CPUs are noisy); default 2 on cpu, 1 on gpu")
+    ap.add_argument("--out", default=None, help="directory for bench-<mode>.md / .json")
+    args = ap.parse_args(argv)
+    setup = SETUPS[args.mode]
+    if args.steps:
+        setup.steps = args.steps
+    if setup.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--mode gpu needs a CUDA device")
+    warnings.filterwarnings("ignore")
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    groups = args.only.split(",") if args.only else DEFAULT_GROUPS[args.mode]
+    repeats = args.repeats or (2 if args.mode == "cpu" else 1)
+    best: dict[str, Result] = {}
+    for g in groups:
+        for variant in [v for _ in range(repeats) for v in GROUPS[g](setup)]:  # A B A B: drift hits both alike
+            reset_memory(setup.device)
+            t0 = time.perf_counter()
+            try:
+                r = variant()
+            except Exception as e:  # one failing variant (e.g. out of memory) must not lose the others
+                r = Result(getattr(variant, "__qualname__", "?"), math.nan, math.nan, math.nan, None, None, error=f"{type(e).__name__}: {str(e)[:160]}")
+            print(f"[bench] {r.name}: {'failed ' + r.error if r.error else f'{r.step_s:.3f} s/step'} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            if r.name not in best or best[r.name].error or (not r.error and r.step_s < best[r.name].step_s):
+                best[r.name] = r
+            gc.collect()
+    results = list(best.values())
+    report = f"Machine: {machine()}\n\n{table(results)}\n\n" + "\n".join(ratios(results)) + "\n"
+    print("\n" + report)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"bench-{args.mode}.md").write_text(report)
+        (out / f"bench-{args.mode}.json").write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+    return results
+
+
+if __name__ == "__main__":
+    main()

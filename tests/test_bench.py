@@ -1,0 +1,26 @@
+"""The benchmark harness runs every group end to end (toy size, bf16 on CPU) and reports sane numbers.
+Speed itself is never asserted here: ratios live in docs/benchmarks.md, measured by `make bench`."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_smoke_mode_runs_every_variant(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "experiments" / "bench" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench"] = bench  # dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    results = bench.main(["--mode", "smoke", "--out", str(tmp_path)])
+    names = {r.name for r in results}
+    assert len(results) == 12, names  # 4 Stage I x 2, 2 Stage II, 2 variable-length
+    for r in results:
+        assert r.error is None, (r.name, r.error)
+        assert r.step_s > 0 and math.isfinite(r.pairs_per_s) and r.tokens_per_s > 0
+    report = (tmp_path / "bench-smoke.md").read_text()
+    assert "| bireco Stage I, alternate (ckpt) |" in report and "bucketed / random" in report

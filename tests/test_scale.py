@@ -1,0 +1,60 @@
+"""Multi-process training through Lightning's DDP (gloo, 2 CPU processes) gives the single-process loss curve.
+
+DDP never runs inside the pytest process (Lightning would re-launch pytest on rank 1): the 2-process run is the
+real entry point, `python -m bireco.train trainer=ddp_cpu ...`, as a subprocess; the 1-process reference runs
+in-process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bireco.train import run
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 6
+
+CASES = {
+    "stage1-alternate": ["stage=reconstruction", "stage.alpha=0.5"],
+    "stage1-joint": ["stage=reconstruction", "stage.schedule=joint"],
+    # dropout 0: ranks draw different dropout masks than one process would
+    "stage2-lora-hardneg": ["stage=baseline", "stage.lora.dropout=0", "data.num_hard_negatives=1", "stage.optim.warmup_steps=1"],
+    "stage2-gradcache": ["stage=baseline", "stage.lora.dropout=0", "data.num_hard_negatives=1", "stage.optim.warmup_steps=1",
+                         "stage.grad_cache_chunk_size=2"],
+}  # fmt: skip
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_ddp_two_processes_match_one_process_loss_curve(tmp_path, case):
+    from conftest import compose_cfg
+
+    common = [
+        f"output_root={tmp_path / 'out'}", "trainer.enable_progress_bar=false", f"trainer.max_steps={STEPS}",
+        "trainer.log_every_n_steps=1", "data.global_batch_size=8", "data.max_train_records=96", *CASES[case],
+    ]  # fmt: skip
+    single = compose_cfg(common + ["variant=single"])
+    run(single)
+    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env.pop("MASTER_PORT", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bireco.train", "trainer=ddp_cpu", "variant=ddp", *common],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ddp_dir = Path(compose_cfg(common + ["variant=ddp", "trainer=ddp_cpu"]).run_dir)
+    ref, got = losses(Path(single.run_dir)), losses(ddp_dir)
+    assert sorted(ref) == sorted(got) == list(range(STEPS))
+    for step in range(STEPS):
+        assert got[step] == pytest.approx(ref[step], abs=1e-4), (step, got, ref)
+    assert (ddp_dir / "final" / "bireco.json").is_file()  # rank 0 exported one HF directory
