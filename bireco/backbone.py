@@ -209,15 +209,18 @@ class Backbone(nn.Module):
                 m.is_causal = v
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) ids -> (B, T, H) final-norm hidden states."""
+        """(B, T) ids -> (B, T, H) final-norm hidden states, in the input's layout (any padding side).
+
+        Rows run right-padded whatever the input: under causal attention a left pad attends to no position at all,
+        and such fully masked rows give NaN gradients in some fused SDPA kernels (seen in bf16 on an H100).
+        Positions come from the mask, so the values do not depend on the padding side."""
+        order = torch.sort((attention_mask == 0).to(torch.int8), dim=1, stable=True).indices  # (B, T) real first
+        ids, mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         with self._attention_mode(self.attention):
-            out = self.decoder(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask),
-                use_cache=False,
-            )
-        return out.last_hidden_state
+            out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+        hidden = out.last_hidden_state  # (B, T, H) right-padded
+        back = order.argsort(dim=1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+        return hidden.gather(1, back)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One side's batch -> (B, H) raw (unnormalised) embeddings."""

@@ -78,6 +78,13 @@ class StageModule(L.LightningModule):
             self.log("train/peak_mem_gb", torch.cuda.max_memory_allocated(self.device) / 2**30, on_step=True)
         self._t0, self._pairs, self._tokens = time.perf_counter(), 0, 0
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
+        """FSDP clips with its own method (the norm spans every rank's shards); Lightning's default refuses."""
+        if gradient_clip_val and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+            self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+
     def _sharded(self) -> bool:
         return self._trainer is not None and type(self.trainer.strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy")
 

@@ -356,9 +356,10 @@ def varlen_variants(setup: Setup) -> list:
             lengths = [([records[i][0] for i in b], [records[i][1] for i in b]) for b in order]
             backbone = build_backbone(setup, ckpt=setup.device == "cuda")
             bb = make_batches(len(order), setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False, lengths)
-            module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate")
+            module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate", on_nonfinite="skip")
             name = f"bireco Stage I, E5-like lengths, {'length-bucketed' if bucketed else 'random'} batches"
             r = run_bireco(name, setup, bb, module, 8, n_params(backbone), ("query", "positive"))
+            r.extra["nonfinite_skipped"] = module.skipped_nonfinite
             # throughput over the whole timed stretch (batches differ in size): real tokens / total time
             timed = bb[setup.warmup + 1 :]
             total = sum(r.extra.get("times", [])) or r.step_s * len(timed)
@@ -396,7 +397,9 @@ def table(results: list[Result]) -> str:
         if r.error:
             rows.append(f"| {r.name} | failed: {r.error} | | | | |")
         else:
-            rows.append(f"| {r.name} | {r.step_s:.3f} | {r.pairs_per_s:.1f} | {r.tokens_per_s:,.0f} | {fmt(r.mfu, '.2f')} | {fmt(r.peak_gb, '.1f')} |")
+            skipped = r.extra.get("nonfinite_skipped")
+            name = r.name + (f" ({skipped} non-finite steps skipped)" if skipped else "")
+            rows.append(f"| {name} | {r.step_s:.3f} | {r.pairs_per_s:.1f} | {r.tokens_per_s:,.0f} | {fmt(r.mfu, '.2f')} | {fmt(r.peak_gb, '.1f')} |")
     return "\n".join(rows)
 
 

@@ -108,6 +108,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="outputs/scale")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--trainers", default="gpu,fsdp")
     ap.add_argument("--cpu-check", action="store_true", help="dry run of this script on CPU (trainer=cpu, tiny model)")
     args = ap.parse_args()
     import logging
@@ -118,7 +119,7 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     out = Path(args.out)
     results = []
-    for trainer_name in ("cpu",) if args.cpu_check else ("gpu", "fsdp"):
+    for trainer_name in ("cpu",) if args.cpu_check else args.trainers.split(","):
         for stage in ("reconstruction", "baseline"):
             try:
                 r = one_run(trainer_name, stage, out, args.steps, args.cpu_check)
