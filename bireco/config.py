@@ -220,6 +220,13 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg.trainer.fsdp.state_dict_type, ("sharded", "full"), "trainer.fsdp.state_dict_type")
     if strategy in ("fsdp", "deepspeed") and cfg.trainer.accelerator not in ("gpu", "cuda", "auto"):
         raise ConfigError(f"trainer.strategy={strategy} runs on GPUs only (trainer.accelerator={cfg.trainer.accelerator}); on CPU use trainer=ddp_cpu")
+    if strategy == "fsdp" and cfg.stage.get("lora", {}).get("enabled", False):
+        raise ConfigError(
+            "trainer.strategy=fsdp with LoRA (stage.lora.enabled=true) is not supported: peft adapters under FSDP "
+            "(use_orig_params) failed in FSDP's reshard on torch 2.11 (H100 check, docs/benchmarks.md). LoRA "
+            "training keeps the frozen base in bf16 (2 bytes/parameter, 16 GB for 8B), so use trainer=ddp; or set "
+            "stage.lora.enabled=false for a sharded full fine-tune"
+        )
     if strategy == "deepspeed":
         if cfg.trainer.deepspeed.stage not in (2, 3):
             raise ConfigError(f"trainer.deepspeed.stage={cfg.trainer.deepspeed.stage}; valid: 2, 3")
