@@ -21,6 +21,22 @@ from bireco.config import register_configs  # noqa: E402
 register_configs()
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """Environment for entry points run as subprocesses (offline settings above, the repo importable)."""
+    return {**os.environ, "PYTHONPATH": ROOT, **extra}
+
+
+def logged_losses(run_dir) -> dict[int, float]:
+    """step -> train/loss from a run's logs/metrics.csv."""
+    import csv
+
+    with open(os.path.join(run_dir, "logs", "metrics.csv"), newline="") as f:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
+
+
 def compose_cfg(overrides: list[str] | None = None, config_name: str = "train"):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose(config_name, overrides=list(overrides or []), return_hydra_config=False)

@@ -7,13 +7,13 @@ then the run is resumed with resume=auto and compared with an uninterrupted run 
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import compose_cfg, logged_losses, subprocess_env
 from safetensors.torch import load_file
 
 from bireco.train import checkpoint_step, run
@@ -38,17 +38,12 @@ def common(tmp_path: Path) -> list[str]:
     ]
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(next((run_dir / "final").glob("*.safetensors")))
 
 
 def kill(mode: str, step: int, overrides: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env = subprocess_env()
     return subprocess.run(
         [sys.executable, str(KILL), mode, str(step), "--", *overrides], env=env, capture_output=True, text=True, timeout=600
     )
@@ -56,7 +51,6 @@ def kill(mode: str, step: int, overrides: list[str]) -> subprocess.CompletedProc
 
 @pytest.mark.parametrize("stage", [STAGE1, STAGE2_LORA], ids=["stage1-full", "stage2-lora-dropout"])
 def test_sigkill_mid_epoch_then_resume_auto_is_exact(tmp_path, stage):
-    from conftest import compose_cfg
 
     base = common(tmp_path) + stage
     reference = compose_cfg(base + ["variant=uninterrupted"])
@@ -76,7 +70,7 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tmp_path, stage):
     assert ref_w.keys() == res_w.keys()
     for k in ref_w:
         torch.testing.assert_close(res_w[k], ref_w[k], rtol=0, atol=1e-6, msg=k)
-    ref_l, res_l = losses(ref_dir), losses(run_dir)
+    ref_l, res_l = logged_losses(ref_dir), logged_losses(run_dir)
     assert sorted(res_l) == list(range(8))  # rows of the lost steps 4-5 were dropped, then relogged once
     for step in range(3, 8):
         assert res_l[step] == pytest.approx(ref_l[step], abs=1e-6), step
@@ -86,7 +80,6 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_last(tmp_path):
     overrides = common(tmp_path) + STAGE1 + ["variant=killed_saving"]
     proc = kill("during-save", 6, overrides)  # half of the step-6 checkpoint reaches the disk, then SIGKILL
     assert proc.returncode == -9, proc.stderr[-3000:]
-    from conftest import compose_cfg
 
     cfg = compose_cfg(overrides + ["resume=auto"])
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
@@ -101,7 +94,7 @@ def test_same_seed_same_loss_curve(cfg_factory):
     for variant in ("a", "b"):
         cfg = cfg_factory("stage=reconstruction", "trainer.max_steps=5", "trainer.log_every_n_steps=1", f"variant={variant}")
         run(cfg)
-        curves.append(losses(Path(cfg.run_dir)))
+        curves.append(logged_losses(Path(cfg.run_dir)))
     assert len(curves[0]) == 5 and curves[0] == curves[1]
 
 

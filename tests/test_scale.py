@@ -7,13 +7,12 @@ in-process with the same global batch.
 
 from __future__ import annotations
 
-import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import compose_cfg, logged_losses, subprocess_env
 
 from bireco.train import run
 
@@ -30,14 +29,8 @@ CASES = {
 }  # fmt: skip
 
 
-def losses(run_dir: Path) -> dict[int, float]:
-    with (run_dir / "logs" / "metrics.csv").open(newline="") as f:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")}
-
-
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "stage1-joint" else c for c in CASES])
 def test_ddp_two_processes_match_one_process_loss_curve(tmp_path, case):
-    from conftest import compose_cfg
 
     common = [
         f"output_root={tmp_path / 'out'}", "trainer.enable_progress_bar=false", f"trainer.max_steps={STEPS}",
@@ -45,7 +38,7 @@ def test_ddp_two_processes_match_one_process_loss_curve(tmp_path, case):
     ]  # fmt: skip
     single = compose_cfg(common + ["variant=single"])
     run(single)
-    env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     env.pop("MASTER_PORT", None)
     proc = subprocess.run(
         [sys.executable, "-m", "bireco.train", "trainer=ddp_cpu", "variant=ddp", *common],
@@ -53,7 +46,7 @@ def test_ddp_two_processes_match_one_process_loss_curve(tmp_path, case):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
     ddp_dir = Path(compose_cfg(common + ["variant=ddp", "trainer=ddp_cpu"]).run_dir)
-    ref, got = losses(Path(single.run_dir)), losses(ddp_dir)
+    ref, got = logged_losses(Path(single.run_dir)), logged_losses(ddp_dir)
     assert sorted(ref) == sorted(got) == list(range(STEPS))
     for step in range(STEPS):
         assert got[step] == pytest.approx(ref[step], abs=1e-4), (step, got, ref)
