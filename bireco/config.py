@@ -252,8 +252,18 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _world_size(cfg: DictConfig) -> int:
+    """Processes the run will have: devices x nodes, with devices -1 / "auto" on GPUs read from the machine."""
     devices = cfg.trainer.devices
-    n = devices if isinstance(devices, int) and devices > 0 else (len(devices) if OmegaConf.is_list(devices) else 1)
+    if OmegaConf.is_list(devices):
+        n = len(devices)
+    elif isinstance(devices, int) and devices > 0:
+        n = devices
+    elif str(cfg.trainer.accelerator) in ("gpu", "cuda", "auto"):
+        import torch
+
+        n = max(torch.cuda.device_count(), 1)
+    else:
+        n = 1
     return int(n) * int(cfg.trainer.num_nodes)
 
 

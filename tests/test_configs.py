@@ -154,6 +154,16 @@ def test_ablation_presets_sweep_alpha_into_variants(preset, values):
     assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(f"{preset}/alpha{float(first)}/stage1")
 
 
+def test_all_gpus_world_size_is_read_from_the_machine(monkeypatch):
+    """trainer=ddp uses devices=-1: the batch check must count the GPUs before any model loads."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
+    with pytest.raises(ConfigError, match="not divisible by the world size 8"):
+        validate(compose_cfg(["trainer=ddp", "trainer.num_nodes=2", "data.global_batch_size=36"]))
+    validate(compose_cfg(["trainer=ddp", "trainer.num_nodes=2", "data.global_batch_size=32"]))
+
+
 def test_slurm_launcher_config_composes_with_the_plugin():
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")  # the [slurm] extra (part of [dev])
 
