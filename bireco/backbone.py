@@ -45,9 +45,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
 
 
+def right_padding_order(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) column order that moves every row's real tokens to the front, keeping their order."""
+    return torch.sort((attention_mask == 0).to(torch.int8), dim=1, stable=True).indices
+
+
 def to_right_padding(*tensors: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
     """Move real tokens of every row to the front (stable), so 'next position' means 'next real token'."""
-    order = torch.sort((attention_mask == 0).to(torch.int8), dim=1, stable=True).indices  # (B, T)
+    order = right_padding_order(attention_mask)  # (B, T)
     return [t.gather(1, order) for t in (*tensors, attention_mask)]
 
 
@@ -214,7 +219,7 @@ class Backbone(nn.Module):
         Rows run right-padded whatever the input: under causal attention a left pad attends to no position at all,
         and such fully masked rows give NaN gradients in some fused SDPA kernels (seen in bf16 on an H100).
         Positions come from the mask, so the values do not depend on the padding side."""
-        order = torch.sort((attention_mask == 0).to(torch.int8), dim=1, stable=True).indices  # (B, T) real first
+        order = right_padding_order(attention_mask)  # (B, T) real first
         ids, mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         with self._attention_mode(self.attention):
             out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)

@@ -62,14 +62,27 @@ def build_strategy(cfg: DictConfig, backbone: Backbone) -> Any:
     return cfg.trainer.strategy
 
 
+def is_fsdp(strategy) -> bool:
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(strategy, FSDPStrategy)
+
+
+def is_sharded(strategy) -> bool:
+    """Parameters or gradients live in shards across ranks (FSDP, DeepSpeed)."""
+    from lightning.pytorch.strategies import DeepSpeedStrategy
+
+    return is_fsdp(strategy) or isinstance(strategy, DeepSpeedStrategy)
+
+
 def full_state_dict(trainer) -> dict | None:
     """The LightningModule's full (unsharded) state dict on rank 0 (None elsewhere); every rank must call it.
     Under DDP / one device this is the module's own state dict; under FSDP the shards are gathered to rank 0's
     CPU memory; under DeepSpeed ZeRO-3 the partitioned parameters are gathered."""
-    from lightning.pytorch.strategies import DeepSpeedStrategy, FSDPStrategy
+    from lightning.pytorch.strategies import DeepSpeedStrategy
 
     strategy = trainer.strategy
-    if isinstance(strategy, FSDPStrategy):
+    if is_fsdp(strategy):
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 

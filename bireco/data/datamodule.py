@@ -52,8 +52,7 @@ class PairDataModule(L.LightningDataModule):
             homogeneous=self.cfg.batching == "homogeneous",
             lengths=lengths,
         )
-        if self._resume_state is not None:
-            self.sampler.resume(self._resume_state.get("epoch", 0), self._resume_state.get("consumed", 0))
+        self._apply_resume()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -75,5 +74,9 @@ class PairDataModule(L.LightningDataModule):
 
     def load_state_dict(self, state: dict) -> None:
         self._resume_state = state
-        if self.sampler is not None:
-            self.sampler.resume(state.get("epoch", 0), state.get("consumed", 0))
+        self._apply_resume()
+
+    def _apply_resume(self) -> None:
+        """Lightning may restore this state before or after `setup` builds the sampler: apply it whichever is last."""
+        if self._resume_state is not None and self.sampler is not None:
+            self.sampler.resume(self._resume_state.get("epoch", 0), self._resume_state.get("consumed", 0))

@@ -80,13 +80,17 @@ class StageModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
         """FSDP clips with its own method (the norm spans every rank's shards); Lightning's default refuses."""
-        if gradient_clip_val and type(self.trainer.strategy).__name__ == "FSDPStrategy":
+        from bireco.strategies import is_fsdp
+
+        if gradient_clip_val and is_fsdp(self.trainer.strategy):
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
             return
         self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
 
     def _sharded(self) -> bool:
-        return self._trainer is not None and type(self.trainer.strategy).__name__ in ("FSDPStrategy", "DeepSpeedStrategy")
+        from bireco.strategies import is_sharded
+
+        return self._trainer is not None and is_sharded(self.trainer.strategy)
 
     def on_train_end(self):
         """Under a sharded strategy, gather the full weights for the final export while the strategy is still live
