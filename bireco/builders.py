@@ -15,6 +15,7 @@ from bireco.backbone import Backbone
 from bireco.config import ConfigError
 from bireco.data.collate import PairCollator
 from bireco.data.datamodule import PairDataModule
+from bireco.precision import resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: boo
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=build_strategy(cfg, backbone) if backbone is not None else t.strategy,
-        precision=t.precision,
+        precision=resolve_precision(t.precision, t.accelerator),
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,

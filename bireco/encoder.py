@@ -7,7 +7,6 @@ gets a unique ModelMeta name and revision (a hash of its path and weight files).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -19,6 +18,7 @@ import torch
 
 from bireco.backbone import Backbone
 from bireco.data.instructions import load_table
+from bireco.precision import autocast, bf16_for
 from bireco.text_format import encode_side, pad_sides
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,10 @@ def encode_texts(
     batch_size: int = 64,
     normalize: bool = True,
     progress: bool = False,
+    bf16: bool | None = None,
 ) -> torch.Tensor:
-    """(N, H) fp32 embeddings; length-sorted batches (less padding), input order restored."""
+    """(N, H) fp32 embeddings; length-sorted batches (less padding), input order restored. `bf16`: run under bf16
+    autocast (None = the hardware default, bireco.precision.bf16_for)."""
     from tqdm.auto import tqdm
 
     fmt = backbone.text_format
@@ -47,11 +49,10 @@ def encode_texts(
     sides = [encode_side(backbone.tokenizer, fmt, t, max_length, instruction) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: -sides[i].length)
     out = torch.empty(len(texts), backbone.hidden_size)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     for start in tqdm(range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         batch = {k: v.to(device) for k, v in pad_sides([sides[i] for i in idx], backbone.pad_id, backbone.padding_side).items()}
-        with autocast:
+        with autocast(device, bf16_for(device, bf16)):
             emb = backbone.embed(batch).float()
         out[idx] = (torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu()
     backbone.train(was_training)
