@@ -3,6 +3,7 @@
     python experiments/bench/bench.py --mode cpu            # tiny model, minutes on a laptop (make bench)
     python experiments/bench/bench.py --mode gpu            # Llama-3.2-1B shape, bf16, batch 32 (one H100)
     python experiments/bench/bench.py --mode gpu --only stage1_ckpt,varlen
+    python experiments/bench/bench.py --mode smollm2        # the real SmolLM2-135M-Instruct on CPU, bf16 autocast
 
 Every variant builds the same model shape from the same seed and trains on the same synthetic batches (token ids,
 fixed lengths: query / document / hard negative). bireco runs through its real path: Backbone + the stage's
@@ -63,13 +64,17 @@ class Setup:
     warmup: int
     steps: int
     device: str
-    precision: str  # Lightning precision for bireco's Trainer
+    precision: str  # Lightning precision for bireco's Trainer; *-mixed runs the plain loops under the same autocast
+    model: str | None = None  # an offline LM (bireco.offline_lm) instead of a random `arch`; `arch` then only gives the vocab
 
 
 SETUPS = {
     "cpu": Setup(TINY, torch.float32, 8, 32, 128, 2, 8, "cpu", "32-true"),
     "gpu": Setup(LLAMA_1B, torch.bfloat16, 32, 64, 256, 3, 10, "cuda", "bf16-true"),
     # every code path of the gpu mode (bf16, all groups) at toy size on CPU: the test suite runs it
+    # the real offline LLM with bireco's CPU default precision (bf16-mixed where the CPU has native bf16), WordNet-like
+    # lengths at the demo's batch size
+    "smollm2": Setup({"vocab_size": 49152}, torch.float32, 16, 16, 48, 2, 6, "cpu", "auto", model="smollm2-135m-instruct"),
     "smoke": Setup(dict(TINY, hidden_size=64, intermediate_size=128, num_hidden_layers=2), torch.bfloat16, 4, 16, 32, 1, 2, "cpu", "bf16-true"),
 }
 
@@ -156,6 +161,14 @@ LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
 
 def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False) -> Backbone:
     torch.manual_seed(0)
+    if setup.model:
+        from bireco.offline_lm import offline_lm_path
+        from bireco.pretrain import family_format
+
+        path = offline_lm_path(setup.model)
+        cfg = dict(model_cfg(setup, ckpt, compile), name_or_path=path, tokenizer=path, architecture=None)
+        cfg["text_format"] = vars(family_format("smollm2"))
+        return Backbone.from_config(cfg, LORA if lora else None)
     with torch.device(setup.device):  # random init straight on the device
         return Backbone.from_config(model_cfg(setup, ckpt, compile), LORA if lora else None)
 
@@ -222,12 +235,22 @@ def plain_stage2_loss(decoder, batch: dict, scale: float = 50.0) -> torch.Tensor
     return F.cross_entropy(scores, torch.arange(q.shape[0], device=q.device))
 
 
+def precision(setup: Setup) -> str:
+    from bireco.precision import resolve_precision
+
+    return resolve_precision(setup.precision, "gpu" if setup.device == "cuda" else "cpu")
+
+
 def run_plain(name, setup, batches, loss_fn, params, flops_per_token, n, token_sides) -> Result:
+    from bireco.precision import autocast
+
     opt = torch.optim.AdamW(params, lr=1e-5, fused=setup.device == "cuda")
+    mixed = precision(setup) == "bf16-mixed"
     times, last = [], None
     for i, batch in enumerate(batches):
         batch = to_device(batch, setup.device)
-        loss = loss_fn(batch, i)
+        with autocast(setup.device, mixed):
+            loss = loss_fn(batch, i)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -257,7 +280,7 @@ def run_bireco(name, setup, batches, module, flops_per_token, n, token_sides) ->
 
     clock = StepClock()
     trainer = L.Trainer(
-        accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=setup.precision,
+        accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=precision(setup),
         max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, callbacks=[clock], gradient_clip_val=1.0, num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -376,6 +399,7 @@ GROUPS = {
     "stage1_ckpt": lambda s: stage1_variants(s, ckpt=True),
     "stage1_nockpt": lambda s: stage1_variants(s, ckpt=False),
     "stage2": lambda s: stage2_variants(s, ckpt=True),
+    "stage2_nockpt": lambda s: stage2_variants(s, ckpt=False),
     "varlen": varlen_variants,
     "stage2_compile": lambda s: stage2_variants(s, ckpt=True, compiled=True),  # GPU: compile time ~1 min
 }
@@ -383,6 +407,7 @@ DEFAULT_GROUPS = {
     "cpu": ["stage1_nockpt", "stage2", "varlen"],
     "gpu": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "stage2_compile"],
     "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen"],
+    "smollm2": ["stage1_nockpt", "stage2_nockpt"],
 }
 
 
@@ -463,7 +488,7 @@ def main(argv=None) -> list[Result]:
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     groups = args.only.split(",") if args.only else DEFAULT_GROUPS[args.mode]
-    repeats = args.repeats or (2 if args.mode == "cpu" else 1)
+    repeats = args.repeats or (2 if setup.device == "cpu" and args.mode != "smoke" else 1)
     best: dict[str, Result] = {}
     for g in groups:
         for variant in [v for _ in range(repeats) for v in GROUPS[g](setup)]:  # A B A B: drift hits both alike
@@ -478,7 +503,7 @@ def main(argv=None) -> list[Result]:
                 best[r.name] = r
             gc.collect()
     results = list(best.values())
-    report = f"Machine: {machine()}\n\n{table(results)}\n\n" + "\n".join(ratios(results)) + "\n"
+    report = f"Machine: {machine()}; mode {args.mode}, precision {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}\n\n{table(results)}\n\n" + "\n".join(ratios(results)) + "\n"
     print("\n" + report)
     if args.out:
         out = Path(args.out)
