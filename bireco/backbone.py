@@ -158,6 +158,11 @@ class Backbone(nn.Module):
         """Load a directory written by `save` (any mode); text format and pooling come from bireco.json."""
         meta = _read_metadata(str(path))
         if meta is None:
+            p = Path(path)
+            if not p.exists():
+                partial = p.with_name(p.name + ".tmp")
+                hint = f" ({partial} exists: that run's save did not finish; train it again)" if partial.exists() else ""
+                raise FileNotFoundError(f"{path}: no such checkpoint directory{hint}")
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a bireco checkpoint (use model.name_or_path instead)")
         model_cfg = dict(meta["model"], name_or_path=str(path), tokenizer=str(path), dtype=dtype)
         return cls.from_config(model_cfg, lora_cfg)

@@ -240,6 +240,11 @@ def validate(cfg: DictConfig) -> None:
             "its second pass back-propagates chunk by chunk, which FSDP's and DeepSpeed's gradient sharding hooks do "
             "not allow; use trainer=ddp or set stage.grad_cache_chunk_size=null (FSDP already frees activation memory)"
         )
+    if cfg.data.format != "wordnet" and (OmegaConf.is_missing(cfg.data, "path") or not cfg.data.path):
+        raise ConfigError(
+            f"data={cfg.data.name} reads files: set data.path (a {'directory' if cfg.data.format == 'e5' else 'file or directory'}), "
+            f"e.g. data.path=/data/{'echo-data' if cfg.data.format == 'e5' else 'pairs.jsonl'}"
+        )
     if cfg.data.num_hard_negatives < 0:
         raise ConfigError("data.num_hard_negatives must be >= 0")
     if cfg.data.global_batch_size % world:

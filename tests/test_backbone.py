@@ -184,3 +184,16 @@ def test_fused_chunked_ce_matches_full_logit_ce_and_its_gradients(chunk, train_w
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     if not train_weight:
         assert head.weight.grad is None
+
+
+def test_missing_checkpoint_is_reported_as_missing(tmp_path):
+    """Not "not a bireco checkpoint": a path that does not exist says so, and names a half-written save beside it."""
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory$"):
+        Backbone.load(tmp_path / "nothing" / "final")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "final.tmp").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"final\.tmp exists: that run's save did not finish"):
+        Backbone.load(tmp_path / "run" / "final")
+    (tmp_path / "run" / "other").mkdir()
+    with pytest.raises(FileNotFoundError, match="not a bireco checkpoint"):
+        Backbone.load(tmp_path / "run" / "other")

@@ -83,6 +83,8 @@ def test_wrong_type_fails_at_compose():
         (["stage=contrastive", "trainer=fsdp"], "with LoRA (stage.lora.enabled=true) is not supported"),
         (["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"], "trainer.fsdp.sharding_strategy='FULL' is not valid"),
         (["trainer=deepspeed", "trainer.deepspeed.stage=1"], "trainer.deepspeed.stage=1; valid: 2, 3"),
+        (["data=e5"], "data=e5 reads files: set data.path (a directory)"),  # was a TypeError after the model loaded
+        (["data=jsonl"], "data=jsonl reads files: set data.path (a file or directory)"),
     ],
 )
 def test_impossible_combinations_fail_before_loading(overrides, message):
