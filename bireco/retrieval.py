@@ -63,10 +63,12 @@ def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, floa
     return ndcg / len(relevant), mrr / len(relevant)
 
 
-def evaluate(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_length: int = 128) -> dict[str, float]:
+def evaluate(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_length: int = 128,
+             bf16: bool | None = None) -> dict[str, float]:  # fmt: skip
+    """`bf16`: encode under bf16 autocast (None = the hardware default, bireco.precision)."""
     from bireco.encoder import encode_texts
 
-    q = encode_texts(backbone, rs.queries, rs.instruction, max_query_length)
-    d = encode_texts(backbone, rs.corpus, None, max_doc_length)
+    q = encode_texts(backbone, rs.queries, rs.instruction, max_query_length, bf16=bf16)
+    d = encode_texts(backbone, rs.corpus, None, max_doc_length, bf16=bf16)
     ndcg, mrr = ndcg_mrr_at_10((q @ d.T).numpy(), rs.relevant)
     return {"ndcg@10": ndcg, "mrr@10": mrr}

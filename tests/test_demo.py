@@ -9,8 +9,8 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    res = run_demo(out, lm_steps=10, stage1_steps=4, stage2_steps=4, eval_every=2, pooling="last", eval_queries=20,
-                   eval_docs=100, wandb=True, progress=False)  # fmt: skip
+    res = run_demo(out, base="tiny", lm_steps=10, stage1_steps=4, stage2_steps=4, eval_every=2, pooling="last",
+                   eval_queries=20, eval_docs=100, wandb=True, progress=False)  # fmt: skip
     rows = list(csv.reader(open(out / "results.csv")))
     assert rows[0] == ["run", "WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval", "Average"]
     assert [r[0] for r in rows[1:]] == list(res["summaries"])
@@ -20,3 +20,22 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     assert "| Stage I + Stage II (Anchor) |" in md
     assert [s for s, _ in res["dev_curves"]["Anchor"]] == [0, 2, 4]
     assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), "no wandb offline run directory"
+
+
+def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
+    """The settings `make demo` and experiments/dev_sweep.py run are valid configs (typos fail here, not after an hour)."""
+    import sys
+
+    from bireco.config import validate
+    from bireco.demo import PRESETS, _compose
+
+    sys.path.insert(0, "experiments")
+    from dev_sweep import COMMON, DESIGNS
+
+    for name, p in PRESETS.items():
+        model = p.model or ["model.name_or_path=/nonexistent"]  # tiny: the pretrained LM's path is added at run time
+        for stage, extra in (("baseline", p.stage2), ("reconstruction", p.stage1)):
+            validate(_compose([*model, *p.data, *p.extra, f"stage={stage}", *extra]))
+    for name, d in DESIGNS.items():
+        validate(_compose([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
+        validate(_compose([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))

@@ -178,3 +178,28 @@ def test_inspector_reconstructs_training_queries_after_stage1(cfg_factory, tmp_p
 
     assert exact(untrained) == 0.0
     assert exact(trained) >= 0.5
+
+
+def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
+    """The diagnostic behind docs/results.md: CE with the pair's own anchor equals Stage I's loss on that batch, and the
+    gain is the CE increase when each target is decoded from the next pair's anchor instead."""
+    from bireco.data import wordnet
+    from bireco.data.instructions import instruction_for, load_table
+    from bireco.inspect import anchor_use
+
+    instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)
+    records = [dict(r, instruction=instruction) for r in wordnet.pair_records("dev") if r["dataset"] == wordnet.DEFINITIONS][:6]
+    out = anchor_use(backbone, records, batch_size=6, max_query_length=48, max_doc_length=64, bf16=False)
+    collate = PairCollator(backbone.tokenizer, backbone.text_format, 48, 64, backbone.padding_side, 0, backbone.pad_id)
+    batch = collate(records)
+    module = ReconstructionModule(backbone, OptimConfig(), max_steps=1)
+    module.eval()
+    with torch.no_grad():
+        own = module.d2q(batch)
+        anchor = module.anchor(batch["positive"]).roll(1, 0)
+        other = module.decode(anchor, batch["query"])
+        assert out["ce_d2q"] == pytest.approx(float(own.loss), rel=1e-5)
+        gain = float(other.loss - own.loss)  # small on a random model, but not zero
+        assert abs(gain) > 1e-4 and out["gain_d2q"] == pytest.approx(gain, abs=2e-5)
+        q2d = module.q2d(batch)
+        assert out["ce_q2d"] == pytest.approx(float(q2d.loss), rel=1e-5) and out["acc_q2d"] == pytest.approx(float(q2d.accuracy))
