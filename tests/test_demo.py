@@ -32,10 +32,10 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
     sys.path.insert(0, "experiments")
     from dev_sweep import COMMON, DESIGNS
 
-    for name, p in PRESETS.items():
+    for p in PRESETS.values():
         model = p.model or ["model.name_or_path=/nonexistent"]  # tiny: the pretrained LM's path is added at run time
         for stage, extra in (("baseline", p.stage2), ("reconstruction", p.stage1)):
             validate(_compose([*model, *p.data, *p.extra, f"stage={stage}", *extra]))
-    for name, d in DESIGNS.items():
+    for d in DESIGNS.values():
         validate(_compose([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
         validate(_compose([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))
