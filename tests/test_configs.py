@@ -130,7 +130,7 @@ PAPER = {
 def test_paper_presets_match_paper_spec(preset):
     family, hub, s1, s2, base = PAPER[preset]
     for stage, (batch, accum), steps in (("reconstruction", s1, 2000), ("contrastive", s2, 1000), ("baseline", base, 1000)):
-        cfg = compose_cfg([f"experiment={preset}", f"stage={stage}"])
+        cfg = compose_cfg([f"experiment={preset}", f"stage={stage}", "data.path=/data/echo-data"])
         validate(cfg)
         assert (cfg.model.family, cfg.model.name_or_path) == (family, hub)
         assert (cfg.data.global_batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (batch, accum, steps)
