@@ -48,5 +48,5 @@ demo: ## the main job: SmolLM2-135M-Instruct, baseline vs Anchor (Stage I -> II)
 demo-tiny: ## a quick look at the pipeline: the same demo on a tiny LM pretrained for a minute (near the noise floor)
 	$(PYTHON) -m bireco.demo --base tiny $(ARGS)
 
-bench: ## bireco vs plain PyTorch loops, tiny model on CPU (~3 min); MODE=gpu for the 1B shape; results in outputs/bench
+bench: ## bireco vs plain PyTorch loops, tiny model on CPU (~3 min); MODE=smollm2 the real 135M LLM on CPU; MODE=gpu the 1B shape; results in outputs/bench
 	$(PYTHON) experiments/bench/bench.py --mode $(or $(MODE),cpu) --out outputs/bench $(ARGS)
