@@ -20,8 +20,9 @@ import csv
 import json
 import logging
 import os
+import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("bireco")
@@ -40,8 +41,6 @@ class DemoPreset:
     eval_every: int
     eval_queries: int  # per built-in task (seeded subsample, same for every row)
     eval_docs: int
-    eval_max_length: int = 512
-    extra: list[str] = field(default_factory=list)
 
 
 PRESETS = {
@@ -64,7 +63,8 @@ PRESETS = {
 }
 
 
-def _compose(overrides: list[str]):
+def compose_train(overrides: list[str]):
+    """The `train` config with these overrides (what `python -m bireco.train ...` would run)."""
     from hydra import compose, initialize_config_dir
 
     from bireco.cli import CONF_DIR
@@ -103,7 +103,7 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
     common = [
         f"output_root={out}", "experiment_name=demo", *model, f"model.pooling={pooling}", f"seed={seed}",
         "logger=wandb" if wandb else "logger=csv", f"trainer.enable_progress_bar={str(progress).lower()}",
-        "trainer.log_every_n_steps=5", *preset.data, *preset.extra, *(overrides or []),
+        "trainer.log_every_n_steps=5", *preset.data, *(overrides or []),
     ]  # fmt: skip
     stage2 = [f"trainer.max_steps={stage2_steps}", f"trainer.val_check_interval={eval_every}", *preset.stage2]
     stage1 = [f"trainer.max_steps={stage1_steps}", *preset.stage1]
@@ -114,7 +114,7 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
         ("anchor", ["stage=contrastive", *stage2]),
     ):
         t = time.perf_counter()
-        run(_compose(common + stage_overrides))
+        run(compose_train(common + stage_overrides))
         timings[name] = time.perf_counter() - t
     runs = out / "demo" / "default"
     # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
@@ -123,7 +123,7 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
 
     untrained_dir = runs / "untrained" / "final"
     if not (untrained_dir / "bireco.json").is_file():
-        Backbone.save(build_backbone(_compose(common + ["stage=baseline", "stage.lora.enabled=false"])), untrained_dir)
+        Backbone.save(build_backbone(compose_train(common + ["stage=baseline", "stage.lora.enabled=false"])), untrained_dir)
     checkpoints = {
         f"Untrained base ({pooling} pooling)": untrained_dir,
         "Only Stage I (reconstruction)": runs / "stage1" / "final",
@@ -134,9 +134,9 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
     for label, ckpt in checkpoints.items():
         summaries[label] = evaluate_checkpoint(str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"],
                                                output_dir=str(ckpt.parent / "eval"), max_queries=eval_queries,
-                                               max_docs=eval_docs, progress=progress, max_length=preset.eval_max_length)  # fmt: skip
+                                               max_docs=eval_docs, progress=progress)  # fmt: skip
     table = markdown_table(summaries)
-    curves = {name: _dev_curve(runs / run_name) for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))}
+    curves = {name: logged_curve(runs / run_name) for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))}
     _plot(curves, out / "convergence.png")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
@@ -144,8 +144,6 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
         w.writerow(["run", *tasks, "Average"])
         for label, s in summaries.items():
             w.writerow([label, *(f"{s['tasks'][t]['main_score']:.2f}" for t in tasks), f"{s['categories']['Average']:.2f}"])
-    import platform
-
     meta = {"base": base, "seconds": time.perf_counter() - t0, "base_model_seconds": base_seconds, "train_seconds": timings,
             "lm_steps": lm_steps if base == "tiny" else None, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
             "pooling": pooling, "seed": seed, "eval_queries": eval_queries, "eval_docs": eval_docs, "overrides": common,
@@ -162,12 +160,13 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
     return {"summaries": summaries, **meta}
 
 
-def _dev_curve(run_dir: Path) -> list[tuple[int, float]]:
+def logged_curve(run_dir: Path, column: str = "val/ndcg@10") -> list[tuple[int, float]]:
+    """(step, value) of one logged metric of a run (logs/metrics.csv)."""
     import pandas as pd
 
     df = pd.read_csv(run_dir / "logs" / "metrics.csv")
-    dev = df[["step", "val/ndcg@10"]].dropna()
-    return [(int(s), float(v)) for s, v in zip(dev["step"], dev["val/ndcg@10"])]
+    rows = df[["step", column]].dropna()
+    return [(int(s), float(v)) for s, v in zip(rows["step"], rows[column])]
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:

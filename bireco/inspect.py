@@ -67,13 +67,15 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
     another pair of the batch (rolled by one); records as the data loaders give them (query, positive, instruction).
     `gain_*` = CE(other anchor) - CE(own anchor) in nats per token: 0 means
     the decoder ignores the embedding and reconstructs from its language prior alone."""
+    from bireco.config import OptimConfig
     from bireco.data.collate import PairCollator
-    from bireco.modules.reconstruction import target_labels
+    from bireco.modules.reconstruction import ReconstructionModule
     from bireco.precision import autocast, bf16_for
 
     device = next(backbone.parameters()).device
     collate = PairCollator(backbone.tokenizer, backbone.text_format, max_query_length, max_doc_length,
                            backbone.padding_side, num_hard_negatives=0, pad_id=backbone.pad_id)  # fmt: skip
+    stage1 = ReconstructionModule(backbone, OptimConfig(), max_steps=1)  # its anchor() and decode() are Stage I's
     was_training = backbone.training
     backbone.eval()
     sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in ("q2d", "d2q")}
@@ -86,10 +88,8 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
         batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
         with autocast(device, bf16_for(device, bf16)):
             for direction, (src, tgt) in {"q2d": ("query", "positive"), "d2q": ("positive", "query")}.items():
-                anchor = last_token(backbone.hidden_states(batch[src]["input_ids"], batch[src]["attention_mask"]), batch[src]["attention_mask"])
-                labels = target_labels(batch[tgt], "paper", False)
-                args = (batch[tgt]["input_ids"], batch[tgt]["attention_mask"], labels)
-                own, other = backbone.reconstruction_loss(anchor, *args), backbone.reconstruction_loss(anchor.roll(1, 0), *args)
+                anchor = stage1.anchor(batch[src])
+                own, other = stage1.decode(anchor, batch[tgt]), stage1.decode(anchor.roll(1, 0), batch[tgt])
                 sums[f"own_{direction}"] += float(own.loss) * own.n_tokens
                 sums[f"other_{direction}"] += float(other.loss) * other.n_tokens
                 sums[f"acc_{direction}"] += float(own.n_correct)

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+
+from bireco.pretrain import cache_root  # the one bireco cache ($BIRECO_CACHE), shared with the tiny LM
 
 STAMP = "bireco_offline_lm.json"
 FORMAT_VERSION = 1
@@ -55,10 +56,6 @@ OFFLINE_LMS: dict[str, OfflineLM] = {
         license="Apache-2.0",
     ),
 }
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("BIRECO_CACHE", Path.home() / ".cache" / "bireco"))
 
 
 def _spec(name: str) -> OfflineLM:
@@ -110,7 +107,7 @@ def convert(name: str, out: Path) -> Path:
     """GGUF -> safetensors HF directory, written into a private temp dir and renamed into place, so the cache holds
     a complete conversion or none (two processes converting at once: the first rename wins, the other is dropped)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     lm = _spec(name)
     src = gguf_path(name)
@@ -121,7 +118,7 @@ def convert(name: str, out: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         loaded = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-        config = AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
+        config = loaded.config  # `loaded` is dropped after the copy, so its config can be edited in place
         if hasattr(config, "quantization_config"):
             del config.quantization_config  # else every model loaded from the result refuses save_pretrained
         config._name_or_path = name

@@ -50,28 +50,8 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
 }
 
 
-def _compose(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
-
-    from bireco.cli import CONF_DIR
-    from bireco.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def _curve(run_dir: Path, column: str) -> list[tuple[int, float]]:
-    import pandas as pd
-
-    df = pd.read_csv(run_dir / "logs" / "metrics.csv")
-    if column not in df:
-        return []
-    rows = df[["step", column]].dropna()
-    return [(int(s), float(v)) for s, v in zip(rows["step"], rows[column])]
-
-
 def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
+    from bireco.demo import compose_train, logged_curve
     from bireco.train import run
 
     d = DESIGNS[name]
@@ -86,14 +66,14 @@ def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
         if label == "baseline" and (base_dir / "final" / "bireco.json").is_file():
             continue
         t0 = time.perf_counter()
-        run(_compose(common + overrides))
+        run(compose_train(common + overrides))
         t[label] = round(time.perf_counter() - t0)
     runs = out / "dev_sweep" / f"{name}-seed{seed}"
-    acc = {k: _curve(runs / "stage1", f"train/acc_{k}") for k in ("d2q", "q2d")}
+    acc = {k: logged_curve(runs / "stage1", f"train/acc_{k}") for k in ("d2q", "q2d")}
     use = {"untrained": anchor_use_of(None), "stage1": anchor_use_of(runs / "stage1" / "final")}
     return {
         "design": name, "seed": seed, **d, "seconds": t,
-        "baseline_dev": _curve(base_dir, "val/ndcg@10"), "anchor_dev": _curve(runs / "stage2", "val/ndcg@10"),
+        "baseline_dev": logged_curve(base_dir, "val/ndcg@10"), "anchor_dev": logged_curve(runs / "stage2", "val/ndcg@10"),
         "stage1_acc_last": {k: (v[-1][1] if v else None) for k, v in acc.items()}, "anchor_use": use,
     }  # fmt: skip
 
@@ -103,10 +83,11 @@ def anchor_use_of(checkpoint: Path | None, n: int = 256) -> dict:
     from bireco.backbone import Backbone
     from bireco.data import wordnet
     from bireco.data.instructions import instruction_for, load_table
+    from bireco.demo import compose_train
     from bireco.inspect import anchor_use
 
     if checkpoint is None:
-        backbone = Backbone.from_config(_compose(["model=smollm2"]).model)
+        backbone = Backbone.from_config(compose_train(["model=smollm2"]).model)
     else:
         backbone = Backbone.load(checkpoint)
     instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)

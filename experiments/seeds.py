@@ -30,23 +30,22 @@ CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
 
 
 def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None) -> dict:
-    from bireco.demo import PRESETS, _compose, _dev_curve, run_demo
+    from bireco.demo import compose_train, logged_curve, run_demo
     from bireco.evaluate import evaluate_checkpoint
     from bireco.train import run
 
     t0 = time.perf_counter()
     res = run_demo(out, "smollm2", stage1_steps, stage2_steps, wandb=False, progress=False, seed=seed)
-    preset = PRESETS["smollm2"]
     steps = res["stage1_steps"] + res["stage2_steps"]
     t = time.perf_counter()
-    run(_compose([*res["overrides"], "variant=control", "stage=baseline", *res["stage2_overrides"], f"trainer.max_steps={steps}"]))
+    run(compose_train([*res["overrides"], "variant=control", "stage=baseline", *res["stage2_overrides"], f"trainer.max_steps={steps}"]))
     res["train_seconds"]["control"] = time.perf_counter() - t
     ckpt = out / "demo" / "control" / "baseline" / "final"
     res["summaries"][CONTROL] = evaluate_checkpoint(
         str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"], output_dir=str(ckpt.parent / "eval"),
-        max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False, max_length=preset.eval_max_length,
+        max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
     )  # fmt: skip
-    res["dev_curves"]["Control"] = _dev_curve(ckpt.parent)
+    res["dev_curves"]["Control"] = logged_curve(ckpt.parent)
     res["seed_seconds"] = time.perf_counter() - t0
     return res
 

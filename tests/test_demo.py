@@ -27,7 +27,7 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
     import sys
 
     from bireco.config import validate
-    from bireco.demo import PRESETS, _compose
+    from bireco.demo import PRESETS, compose_train
 
     sys.path.insert(0, "experiments")
     from dev_sweep import COMMON, DESIGNS
@@ -35,7 +35,7 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
     for p in PRESETS.values():
         model = p.model or ["model.name_or_path=/nonexistent"]  # tiny: the pretrained LM's path is added at run time
         for stage, extra in (("baseline", p.stage2), ("reconstruction", p.stage1)):
-            validate(_compose([*model, *p.data, *p.extra, f"stage={stage}", *extra]))
+            validate(compose_train([*model, *p.data, f"stage={stage}", *extra]))
     for d in DESIGNS.values():
-        validate(_compose([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
-        validate(_compose([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))
+        validate(compose_train([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
+        validate(compose_train([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))

@@ -71,10 +71,10 @@ class Setup:
 SETUPS = {
     "cpu": Setup(TINY, torch.float32, 8, 32, 128, 2, 8, "cpu", "32-true"),
     "gpu": Setup(LLAMA_1B, torch.bfloat16, 32, 64, 256, 3, 10, "cuda", "bf16-true"),
-    # every code path of the gpu mode (bf16, all groups) at toy size on CPU: the test suite runs it
     # the real offline LLM with bireco's CPU default precision (bf16-mixed where the CPU has native bf16), WordNet-like
     # lengths at the demo's batch size
     "smollm2": Setup({"vocab_size": 49152}, torch.float32, 16, 16, 48, 2, 6, "cpu", "auto", model="smollm2-135m-instruct"),
+    # every code path of the gpu mode (bf16, all groups) at toy size on CPU: the test suite runs it
     "smoke": Setup(dict(TINY, hidden_size=64, intermediate_size=128, num_hidden_layers=2), torch.bfloat16, 4, 16, 32, 1, 2, "cpu", "bf16-true"),
 }
 
