@@ -49,6 +49,6 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
             ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_train_steps=every, save_last=True, save_top_k=0)
         )
     if cfg.trainer.val_check_interval:
-        rs = wordnet_retrieval_set("dev", n_queries=cfg.data.dev_queries, seed=cfg.seed)
+        rs = wordnet_retrieval_set("dev", n_queries=cfg.data.dev_queries, corpus_size=cfg.data.dev_corpus_size, seed=cfg.seed)
         callbacks.append(DevRetrievalCallback(rs, cfg.trainer.val_check_interval, cfg.data.max_query_length, cfg.data.max_doc_length))
     return callbacks

@@ -106,7 +106,8 @@ class DataConfig:
     bucket_by_length: bool = False
     on_bad_record: str = "error"  # error | skip
     max_train_records: int | None = None
-    dev_queries: int = 200  # in-training retrieval check size
+    dev_queries: int = 200  # in-training retrieval check size: queries ...
+    dev_corpus_size: int = 2000  # ... and documents (their positives and hard negatives, then random glosses)
     num_workers: int = 0
 
 

@@ -8,7 +8,7 @@ with every seed's numbers, mean ± sd per row, Anchor − baseline per seed, and
     python experiments/seeds.py                       # seeds 1 2 3 -> outputs/seeds/results.{md,json}
     python experiments/seeds.py --seeds 1 --stage2-steps 20
 
-Takes about 40 minutes a seed on a 2-core CPU (minutes on a GPU). Finished seeds are skipped when rerun.
+Takes about 50 minutes a seed on a 2-core CPU (minutes on a GPU). Finished seeds are skipped when rerun.
 """
 
 from __future__ import annotations
@@ -38,7 +38,10 @@ def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int |
     res = run_demo(out, "smollm2", stage1_steps, stage2_steps, wandb=False, progress=False, seed=seed)
     steps = res["stage1_steps"] + res["stage2_steps"]
     t = time.perf_counter()
-    run(compose_train([*res["overrides"], "variant=control", "stage=baseline", *res["stage2_overrides"], f"trainer.max_steps={steps}"]))
+    # dev checks every 20 steps (not 10): the control's curve is context, and its 120 steps would otherwise check 13 times
+    stage2 = [o for o in res["stage2_overrides"] if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))]
+    run(compose_train([*res["overrides"], "variant=control", "stage=baseline", *stage2, f"trainer.max_steps={steps}",
+                       "trainer.val_check_interval=20"]))  # fmt: skip
     res["train_seconds"]["control"] = time.perf_counter() - t
     ckpt = out / "demo" / "control" / "baseline" / "final"
     res["summaries"][CONTROL] = evaluate_checkpoint(
@@ -56,6 +59,14 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
+def dev_corpus_size(overrides: list[str]) -> int:
+    """The dev check's corpus size of a run (the demo preset changed it from the default 2000 to 1000)."""
+    from bireco.config import DataConfig
+
+    sizes = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("data.dev_corpus_size=")]
+    return sizes[-1] if sizes else DataConfig.dev_corpus_size
+
+
 def report(results: dict[int, dict]) -> str:
     seeds = sorted(results)
     rows = list(next(iter(results.values()))["summaries"])
@@ -68,8 +79,9 @@ def report(results: dict[int, dict]) -> str:
     lines.append("| **Anchor − baseline** | " + " | ".join(f"{d:+.2f}" for d in delta) + f" | {mean_sd(delta)} |")
     curves = ["", "Stage II dev nDCG@10 × 100 (200 WordNet dev queries) by step:", ""]
     for s in seeds:
+        docs = dev_corpus_size(results[s]["overrides"])
         for name, pts in results[s]["dev_curves"].items():
-            curves.append(f"- seed {s}, {name}: " + ", ".join(f"{st}: {100 * v:.1f}" for st, v in pts))
+            curves.append(f"- seed {s}, {name} ({docs} dev documents): " + ", ".join(f"{st}: {100 * v:.1f}" for st, v in pts))
     first = results[seeds[0]]
     minutes = sum(r["seed_seconds"] for r in results.values()) / 60
     head = (

@@ -39,3 +39,18 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
     for d in DESIGNS.values():
         validate(compose_train([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
         validate(compose_train([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))
+
+
+def test_dev_check_uses_the_configured_corpus_size(tmp_path):
+    """data.dev_corpus_size reaches the in-training dev check (the SmolLM2 demo halves it to stay within budget)."""
+    from bireco.callbacks import DevRetrievalCallback, build_callbacks
+    from bireco.demo import PRESETS, compose_train
+
+    sizes = {}
+    for n in (300, 1000):
+        cfg = compose_train(["trainer.val_check_interval=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"])
+        (cb,) = [c for c in build_callbacks(cfg, tmp_path) if isinstance(c, DevRetrievalCallback)]
+        sizes[n] = len(cb.rs.corpus)
+        assert len(cb.rs.queries) == 50 and max(cb.rs.relevant) < sizes[n]
+    assert sizes == {300: 300, 1000: 1000}
+    assert "data.dev_corpus_size=1000" in PRESETS["smollm2"].data
