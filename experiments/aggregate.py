@@ -3,6 +3,11 @@ averages and deltas (markdown + CSV + a bar plot).
 
     python experiments/aggregate.py outputs                 # every outputs/<experiment>/<variant>/<run>/eval
     python experiments/aggregate.py outputs --out results/  # where to write table.md, table.csv, table.png
+    python experiments/aggregate.py outputs --baseline paper_llama32_1b/default   # a sweep's Anchor rows vs one baseline
+
+One row per experiment/variant and setting (Stage I only, Baseline, Anchor), so a sweep (e.g. ablation_alpha's
+alpha0.2 / alpha0.5 / alpha0.8) reads as one table. Anchor rows show their delta against the baseline of the same
+variant, else against --baseline (a sweep's variants usually share one baseline run).
 """
 
 from __future__ import annotations
@@ -25,12 +30,20 @@ def collect(root: Path) -> dict[tuple[str, str], dict[str, dict]]:
     return out
 
 
-def rows(found: dict) -> tuple[list[str], list[list[str]]]:
+def rows(found: dict, baseline: str | None = None) -> tuple[list[str], list[list[str]]]:
     cols = [c for c in CATEGORIES if any(c in s["categories"] for runs in found.values() for s in runs.values())]
+    shared = None
+    if baseline is not None:
+        key = tuple(baseline.strip("/").split("/", 1))
+        shared = found.get(key, {}).get("baseline") if len(key) == 2 else None
+        if shared is None:
+            have = sorted(f"{e}/{v}" for (e, v), runs in found.items() if "baseline" in runs)
+            raise SystemExit(f"--baseline {baseline}: no baseline/eval/summary.json there (baselines: {', '.join(have) or 'none'})")
     table = []
     for (exp, variant), runs in found.items():
         base, anchor = runs.get("baseline"), runs.get("stage2")
-        for label, s in (("Baseline", base), ("Anchor", anchor)):
+        base = base or shared
+        for label, s in (("Stage I only", runs.get("stage1")), ("Baseline", runs.get("baseline")), ("Anchor", anchor)):
             if s is None:
                 continue
             cells = []
@@ -50,11 +63,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--baseline", default=None, help="EXPERIMENT/VARIANT whose baseline the Anchor rows without their own compare to")
     args = ap.parse_args()
     found = collect(args.root)
     if not found:
         raise SystemExit(f"no */*/*/eval/summary.json under {args.root}; run `make eval` on your checkpoints first")
-    cols, table = rows(found)
+    cols, table = rows(found, args.baseline)
     out = args.out or args.root
     out.mkdir(parents=True, exist_ok=True)
     header = ["model", "setting", *cols]
@@ -76,7 +90,8 @@ def _plot(table: list[list[str]], cols: list[str], path: Path) -> None:
     labels = [f"{r[0]}\n{r[1]}" for r in table]
     values = [float(r[2 + avg].split()[0]) for r in table]
     fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(values)), 3.5), dpi=120)
-    ax.bar(range(len(values)), values, color=["tab:gray" if r[1] == "Baseline" else "tab:blue" for r in table])
+    colors = {"Baseline": "tab:gray", "Stage I only": "tab:orange"}
+    ax.bar(range(len(values)), values, color=[colors.get(r[1], "tab:blue") for r in table])
     ax.set_xticks(range(len(values)), labels, fontsize=7)
     ax.set_ylabel("Average (x100)")
     fig.tight_layout()
