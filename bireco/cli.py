@@ -6,7 +6,20 @@ import re
 import sys
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # inside the package: a wheel install has its configs
+
+
+def quote_free_text(args: list[str], keys: tuple[str, ...]) -> list[str]:
+    """`key=any text` -> `key='any text'`, so Hydra reads commas, brackets and "=" in free text literally, not as a
+    sweep or a list (`text="a dog, with a long snout"` reaches us without its shell quotes). Already quoted values
+    are left alone."""
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key in keys and not (len(value) >= 2 and value[0] == value[-1] and value[0] in "'\""):
+            a = f"{key}='" + value.replace("'", "\\'") + "'"
+        out.append(a)
+    return out
 
 
 def first_values(args: list[str]) -> list[str] | None:
@@ -58,3 +71,18 @@ def check_overrides(config_name: str, args: list[str]) -> None:
                 return
             OmegaConf.set_struct(base, False)
             sys.exit(f"Error: {suggest_key(base, key)}")
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The bad-input error (ConfigError, or a DataError naming file:line: field) behind `err`, if any: libraries
+    such as `datasets` wrap what the record checks raise."""
+    from bireco.config import ConfigError
+    from bireco.data.records import DataError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (ConfigError, DataError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

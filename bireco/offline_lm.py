@@ -9,7 +9,7 @@ demo) then loads that directory with the ordinary `from_pretrained`, exactly lik
 
     python -m bireco.offline_lm smollm2-135m-instruct     # converts if needed, prints the directory
 
-Configs reach it through the resolver `${bireco_lm:smollm2-135m-instruct}` (conf/model_size/smollm2_135m.yaml).
+Configs reach it through the resolver `${bireco_lm:smollm2-135m-instruct}` (bireco/conf/model_size/smollm2_135m.yaml).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from bireco.text_format import TextFormat, encode_side
 
 
 def family_format(family: str = "tiny_llama") -> TextFormat:
-    """The text format of a `conf/model/<family>.yaml` (the demo trains that family from this LM)."""
+    """The text format of a `bireco/conf/model/<family>.yaml` (the demo trains that family from this LM)."""
     import yaml
 
     from bireco.cli import CONF_DIR

@@ -1,7 +1,7 @@
 """Offline tiny assets: a BPE tokenizer trained locally on the built-in WordNet text.
 
 The tokenizer defines the special tokens of every supported family (Llama-3 headers and <|eot_id|>, Qwen's
-<|im_start|>/<|im_end|>, Mistral's [INST]/</s>, Gemma's turn markers), so each `conf/model/tiny_*` family
+<|im_start|>/<|im_end|>, Mistral's [INST]/</s>, Gemma's turn markers), so each `bireco/conf/model/tiny_*` family
 config exercises its real template and [EOS] with no download. Rebuild the shipped copy with
 `python -m bireco.tiny` (deterministic for a given `tokenizers` version).
 """

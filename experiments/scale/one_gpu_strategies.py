@@ -4,8 +4,8 @@ Hugging Face export.
 
     python experiments/scale/one_gpu_strategies.py --out outputs/scale
 
-Objects come from bireco's own config composition, builders and strategies (conf/trainer/gpu.yaml, fsdp.yaml,
-conf/model_size/tiny_llama_1b.yaml); batches are synthetic token ids of fixed length (query 64 / document 256 /
+Objects come from bireco's own config composition, builders and strategies (bireco/conf/trainer/gpu.yaml, fsdp.yaml,
+bireco/conf/model_size/tiny_llama_1b.yaml); batches are synthetic token ids of fixed length (query 64 / document 256 /
 hard negative 256, global batch 32), so nothing is downloaded.
 """
 
