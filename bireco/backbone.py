@@ -103,7 +103,7 @@ class Backbone(nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, model_cfg: Any, lora_cfg: Any | None = None) -> Backbone:
-        """Build from a `conf/model` node: load by hub id / local path, or random-init from an inline config."""
+        """Build from a `bireco/conf/model` node: load by hub id / local path, or random-init from an inline config."""
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
         cfg = _as_dict(model_cfg)
@@ -129,10 +129,11 @@ class Backbone(nn.Module):
             model_type = arch.pop("model_type")
             hf_config = AutoConfig.for_model(model_type, **arch)
             model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn, dtype=dtype)
-        if meta and meta.get("adapter"):
+        adapter = cfg.get("adapter") or (os.path.join(name, "adapter") if meta and meta.get("adapter") else None)
+        if adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, os.path.join(name, "adapter"), is_trainable=False)
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
             model = model.merge_and_unload()  # a saved Stage II adapter becomes part of the base for the next stage
         if cfg.get("gradient_checkpointing", False):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -164,7 +165,7 @@ class Backbone(nn.Module):
                 hint = f" ({partial} exists: that run's save did not finish; train it again)" if partial.exists() else ""
                 raise FileNotFoundError(f"{path}: no such checkpoint directory{hint}")
             raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a bireco checkpoint (use model.name_or_path instead)")
-        model_cfg = dict(meta["model"], name_or_path=str(path), tokenizer=str(path), dtype=dtype)
+        model_cfg = dict(meta["model"], tokenizer=str(path), dtype=dtype, architecture=None, **checkpoint_weights(path))
         return cls.from_config(model_cfg, lora_cfg)
 
     # ------------------------------------------------------------------ accessors
@@ -265,7 +266,8 @@ class Backbone(nn.Module):
         n = int(keep.sum())
         if n == 0:
             raise ValueError("reconstruction batch has no target tokens (all labels are -100)")
-        loss_sum, correct = chunked_cross_entropy(hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size)
+        softcap = getattr(self.causal_lm.config, "final_logit_softcapping", None)  # Gemma-2: the model's own logits
+        loss_sum, correct = chunked_cross_entropy(hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size, softcap)
         return ReconstructionOutput(loss=loss_sum / n, n_tokens=n, n_correct=correct)
 
     # ------------------------------------------------------------------ persistence
@@ -281,8 +283,10 @@ class Backbone(nn.Module):
         }
 
     def save(self, path: str | os.PathLike, mode: str = "full") -> Path:
-        """Write a Hugging Face directory. full: base weights (+ adapter/ if LoRA); adapter: adapter only;
-        merged: LoRA folded into the weights. Written to a temp dir and renamed, so it is complete or absent."""
+        """Write a Hugging Face directory that `AutoModel.from_pretrained` loads as the trained model. full: the
+        weights (LoRA merged in) + the LoRA adapter in adapter/ for reference; merged: the weights alone; adapter:
+        the adapter alone + the base model's path (bireco loads it; plain transformers cannot). Written to a temp
+        dir and renamed, so it is complete or absent."""
         if mode not in SAVE_MODES:
             raise ValueError(f"save mode {mode!r}; valid: {', '.join(SAVE_MODES)}")
         if mode == "adapter" and not self.is_lora:
@@ -301,12 +305,15 @@ class Backbone(nn.Module):
         elif mode == "adapter":
             self.model.save_pretrained(tmp / "adapter")
             meta["adapter"] = True
-            meta["base_model"] = self.causal_lm.config._name_or_path
-        elif self.is_lora:  # full: unmerged base weights + adapter
+            base = self.causal_lm.config._name_or_path
+            if not base:
+                raise ValueError("save mode 'adapter' needs a base model loadable by name or path; this one was built "
+                                 "from model.architecture (random weights): use save mode 'full'")  # fmt: skip
+            meta["base_model"] = str(Path(base).resolve()) if Path(base).is_dir() else base  # loadable from any cwd
+        elif self.is_lora:  # full: merged weights (plain transformers loads the trained model) + the adapter beside
+            copy.deepcopy(self.model).merge_and_unload().save_pretrained(tmp)
             self.model.save_pretrained(tmp / "adapter")
-            base = self.model.get_base_model()
-            base.save_pretrained(tmp, state_dict=_base_state_dict(base))
-            meta["adapter"] = True
+            meta["adapter_beside"] = "adapter"  # already merged into the weights: reference only, never re-applied
         else:
             self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
@@ -323,16 +330,6 @@ class Backbone(nn.Module):
         else:
             tmp.rename(path)
         return path
-
-
-def _base_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict of a LoRA-injected model without the adapter: `x.base_layer.weight` -> `x.weight`."""
-    out = {}
-    for k, v in model.state_dict().items():
-        if "lora_" in k:
-            continue
-        out[k.replace(".base_layer.", ".")] = v
-    return out
 
 
 def apply_lora(model: nn.Module, lora: dict, family_targets: list[str] | None) -> nn.Module:
@@ -369,6 +366,19 @@ def _as_dict(node: Any) -> dict:
     if hasattr(node, "__dataclass_fields__"):
         return asdict(node)
     return dict(node)
+
+
+def checkpoint_weights(path: str | os.PathLike) -> dict:
+    """`model.name_or_path` (+ `adapter`) that load the weights of a checkpoint directory, whatever its save mode:
+    an adapter-only directory (save_mode=adapter: no weights, no config.json) loads its recorded base model, then
+    its adapter; every other directory loads itself (its adapter/, if any, is found from its bireco.json)."""
+    meta = _read_metadata(str(path)) or {}
+    if meta.get("adapter") and not (Path(path) / "config.json").is_file():
+        base = meta.get("base_model")
+        if not base:
+            raise FileNotFoundError(f"{path}: an adapter-only checkpoint that does not record its base model")
+        return {"name_or_path": base, "adapter": str(Path(path) / "adapter")}
+    return {"name_or_path": str(path)}
 
 
 def _read_metadata(path: str) -> dict | None:

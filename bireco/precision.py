@@ -40,6 +40,12 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     return "bf16-mixed" if cpu_has_fast_bf16() else "32-true"
 
 
+def weights_dtype(precision: str) -> str:
+    """`model.dtype` that a Lightning precision implies for the weights it trains: `*-true` trains in that dtype;
+    `*-mixed` keeps fp32 master weights and autocasts the compute."""
+    return {"bf16-true": "bfloat16", "16-true": "float16"}.get(str(precision), "float32")
+
+
 def bf16_for(device: torch.device | str, bf16: bool | None = None) -> bool:
     """Whether encoding on `device` runs under bf16 autocast: `bf16` if given, else the hardware default
     (always on CUDA; on CPUs with native bf16 unless BIRECO_CPU_BF16=0)."""

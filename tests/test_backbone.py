@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import TEXTS, make_side
+from omegaconf import OmegaConf
 
 from bireco.backbone import Backbone, to_right_padding
 from bireco.pooling import last_token, mean, weighted_mean
@@ -139,6 +140,46 @@ def test_save_load_round_trip(backbone, tmp_path):
     assert (tmp_path / "full" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "merged" / "adapter").exists()
     assert backbone.is_lora  # saving merged did not merge the training model
+    # plain transformers loads the trained model from final/ (LoRA merged in), not the base without Stage II
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    want = copy.deepcopy(backbone.model).merge_and_unload().state_dict()
+    got = AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict()
+    assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+
+
+def test_adapter_only_checkpoint_loads_wherever_a_checkpoint_does(backbone, tmp_path, cfg_factory, monkeypatch):
+    """save_mode=adapter writes the adapter and the base model's path: Backbone.load (evaluate, export, inspect) and
+    stage.init_from load base + adapter, from any working directory; a random-init base is refused up front."""
+    from bireco.builders import build_backbone
+    from bireco.config import ConfigError, validate
+
+    monkeypatch.chdir(tmp_path)
+    Backbone.save(backbone, "base")  # a relative path, as a run's outputs/... would be
+    lora = Backbone.from_config(dict(OmegaConf.to_container(cfg_factory().model, resolve=True), name_or_path="base",
+                                     tokenizer="base", architecture=None), {"enabled": True, "r": 4, "alpha": 8, "dropout": 0.0})  # fmt: skip
+    with torch.no_grad():
+        for n, p in lora.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.1)
+    side = make_side(backbone, TEXTS)
+    with torch.no_grad():
+        ref = lora.eval().embed(side)
+    lora.save(tmp_path / "adapter_only", "adapter")
+    assert not (tmp_path / "adapter_only" / "config.json").exists()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with torch.no_grad():
+        assert torch.allclose(Backbone.load(tmp_path / "adapter_only", dtype="float32").eval().embed(side), ref, atol=1e-5)
+        cfg = cfg_factory("stage=baseline", f"stage.init_from={tmp_path / 'adapter_only'}", "stage.lora.enabled=false")
+        assert torch.allclose(build_backbone(cfg).eval().embed(side), ref, atol=1e-5)
+    with pytest.raises(ConfigError, match="save_mode=adapter .*random weights"):
+        validate(cfg_factory("stage=baseline", "save_mode=adapter"))
+    with pytest.raises(ConfigError, match="stage.lora.enabled=false"):
+        validate(cfg_factory("stage=reconstruction", "save_mode=adapter", "model.name_or_path=base"))
 
 
 def test_checkpoint_of_other_family_fails_clearly(backbone, tmp_path, cfg_factory):
@@ -160,7 +201,8 @@ def test_checkpoint_of_other_family_fails_clearly(backbone, tmp_path, cfg_factor
 
 @pytest.mark.parametrize("chunk", [3, 1000])
 @pytest.mark.parametrize("train_weight", [True, False])
-def test_fused_chunked_ce_matches_full_logit_ce_and_its_gradients(chunk, train_weight):
+@pytest.mark.parametrize("softcap", [None, 2.0])
+def test_fused_chunked_ce_matches_full_logit_ce_and_its_gradients(chunk, train_weight, softcap):
     from bireco.losses.chunked_ce import chunked_cross_entropy
 
     torch.manual_seed(0)
@@ -169,12 +211,12 @@ def test_fused_chunked_ce_matches_full_logit_ce_and_its_gradients(chunk, train_w
     head.bias.requires_grad_(train_weight)
     h = torch.randn(11, 16, requires_grad=True)
     y = torch.randint(0, 50, (11,))
-    loss, correct = chunked_cross_entropy(h, y, head, chunk)
+    loss, correct = chunked_cross_entropy(h, y, head, chunk, softcap)
     (2.5 * loss).backward()  # a non-unit incoming gradient must scale the precomputed ones
     got = [h.grad.clone()] + ([head.weight.grad.clone(), head.bias.grad.clone()] if train_weight else [])
     for t in (h, head.weight, head.bias):
         t.grad = None
-    logits = head(h)
+    logits = head(h) if softcap is None else softcap * torch.tanh(head(h) / softcap)
     ref = F.cross_entropy(logits, y, reduction="sum")
     (2.5 * ref).backward()
     want = [h.grad] + ([head.weight.grad, head.bias.grad] if train_weight else [])
@@ -197,3 +239,28 @@ def test_missing_checkpoint_is_reported_as_missing(tmp_path):
     (tmp_path / "run" / "other").mkdir()
     with pytest.raises(FileNotFoundError, match="not a bireco checkpoint"):
         Backbone.load(tmp_path / "run" / "other")
+
+
+def test_gemma2_reconstruction_loss_uses_the_models_softcapped_logits():
+    """Gemma-2 caps its final logits (c * tanh(z / c)); Stage I's fused CE must train that distribution."""
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    torch.manual_seed(0)
+    model_cfg = OmegaConf.to_container(compose_cfg(["model=tiny_llama"]).model, resolve=True)
+    model_cfg.update(expected_model_type="gemma2", attn_implementation="eager", architecture=dict(
+        model_type="gemma2", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, final_logit_softcapping=0.2))  # fmt: skip
+    bb = Backbone.from_config(model_cfg).eval()
+    model, V = bb.causal_lm, bb.causal_lm.config.vocab_size
+    ids = torch.randint(1, V, (2, 7))
+    anchor = torch.randn(2, 32)
+    out = bb.reconstruction_loss(anchor, ids, torch.ones_like(ids), ids.clone())
+    # the model's own forward on the same inputs: [anchor; token embeddings] -> its logits (softcapped inside)
+    inputs = torch.cat([anchor[:, None], model.get_input_embeddings()(ids)], dim=1)
+    logits = model(inputs_embeds=inputs).logits[:, :7]
+    want = F.cross_entropy(logits.reshape(-1, V), ids.reshape(-1))
+    raw = bb.lm_head(model.get_decoder()(inputs_embeds=inputs).last_hidden_state[:, :7])
+    uncapped = F.cross_entropy(raw.reshape(-1, V), ids.reshape(-1))
+    assert logits.abs().max() <= 0.2 and abs(float(uncapped - want)) > 1e-3  # the cap matters on this model
+    torch.testing.assert_close(out.loss, want, rtol=1e-4, atol=1e-5)

@@ -47,3 +47,48 @@ def test_encoding_runs_under_bf16_autocast_when_asked(backbone, monkeypatch):
     assert torch.nn.functional.cosine_similarity(fp32, bf16).min() > 0.99
     monkeypatch.setenv("BIRECO_CPU_BF16", "0")
     assert torch.equal(encode_texts(backbone, TEXTS), fp32)
+
+
+def test_rotary_frequencies_stay_fp32_under_bf16_true(cfg_factory):
+    """Lightning's bf16-true casts the module with .to(bfloat16), buffers included; the rotary inv_freq must stay
+    the fp32 values a fresh load has (evaluation and export load those), while the weights do go to bf16."""
+    import lightning as L
+
+    from bireco.backbone import Backbone
+    from bireco.builders import build_backbone, build_datamodule, build_module
+
+    seen = {}
+
+    class Probe(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.update({n: b.clone() for n, b in pl_module.backbone.named_buffers() if n.endswith("inv_freq")})
+            seen["weight dtype"] = next(pl_module.backbone.parameters()).dtype
+
+    cfg = cfg_factory("stage=reconstruction", "trainer.max_steps=1", "data.global_batch_size=2", "data.max_train_records=8")
+    backbone = build_backbone(cfg)
+    dm = build_datamodule(cfg, backbone)
+    module = build_module(cfg, backbone, dm.batches_per_epoch())
+    trainer = L.Trainer(max_steps=1, precision="bf16-true", accelerator="cpu", devices=1, logger=False, callbacks=[Probe()],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert seen.pop("weight dtype") == torch.bfloat16  # the precision plugin did convert the module
+    fresh = {n: b for n, b in Backbone.from_config(cfg.model).named_buffers() if n.endswith("inv_freq")}
+    assert fresh and seen.keys() == fresh.keys()
+    for name, value in seen.items():
+        assert value.dtype == torch.float32 and torch.equal(value, fresh[name]), name
+
+
+def test_weights_load_in_the_dtype_the_precision_trains(cfg_factory, monkeypatch):
+    """model.dtype=auto follows trainer.precision (bf16-mixed keeps fp32 master weights even on a bf16 GPU), and a
+    half-precision full fine-tune under a mixed precision is refused."""
+    from bireco.builders import build_backbone
+    from bireco.config import ConfigError, validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what `auto` used to read: a bf16 GPU
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for prec, dtype in (("bf16-mixed", torch.float32), ("32-true", torch.float32), ("bf16-true", torch.bfloat16)):
+        cfg = cfg_factory("stage=reconstruction", f"trainer.precision={prec}")
+        assert next(build_backbone(cfg).parameters()).dtype == dtype, prec
+    with pytest.raises(ConfigError, match="bf16-mixed keeps fp32 master weights"):
+        validate(cfg_factory("stage=reconstruction", "trainer.precision=bf16-mixed", "model.dtype=bfloat16"))
+    validate(cfg_factory("stage=baseline", "trainer.precision=bf16-mixed", "model.dtype=bfloat16"))  # LoRA: frozen bf16 base

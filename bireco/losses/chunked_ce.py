@@ -15,11 +15,12 @@ import torch.nn.functional as F
 
 
 class _FusedLinearCE(torch.autograd.Function):
-    """loss_sum = sum_i CE(h_i @ W^T + b, y_i). Gradients for d(loss_sum) = 1 are computed in forward and scaled
-    by the incoming gradient in backward (the loss is a scalar, so that is exact)."""
+    """loss_sum = sum_i CE(z_i, y_i), z = h_i @ W^T + b, or c * tanh(z / c) with a final logit softcap c (Gemma-2).
+    Gradients for d(loss_sum) = 1 are computed in forward and scaled by the incoming gradient in backward (the loss
+    is a scalar, so that is exact)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, chunk_size):
+    def forward(ctx, hidden, weight, bias, labels, chunk_size, softcap=None):
         need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
@@ -30,6 +31,9 @@ class _FusedLinearCE(torch.autograd.Function):
             h = hidden[start : start + chunk_size]  # (n, H)
             y = labels[start : start + chunk_size]  # (n,)
             logits = F.linear(h, weight, bias).float()  # (n, V) fp32 for a stable log-softmax
+            if softcap:
+                t = logits.div_(softcap).tanh_()  # (n, V) in place; kept for the gradient: d(c tanh(z/c))/dz = 1 - t^2
+                logits = t * softcap
             target = logits.gather(1, y[:, None])  # (n, 1)
             top = logits.amax(-1, keepdim=True)  # (n, 1)
             probs = logits.sub_(top).exp_()  # in place: (n, V) unnormalised softmax, no second buffer
@@ -39,6 +43,8 @@ class _FusedLinearCE(torch.autograd.Function):
             if need_h or need_w or need_b:
                 g = probs.div_(total)  # dCE/dlogits = softmax - onehot
                 g.scatter_add_(1, y[:, None], torch.full_like(target, -1.0))
+                if softcap:
+                    g.mul_(t.mul_(t).neg_().add_(1.0))
                 g = g.to(h.dtype)
                 if need_h:
                     grad_h[start : start + chunk_size] = g @ weight
@@ -61,6 +67,7 @@ class _FusedLinearCE(torch.autograd.Function):
             None if grad_b is None else (grad_b * grad_loss).to(ctx.bias_dtype),
             None,
             None,
+            None,
         )
 
 
@@ -69,6 +76,7 @@ def chunked_cross_entropy(
     labels: torch.Tensor,
     lm_head: torch.nn.Module,
     chunk_size: int = 4096,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed CE and number of correct argmax predictions.
 
@@ -76,9 +84,10 @@ def chunked_cross_entropy(
         hidden: (N, H) hidden states at label positions only.
         labels: (N,) target token ids.
         lm_head: the model's output projection (nn.Linear-like: `.weight`, optional `.bias`).
+        softcap: the model's final logit softcapping (Gemma-2's `final_logit_softcapping`), applied as the model does.
     Returns:
         (loss_sum, n_correct): scalar tensors; divide loss_sum by N for the token-mean.
     """
     weight = lm_head.weight
     bias = getattr(lm_head, "bias", None)
-    return _FusedLinearCE.apply(hidden, weight, bias, labels, chunk_size)
+    return _FusedLinearCE.apply(hidden, weight, bias, labels, chunk_size, softcap)
