@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 
 from bireco.backbone import Backbone, position_ids_from_mask
-from bireco.cli import CONF_DIR, check_overrides
+from bireco.cli import CONF_DIR, check_overrides, quote_free_text
 from bireco.pooling import last_token
 from bireco.text_format import encode_side, pad_sides
 
@@ -75,7 +75,7 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
     device = next(backbone.parameters()).device
     collate = PairCollator(backbone.tokenizer, backbone.text_format, max_query_length, max_doc_length,
                            backbone.padding_side, num_hard_negatives=0, pad_id=backbone.pad_id)  # fmt: skip
-    stage1 = ReconstructionModule(backbone, OptimConfig(), max_steps=1)  # its anchor() and decode() are Stage I's
+    stage1 = ReconstructionModule(backbone, OptimConfig(), lr_horizon=1)  # its anchor() and decode() are Stage I's
     was_training = backbone.training
     backbone.eval()
     sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in ("q2d", "d2q")}
@@ -85,7 +85,7 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
         if len(chunk) < 2:
             break
         batch = collate(chunk)
-        batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in batch.items()}
+        batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if k in ("query", "positive", "negatives") else v) for k, v in batch.items()}
         with autocast(device, bf16_for(device, bf16)):
             for direction, (src, tgt) in {"q2d": ("query", "positive"), "d2q": ("positive", "query")}.items():
                 anchor = stage1.anchor(batch[src])
@@ -115,6 +115,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    sys.argv[1:] = quote_free_text(sys.argv[1:], ("text", "instruction"))  # free text, commas and all
     check_overrides("inspect", sys.argv[1:])
     _hydra_main()
 

@@ -28,7 +28,8 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
-def build_scheduler(optimizer, optim: Any, max_steps: int) -> dict:
-    total = optim.schedule_steps or max_steps
+def build_scheduler(optimizer, optim: Any, horizon: int) -> dict:
+    """`horizon`: the optimizer steps the decay is sized for (optim.schedule_steps wins when set)."""
+    total = optim.schedule_steps or horizon
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim.warmup_steps, total, optim.schedule))
     return {"scheduler": sched, "interval": "step", "frequency": 1}

@@ -216,3 +216,42 @@ def test_wordnet_parser_on_a_debian_line():
     sid, lemmas, definition, examples = wordnet.parse_data_line(line, "n")
     assert sid == "n02084071" and lemmas == ("dog", "domestic dog", "Canis familiaris")
     assert definition == "a member of the genus Canis" and examples == ("the dog barked all night",)
+
+
+def test_cli_reports_a_bad_record_in_one_line_and_writes_nothing(tmp_path):
+    """`python -m bireco.train` on a bad JSONL line: exit code 1, `file:line: field` on stderr, no traceback, and no
+    directory (neither the run's nor Hydra's) left behind."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"query": "a dog", "positive": "an animal", "instruction": "Find"}) + "\n"
+                    + json.dumps({"query": "a cat", "positive": "", "instruction": "Find"}) + "\n")  # fmt: skip
+    work = tmp_path / "work"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "bireco.train", "data=jsonl", f"data.path={data}", "trainer.max_steps=1",
+           "data.global_batch_size=1", "output_root=outputs"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=work, env=subprocess_env(), timeout=300)
+    assert r.returncode == 1
+    assert f"Error: {data}:2: field 'positive'" in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert list(work.iterdir()) == []
+
+
+def test_truncation_counts_survive_dataloader_workers(cfg_factory):
+    """Counted per batch in the worker that collates it and summed by the training module: the totals logged with
+    data.num_workers=1 equal those of the in-process loader (> 0 at these max lengths)."""
+    import pandas as pd
+
+    from bireco.train import run
+
+    totals = {}
+    for workers in (0, 1):
+        cfg = cfg_factory("stage=baseline", "trainer.max_steps=3", "trainer.log_every_n_steps=1", "data.global_batch_size=4",
+                          "data.max_query_length=64", "data.max_doc_length=16", f"data.num_workers={workers}",
+                          f"variant=w{workers}", "data.max_train_records=64")  # fmt: skip
+        run(cfg)
+        df = pd.read_csv(Path(cfg.run_dir) / "logs" / "metrics.csv")
+        totals[workers] = [float(df[f"data/truncated_{k}"].dropna().iloc[-1]) for k in ("query", "document")]
+    assert totals[1] == totals[0] and totals[0][1] > 0, totals  # documents cut at 16 tokens

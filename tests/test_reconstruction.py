@@ -22,7 +22,7 @@ def make_batch(backbone):
 
 
 def module(backbone, **kw):
-    return ReconstructionModule(backbone, OmegaConf.structured(OptimConfig()), max_steps=10, **kw)
+    return ReconstructionModule(backbone, OmegaConf.structured(OptimConfig()), lr_horizon=10, **kw)
 
 
 @pytest.mark.parametrize("alpha,expected", [(0.0, "DDDDDDDDDD"), (0.2, "DDDDQDDDDQ"), (0.5, "DQDQDQDQDQ"), (1.0, "QQQQQQQQQQ")])
@@ -47,6 +47,33 @@ def test_alternate_runs_two_passes_joint_four(backbone):
     batch = make_batch(backbone)
     assert count_passes(m, batch, "alternate") == 2
     assert count_passes(m, batch, "joint") == 4
+
+
+def test_joint_skips_a_direction_of_weight_zero(backbone):
+    """alpha 0 / 1 (the direction ablation) under the default joint schedule: the zero-weight direction's two
+    passes are skipped; the loss is the other direction's alone."""
+    batch = make_batch(backbone)
+    for alpha, direction in ((0.0, D2Q), (1.0, Q2D)):
+        m = module(backbone, alpha=alpha)
+        assert m.schedule == "joint" and count_passes(m, batch, "joint") == 2
+        loss, logs = m.step_loss(batch)
+        own = (m.q2d(batch) if direction == Q2D else m.d2q(batch)).loss
+        torch.testing.assert_close(loss, own)
+        assert set(logs) == {f"train/loss_{direction}", f"train/acc_{direction}", "train/loss"}
+
+
+def test_zero_anchor_control_decodes_without_the_other_side(backbone):
+    """stage.anchor=zeros: the Q2D loss no longer depends on the query (no encoder pass), the method's does."""
+    batch = make_batch(backbone)
+    other = copy.deepcopy(batch)
+    other["query"] = make_batch(backbone)["query"]
+    other["query"]["input_ids"] = other["query"]["input_ids"].flip(0)
+    other["query"]["attention_mask"] = other["query"]["attention_mask"].flip(0)
+    zero, method = module(backbone, anchor="zeros"), module(backbone)
+    torch.testing.assert_close(zero.q2d(batch).loss, zero.q2d(other).loss)
+    assert not torch.allclose(method.q2d(batch).loss, method.q2d(other).loss)
+    with pytest.raises(ValueError, match="valid: embedding, zeros"):
+        module(backbone, anchor="none")
 
 
 def test_joint_loss_is_weighted_sum_of_independent_ces(backbone):
@@ -131,7 +158,10 @@ def test_short_run_reduces_both_losses_and_feeds_stage2(cfg_factory, tmp_path):
     # Stage II finds and loads it without a path
     cfg2 = cfg_factory("stage=contrastive", "trainer.max_steps=2", *common)
     run(cfg2)
-    assert (tmp_path / "out" / "default" / "default" / "stage2" / "final" / "adapter").is_dir()
+    final = tmp_path / "out" / "default" / "default" / "stage2" / "final"
+    assert (final / "adapter").is_dir()
+    card = (final / "README.md").read_text()  # every final/ carries a model card
+    assert "Stage I + Stage II (Anchor)" in card and "| learning rate |" in card and "@inproceedings" in card
 
 
 def test_stage2_without_stage1_output_explains(cfg_factory):
@@ -143,7 +173,7 @@ def test_stage2_without_stage1_output_explains(cfg_factory):
 
 
 def test_direction_logging_in_alternate(backbone):
-    m = module(backbone, alpha=0.5)
+    m = module(backbone, alpha=0.5, schedule="alternate")
     batch = make_batch(backbone)
     seen = []
     for _ in range(2):
@@ -192,7 +222,7 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
     out = anchor_use(backbone, records, batch_size=6, max_query_length=48, max_doc_length=64, bf16=False)
     collate = PairCollator(backbone.tokenizer, backbone.text_format, 48, 64, backbone.padding_side, 0, backbone.pad_id)
     batch = collate(records)
-    module = ReconstructionModule(backbone, OptimConfig(), max_steps=1)
+    module = ReconstructionModule(backbone, OptimConfig(), lr_horizon=1)
     module.eval()
     with torch.no_grad():
         own = module.d2q(batch)
@@ -203,3 +233,21 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
         assert abs(gain) > 1e-4 and out["gain_d2q"] == pytest.approx(gain, abs=2e-5)
         q2d = module.q2d(batch)
         assert out["ce_q2d"] == pytest.approx(float(q2d.loss), rel=1e-5) and out["acc_q2d"] == pytest.approx(float(q2d.accuracy))
+
+
+def test_inspect_cli_takes_ordinary_text(backbone, tmp_path):
+    """`python -m bireco.inspect text="a dog, with a long snout"`: the shell drops the quotes, and the comma (or an
+    apostrophe) must not turn the text into a Hydra sweep."""
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    from bireco.backbone import Backbone
+
+    Backbone.save(backbone, tmp_path / "ckpt")
+    text = "a dog, with a long snout [and] the owner's = 2"
+    cmd = [sys.executable, "-m", "bireco.inspect", f"checkpoint={tmp_path / 'ckpt'}", f"text={text}", "max_new_tokens=4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"document: {text!r}" in r.stdout

@@ -21,7 +21,7 @@ from bireco.train import checkpoint_step, run
 ROOT = Path(__file__).resolve().parents[1]
 KILL = ROOT / "tests" / "scripts" / "train_and_kill.py"
 
-STAGE1 = ["stage=reconstruction", "stage.alpha=0.5"]
+STAGE1 = ["stage=reconstruction", "stage.schedule=alternate", "stage.alpha=0.5"]  # the direction counter is resumed too
 # LoRA with dropout: exact resume needs the RNG streams restored, not only weights and optimizer.
 STAGE2_LORA = ["stage=baseline", "stage.lora.dropout=0.1", "data.num_hard_negatives=1", "stage.optim.warmup_steps=2"]
 

@@ -13,8 +13,8 @@ class PairCollator:
     """Tokenises query (with instruction), positive and up to `num_hard_negatives` negatives per record.
 
     Output: {"query", "positive", "negatives"?: side dicts (input_ids, attention_mask, instruction_mask,
-    embed_mask), "negative_owner": (N,) query index of each negative, "dataset": list[str]}.
-    `truncated` counts texts cut to their max length (reported in the training log, never silent).
+    embed_mask), "negative_owner": (N,) query index of each negative, "dataset": list[str], "truncated": this
+    batch's texts cut to their max length per kind}. `self.truncated` keeps the totals of this process.
     """
 
     def __init__(
@@ -43,6 +43,7 @@ class PairCollator:
         return pad_sides(sides, self.pad_id, self.padding_side)
 
     def __call__(self, records: list[dict]) -> dict:
+        before = dict(self.truncated)
         batch = {
             "query": self.encode_texts([r["query"] for r in records], [r["instruction"] for r in records], self.max_query_length, "query"),
             "positive": self.encode_texts([r["positive"] for r in records], None, self.max_doc_length, "document"),
@@ -56,4 +57,6 @@ class PairCollator:
         if negatives:
             batch["negatives"] = self.encode_texts(negatives, None, self.max_doc_length, "document")
             batch["negative_owner"] = torch.tensor(owner, dtype=torch.long)
+        # this batch's counts travel with it: a DataLoader worker's own `truncated` never reaches the main process
+        batch["truncated"] = {k: n - before.get(k, 0) for k, n in self.truncated.items()}
         return batch

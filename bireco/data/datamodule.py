@@ -36,6 +36,13 @@ class PairDataModule(L.LightningDataModule):
             self.train = ds
             log.info("training records: %d", len(ds))
 
+    def batches_per_epoch(self) -> int:
+        """Global batches in one epoch of the loaded records (what the LR schedule's epoch sizing counts)."""
+        from bireco.data.samplers import global_batches_per_epoch
+
+        self.load()
+        return global_batches_per_epoch(self.train["dataset"], self.cfg.global_batch_size, self.cfg.batching == "homogeneous")
+
     def setup(self, stage: str | None = None) -> None:
         self.load()
         rank = self.trainer.global_rank if self.trainer else 0

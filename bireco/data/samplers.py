@@ -78,6 +78,14 @@ class PairBatchSampler(Sampler[list[int]]):
             yield block[self.rank * self.per_rank : (self.rank + 1) * self.per_rank].tolist()
 
     def __len__(self) -> int:
-        if self.homogeneous:
-            return sum(len(v) // self.global_batch_size for v in self.groups.values())
-        return len(self.names) // self.global_batch_size
+        return global_batches_per_epoch(self.names, self.global_batch_size, self.homogeneous)
+
+
+def global_batches_per_epoch(dataset_names: Sequence[str], global_batch_size: int, homogeneous: bool = True) -> int:
+    """Complete global batches in one epoch (homogeneous: each source dataset's remainder is dropped)."""
+    if not homogeneous:
+        return len(dataset_names) // global_batch_size
+    sizes: dict[str, int] = {}
+    for n in dataset_names:
+        sizes[n] = sizes.get(n, 0) + 1
+    return sum(n // global_batch_size for n in sizes.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections import Counter
 from typing import Any
 
 import lightning as L
@@ -17,16 +18,24 @@ from bireco.optim import build_optimizer, build_scheduler
 log = logging.getLogger(__name__)
 
 
+def restore_buffers(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    """Put these buffer values back (dtype included) on the device each buffer is on now."""
+    for name, value in saved.items():
+        owner, _, leaf = name.rpartition(".")
+        sub = module.get_submodule(owner)
+        setattr(sub, leaf, value.to(getattr(sub, leaf).device))
+
+
 class StageModule(L.LightningModule):
     """Base of ReconstructionModule / ContrastiveModule: everything but the training step."""
 
-    def __init__(self, backbone: Backbone, optim: Any, max_steps: int, on_nonfinite: str = "raise"):
+    def __init__(self, backbone: Backbone, optim: Any, lr_horizon: int, on_nonfinite: str = "raise"):
         super().__init__()
         if on_nonfinite not in ("raise", "skip"):
             raise ValueError(f"trainer.on_nonfinite={on_nonfinite!r}; valid: raise, skip")
         self.backbone = backbone
         self.optim_cfg = optim
-        self.max_steps = max_steps
+        self.lr_horizon = lr_horizon  # optimizer steps the LR decay is sized for (builders.lr_horizon)
         self.on_nonfinite = on_nonfinite
         self.skipped_nonfinite = 0  # optimizer steps skipped for a non-finite loss/gradient (on_nonfinite=skip)
         self._sources: set[str] = set()  # source datasets of the micro-batches since the last optimizer step
@@ -36,10 +45,17 @@ class StageModule(L.LightningModule):
         self._t0: float | None = None
         self._pairs = 0
         self._tokens = 0
+        self.truncated: Counter = Counter()  # texts cut to the max length so far, per kind (query / document)
+        # rotary frequencies as loaded (fp32): a precision plugin's module.to(bf16) would round them too, so training
+        # would see other positions than evaluation and export, which load them in fp32 (restored in on_fit_start)
+        self._rotary_fp32 = {n: b.detach().float().clone() for n, b in backbone.named_buffers() if n.endswith("inv_freq")}
+
+    def on_fit_start(self):
+        restore_buffers(self.backbone, self._rotary_fp32)
 
     def configure_optimizers(self):
         opt = build_optimizer(self.trainer.model.parameters() if self._trainer else self.parameters(), self.optim_cfg)
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.optim_cfg, self.max_steps)}
+        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.optim_cfg, self.lr_horizon)}
 
     def count_throughput(self, pairs: int, *sides: dict) -> None:
         """Accumulate real (non-pad) tokens and pairs of this micro-batch for pairs/s and tokens/s. Token counts
@@ -99,11 +115,13 @@ class StageModule(L.LightningModule):
 
         self.gathered_state = full_state_dict(self.trainer)
 
-    def log_truncation(self) -> None:
-        dm = self.trainer.datamodule if self._trainer else None
-        if dm is not None and getattr(dm, "collator", None) is not None:
-            for kind, n in dm.collator.truncated.items():
-                self.log(f"data/truncated_{kind}", float(n), on_step=True)
+    def log_truncation(self, batch: dict) -> None:
+        """Running totals of texts cut to the max length (counted per batch by the collator, in whichever process
+        collated it; summed over ranks)."""
+        self.truncated.update(batch.get("truncated", {}))
+        sync = self._trainer is not None and self.trainer.world_size > 1
+        for kind, n in self.truncated.items():
+            self.log(f"data/truncated_{kind}", float(n), on_step=True, sync_dist=sync, reduce_fx="sum")
 
     def check_finite(self, loss: torch.Tensor, batch: dict) -> None:
         """Record this micro-batch's loss finiteness and sources. The check itself happens once per optimizer step in

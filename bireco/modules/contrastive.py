@@ -13,19 +13,30 @@ from bireco.losses.info_nce import InfoNCELoss, InfoNCEOutput
 from bireco.modules.common import StageModule
 
 
+def freeze_untied_lm_head(backbone: Backbone) -> None:
+    """Stage II embeds, it never decodes: an untied output head (Llama-3.1-8B, Mistral) gets no gradient, which DDP
+    rejects as an unused parameter, and the optimizer would carry its state for nothing. A head tied to the input
+    embeddings is the same tensor as those and stays trainable."""
+    head = backbone.lm_head.weight
+    if head is not backbone.causal_lm.get_input_embeddings().weight:
+        for param in backbone.lm_head.parameters():
+            param.requires_grad_(False)
+
+
 class ContrastiveModule(StageModule):
     def __init__(
         self,
         backbone: Backbone,
         optim: Any,
-        max_steps: int,
+        lr_horizon: int,
         scale: float = 50.0,
         symmetric: bool = False,
         gather_across_devices: bool = True,
         grad_cache_chunk_size: int | None = None,
         on_nonfinite: str = "raise",
     ):
-        super().__init__(backbone, optim, max_steps, on_nonfinite)
+        super().__init__(backbone, optim, lr_horizon, on_nonfinite)
+        freeze_untied_lm_head(backbone)
         self.loss_fn = InfoNCELoss(scale=scale, symmetric=symmetric)
         self.gather_across_devices = gather_across_devices
         self.grad_cache_chunk_size = grad_cache_chunk_size
@@ -73,12 +84,17 @@ class ContrastiveModule(StageModule):
         distributed = self._trainer is not None and self.trainer.world_size > 1 and self.gather_across_devices
         if not distributed:
             return self.loss_fn(q, p, n)
-        n_mask = None
-        if n is not None:  # ranks may hold different numbers of negatives: pad to the largest
-            sizes = self.all_gather(torch.tensor([n.shape[0]], device=q.device))
-            width = int(sizes.max())
-            n_mask = torch.arange(width, device=q.device) < n.shape[0]
-            n = F.pad(n, (0, 0, 0, width - n.shape[0]))
+        # Every rank issues the same collectives, whatever its local batch holds: ranks may have different numbers
+        # of hard negatives, or none (the collator then omits them), so the count is always gathered, and a rank
+        # without negatives joins the gather with padding that is part of its graph (so its backward joins too).
+        local = 0 if n is None else n.shape[0]
+        width = int(self.all_gather(torch.tensor([local], device=q.device)).max())
+        if width == 0:
+            return self.loss_fn(q, p, None, gather=self._gather, rank=self.global_rank)
+        if n is None:
+            n = q[:0]  # (0, H), connected to this rank's graph
+        n_mask = torch.arange(width, device=q.device) < local
+        n = F.pad(n, (0, 0, 0, width - local))
         return self.loss_fn(q, p, n, gather=self._gather, rank=self.global_rank, n_mask=n_mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -92,5 +108,5 @@ class ContrastiveModule(StageModule):
         self.log("train/hard_neg_sim", out.hard_neg_sim, on_step=True, batch_size=B, sync_dist=sync)
         sides = [batch["query"], batch["positive"]] + ([batch["negatives"]] if "negatives" in batch else [])
         self.count_throughput(B, *sides)
-        self.log_truncation()
+        self.log_truncation(batch)
         return out.loss

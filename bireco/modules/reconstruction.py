@@ -2,8 +2,8 @@
 state; EBD2Q decodes the query from the document's. The anchor is the raw final-norm hidden state of the last
 token (no normalisation), gradients flow through it, and the same weights encode and decode.
 
-Schedules: `joint` computes both directions on every batch, loss = a*L_Q2D + (1-a)*L_D2Q (Algorithm 1,
-4 transformer passes). `alternate` trains one direction per micro-batch (2 passes) with a deterministic
+Schedules: `joint` (default) computes both directions on every batch, loss = a*L_Q2D + (1-a)*L_D2Q (Algorithm 1,
+4 transformer passes; a direction of weight 0 is skipped). `alternate` trains one direction per micro-batch (2 passes) with a deterministic
 interleave whose share of Q2D batches is exactly a, so the expected gradient is the paper's objective at half
 the compute per pair. The interleave counter is checkpointed and identical on every rank.
 """
@@ -55,14 +55,18 @@ class ReconstructionModule(StageModule):
         self,
         backbone: Backbone,
         optim: Any,
-        max_steps: int,
+        lr_horizon: int,
         alpha: float = 0.2,
-        schedule: str = "alternate",
+        schedule: str = "joint",
         labels: str = "paper",
         reconstruct_instruction: bool = False,
         on_nonfinite: str = "raise",
+        anchor: str = "embedding",
     ):
-        super().__init__(backbone, optim, max_steps, on_nonfinite)
+        super().__init__(backbone, optim, lr_horizon, on_nonfinite)
+        if anchor not in ("embedding", "zeros"):
+            raise ValueError(f"stage.anchor={anchor!r}; valid: embedding, zeros")
+        self.anchor_source = anchor
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"stage.alpha={alpha} must be in [0, 1]")
         if schedule not in ("alternate", "joint"):
@@ -72,7 +76,11 @@ class ReconstructionModule(StageModule):
         self.micro_step = 0  # drives the interleave; saved in checkpoints
 
     def anchor(self, side: dict) -> torch.Tensor:
-        """(B, H) last-token final-norm hidden state (Stage I always reads the [EOS], whatever model.pooling)."""
+        """(B, H) last-token final-norm hidden state (Stage I always reads the [EOS], whatever model.pooling);
+        zeros under the `stage.anchor=zeros` control (no encoder pass: the decoder learns the text alone)."""
+        if self.anchor_source == "zeros":
+            emb = self.backbone.causal_lm.get_input_embeddings().weight
+            return emb.new_zeros(side["input_ids"].shape[0], self.backbone.hidden_size)
         hidden = self.backbone.hidden_states(side["input_ids"], side["attention_mask"])  # (B, T, H)
         return last_token(hidden, side["attention_mask"])
 
@@ -100,7 +108,11 @@ class ReconstructionModule(StageModule):
 
     def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         logs: dict[str, float | torch.Tensor] = {}
-        if self.schedule == "joint":
+        if self.schedule == "joint" and self.alpha in (0.0, 1.0):  # one direction has weight 0: skip its passes
+            direction = Q2D if self.alpha == 1.0 else D2Q
+            loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
+            logs.update({f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged})
+        elif self.schedule == "joint":
             (q, q_log, q_acc), (d, d_log, d_acc) = self.global_mean(self.q2d(batch)), self.global_mean(self.d2q(batch))
             loss = self.alpha * q + (1 - self.alpha) * d
             logs.update({"train/loss_q2d": q_log, "train/acc_q2d": q_acc, "train/loss_d2q": d_log, "train/acc_d2q": d_acc})
@@ -119,7 +131,7 @@ class ReconstructionModule(StageModule):
         for k, v in logs.items():  # already global means over all ranks
             self.log(k, v, on_step=True, prog_bar=k == "train/loss", batch_size=B)
         self.count_throughput(B, batch["query"], batch["positive"])
-        self.log_truncation()
+        self.log_truncation(batch)
         return loss
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
