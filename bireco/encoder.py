@@ -7,7 +7,6 @@ gets a unique ModelMeta name and revision (a hash of its path and weight files).
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from pathlib import Path
@@ -40,9 +39,7 @@ def encode_texts(
     autocast (None = the hardware default, bireco.precision.bf16_for)."""
     from tqdm.auto import tqdm
 
-    fmt = backbone.text_format
-    if instruction and instruction.rstrip().endswith(":"):  # mteb table style "...query:" + " " + text
-        fmt = dataclasses.replace(fmt, instruction_separator=" ")
+    fmt = backbone.text_format.for_instruction(instruction)
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
@@ -73,10 +70,12 @@ def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> st
     or for bireco's built-in tasks the instruction their training data uses."""
     from mteb.types import PromptType
 
-    from bireco.mteb_tasks import TASK_DATASET
+    from bireco.mteb_tasks import BEIR_INSTRUCTIONS, TASK_DATASET
 
     if task_type in QUERY_ONLY_TYPES and prompt_type != PromptType.query:
         return None
+    if task_name in BEIR_INSTRUCTIONS:
+        return BEIR_INSTRUCTIONS[task_name]
     if task_name in TASK_DATASET:
         return load_table("wordnet").get(TASK_DATASET[task_name])
     return load_table("mteb").get(task_name)

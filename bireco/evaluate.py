@@ -3,6 +3,7 @@
     python -m bireco.evaluate checkpoint=PATH                                  # built-in offline WordNet tasks
     python -m bireco.evaluate checkpoint=PATH 'tasks=[STS12,SciFact]'           # named MTEB tasks (needs the hub)
     python -m bireco.evaluate checkpoint=PATH benchmark='MTEB(eng, v1)'         # a whole benchmark
+    python -m bireco.evaluate checkpoint=PATH 'tasks=[beir:/data/my-set]'      # your own set (bireco/data/beir.py)
 
 Writes <output_dir>/mteb/<task>.json (raw mteb results), summary.json and results.md (the paper's categories).
 """
@@ -19,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from bireco.cli import CONF_DIR, check_overrides
+from bireco.cli import CONF_DIR, check_overrides, user_error
 
 log = logging.getLogger("bireco")
 CATEGORIES = ("Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS", "Summarization")
@@ -33,11 +34,13 @@ def resolve_tasks(names: list[str] | None, benchmark: str | None, max_queries: i
                   max_docs: int | None = None) -> list:  # fmt: skip
     import mteb
 
-    from bireco.mteb_tasks import BUILTIN_TASKS
+    from bireco.mteb_tasks import BUILTIN_TASKS, beir_dir_task
 
     tasks = []
     for name in names or []:
-        if name in BUILTIN_TASKS:
+        if name.startswith("beir:"):
+            tasks.append(beir_dir_task(name[len("beir:") :], max_queries, max_docs))
+        elif name in BUILTIN_TASKS:
             task = BUILTIN_TASKS[name]()
             task.max_queries, task.max_docs = max_queries, max_docs
             tasks.append(task)
@@ -113,10 +116,15 @@ def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchma
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> float:
-    summary = evaluate_checkpoint(
-        cfg.checkpoint, list(cfg.tasks or []), cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
-        cfg.max_queries, cfg.progress, cfg.max_docs,
-    )  # fmt: skip
+    try:
+        summary = evaluate_checkpoint(
+            cfg.checkpoint, list(cfg.tasks or []), cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
+            cfg.max_queries, cfg.progress, cfg.max_docs,
+        )  # fmt: skip
+    except Exception as err:
+        if user_error(err) is None:
+            raise
+        sys.exit(f"Error: {user_error(err)}")
     print(markdown_table({Path(cfg.checkpoint).parent.name: summary}))
     return summary["categories"]["Average"]
 

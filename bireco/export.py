@@ -3,7 +3,7 @@
     python -m bireco.export checkpoint=outputs/default/default/stage2/final output=exported/my-embedder \
         instruction="Given a web search query, retrieve relevant passages that answer the query"
 
-The directory holds merged weights (LoRA folded in), the tokenizer with a post-processor that adds the family's
+The directory holds merged weights (LoRA folded in; bf16 unless dtype=float32), a model card (README.md), the tokenizer with a post-processor that adds the family's
 BOS / [EOS] exactly as bireco does, and a Transformer -> last-token Pooling -> Normalize pipeline whose prompts
 are `query` (chat prefix + instruction + separator) and `document` (chat prefix, the default). Padding is on
 the right so the model's default position ids match bireco's mask-based ones.
@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bireco.backbone import Backbone
-from bireco.cli import CONF_DIR, check_overrides
+from bireco.cli import CONF_DIR, check_overrides, quote_free_text
 
 
 def _add_special_tokens_processor(tokenizer_dir: Path, backbone: Backbone) -> None:
@@ -41,26 +41,37 @@ def _add_special_tokens_processor(tokenizer_dir: Path, backbone: Backbone) -> No
 
 
 def export_sentence_transformers(checkpoint: str | Path, output: str | Path, instruction: str | None = None,
-                                 max_seq_length: int = 512) -> Path:  # fmt: skip
+                                 max_seq_length: int = 512, dtype: str = "bfloat16", overwrite: bool = False,
+                                 push_to_hub: str | None = None) -> Path:  # fmt: skip
+    """`dtype`: of the saved weights (bf16 halves the files: 16 GB for 8B; the paper trains and evaluates in bf16).
+    An existing `output` is replaced only with `overwrite`. `push_to_hub`: a hub repo id to upload to (needs network
+    and a token; not exercised by the offline tests)."""
+    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
 
-    backbone = Backbone.load(checkpoint, dtype="float32")  # a Stage II adapter is merged on load
+    from bireco.model_card import render, run_facts
+
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise FileExistsError(f"{output} exists; pass overwrite=true to replace it")
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"dtype={dtype!r}; valid: bfloat16, float16, float32")
+    backbone = Backbone.load(checkpoint, dtype="float32")  # merged in fp32, then cast once
     if backbone.pooling != "last":
         raise ValueError(f"export supports pooling=last (the paper's [EOS] pooling), this checkpoint uses {backbone.pooling!r}")
     if backbone.attention != "causal":
         raise ValueError("export supports causal attention only (sentence-transformers loads the stock model)")
-    output = Path(output)
     hf_dir = output.with_name(output.name + ".hf-tmp")
     shutil.rmtree(hf_dir, ignore_errors=True)
     model = backbone.model.merge_and_unload() if backbone.is_lora else backbone.model
-    model.save_pretrained(hf_dir)
+    model.to(getattr(torch, dtype)).save_pretrained(hf_dir)
     backbone.tokenizer.padding_side = "right"
     backbone.tokenizer.save_pretrained(hf_dir)
     _add_special_tokens_processor(hf_dir, backbone)
-    fmt = backbone.text_format
+    fmt = backbone.text_format.for_instruction(instruction)  # same separator rule as bireco's encoder
     prompts = {"document": fmt.prefix, "query": fmt.prefix + (instruction + fmt.instruction_separator if instruction else "")}
-    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length)
+    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length, model_args={"dtype": getattr(torch, dtype)})
     st = SentenceTransformer(
         modules=[transformer, Pooling(backbone.hidden_size, pooling_mode="lasttoken"), Normalize()],
         prompts=prompts,
@@ -70,20 +81,42 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
     tmp = output.with_name(output.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     st.save(str(tmp))
-    (tmp / "bireco_export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "instruction": instruction}, indent=2))
+    (tmp / "bireco_export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "instruction": instruction,
+                                                        "dtype": dtype}, indent=2))  # fmt: skip
+    run_dir = Path(checkpoint).parent
+    facts = run_facts(run_dir)
+    base = (facts.get("config") or {}).get("model", {}).get("name_or_path") or str(checkpoint)
+    usage = ["from sentence_transformers import SentenceTransformer", "", f"model = SentenceTransformer('{output}')",
+             "queries = model.encode(['a dog, with a long snout'], prompt_name='query')",
+             "documents = model.encode(['a domesticated carnivorous mammal'])  # the default `document` prompt",
+             "scores = model.similarity(queries, documents)", "",
+             "# mteb: mteb.evaluate(model, mteb.get_tasks(tasks=['SciFact'])) with the same prompts"]  # fmt: skip
+    stage = run_dir.name if run_dir.name in ("stage1", "stage2", "baseline") else None
+    (tmp / "README.md").write_text(render(f"{output.name} (bireco export)", str(base), stage, facts, usage, prompts))
     shutil.rmtree(output, ignore_errors=True)
     tmp.rename(output)
     shutil.rmtree(hf_dir, ignore_errors=True)
+    if push_to_hub:
+        SentenceTransformer(str(output), device="cpu").push_to_hub(push_to_hub)
     return output
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
 def _hydra_main(cfg: DictConfig) -> None:
-    path = export_sentence_transformers(cfg.checkpoint, cfg.output, cfg.instruction, cfg.max_seq_length)
+    overwrite = cfg.overwrite
+    if Path(cfg.output).exists() and not overwrite:
+        if not sys.stdin.isatty():
+            sys.exit(f"Error: {cfg.output} exists; pass overwrite=true to replace it")
+        overwrite = input(f"{cfg.output} exists. Replace it? [y/N] ").strip().lower() in ("y", "yes")
+        if not overwrite:
+            sys.exit("not replaced")
+    path = export_sentence_transformers(cfg.checkpoint, cfg.output, cfg.instruction, cfg.max_seq_length, cfg.dtype,
+                                        overwrite, cfg.push_to_hub)  # fmt: skip
     print(f"exported to {path}; load with SentenceTransformer({str(path)!r})")
 
 
 def main() -> None:
+    sys.argv[1:] = quote_free_text(sys.argv[1:], ("instruction",))  # free text, commas and all
     check_overrides("export", sys.argv[1:])
     _hydra_main()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 from typing import Any
 
 from datasets import Dataset
@@ -32,6 +33,30 @@ _COMMON = {
 }
 
 
+def subsample(queries: list[dict], corpus: dict[str, str], qrels: dict[str, dict[str, int]], max_queries: int | None,
+              max_docs: int | None) -> tuple[list[dict], dict[str, str], dict[str, dict[str, int]]]:  # fmt: skip
+    """Seeded query / corpus subsample, the same for every model: the relevant documents of kept queries stay."""
+    if max_queries and len(queries) > max_queries:
+        keep = sorted(random.Random(0).sample(range(len(queries)), max_queries))
+        queries = [queries[i] for i in keep]
+    qrels = {q["id"]: qrels[q["id"]] for q in queries}
+    if max_docs and len(corpus) > max_docs:
+        needed = {d for rel in qrels.values() for d in rel}
+        rest = sorted(set(corpus) - needed)
+        kept = needed | set(random.Random(1).sample(rest, max(0, max_docs - len(needed))))
+        corpus = {k: v for k, v in corpus.items() if k in kept}
+    return queries, corpus, qrels
+
+
+def split_data(queries: list[dict], corpus: dict[str, str], qrels: dict[str, dict[str, int]]) -> RetrievalSplitData:
+    return RetrievalSplitData(
+        queries=Dataset.from_list(queries),
+        corpus=Dataset.from_list([{"id": k, "text": v, "title": ""} for k, v in corpus.items()]),
+        relevant_docs=qrels,
+        top_ranked=None,
+    )
+
+
 class _WordNetRetrieval(AbsTaskRetrieval):
     dataset_name: str = ""
     max_queries: int | None = None  # subsample queries (seeded) for quick checks
@@ -45,22 +70,9 @@ class _WordNetRetrieval(AbsTaskRetrieval):
         for r in records:
             corpus.setdefault(r["id"], r["positive"])
         queries = [{"id": f"q{i}", "text": r["query"]} for i, r in enumerate(records)]
-        if self.max_queries and len(queries) > self.max_queries:
-            keep = sorted(random.Random(0).sample(range(len(queries)), self.max_queries))
-            queries = [queries[i] for i in keep]
-        qrels = {q["id"]: {records[int(q["id"][1:])]["id"]: 1} for q in queries}
-        if self.max_docs and len(corpus) > self.max_docs:
-            needed = {d for rel in qrels.values() for d in rel}
-            rest = sorted(set(corpus) - needed)
-            kept = needed | set(random.Random(1).sample(rest, max(0, self.max_docs - len(needed))))
-            corpus = {k: v for k, v in corpus.items() if k in kept}
-        split = RetrievalSplitData(
-            queries=Dataset.from_list(queries),
-            corpus=Dataset.from_list([{"id": k, "text": v, "title": ""} for k, v in corpus.items()]),
-            relevant_docs=qrels,
-            top_ranked=None,
-        )
-        self.dataset = {"default": {"test": split}}
+        qrels = {q["id"]: {records[i]["id"]: 1} for i, q in enumerate(queries)}
+        queries, corpus, qrels = subsample(queries, corpus, qrels, self.max_queries, self.max_docs)
+        self.dataset = {"default": {"test": split_data(queries, corpus, qrels)}}
         self.data_loaded = True
 
 
@@ -84,3 +96,32 @@ class WordNetExamplesRetrieval(_WordNetRetrieval):
 
 BUILTIN_TASKS = {t.metadata.name: t for t in (WordNetDefinitionsRetrieval, WordNetExamplesRetrieval)}
 TASK_DATASET = {name: t.dataset_name for name, t in BUILTIN_TASKS.items()}
+
+
+# instructions of the BEIR-directory tasks made in this process (read by bireco.encoder.instruction_for_task)
+BEIR_INSTRUCTIONS: dict[str, str] = {}
+
+
+def beir_dir_task(path: str, max_queries: int | None = None, max_docs: int | None = None) -> AbsTaskRetrieval:
+    """`beir:<dir>`: a user's retrieval set in the BEIR layout (bireco.data.beir) as an mteb task named after the
+    directory, main score nDCG@10. The files are read and checked here, before any model loads."""
+    from bireco.data.beir import load_beir_dir
+
+    data = load_beir_dir(path)
+    queries = [{"id": q, "text": t} for q, t in data.queries.items()]
+    queries, corpus, qrels = subsample(queries, data.corpus, data.qrels, max_queries, max_docs)
+    BEIR_INSTRUCTIONS[data.name] = data.instruction
+
+    class BeirDirRetrieval(AbsTaskRetrieval):
+        metadata = TaskMetadata(
+            **{**_COMMON, "name": data.name, "description": f"Local BEIR-layout retrieval set {path}",
+               "reference": None, "dataset": {"path": str(Path(path).resolve()), "revision": "local"},
+               "license": "not specified", "annotations_creators": "derived", "bibtex_citation": "",
+               "date": None, "domains": None},
+        )  # fmt: skip
+
+        def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+            self.dataset = {"default": {"test": split_data(queries, corpus, qrels)}}
+            self.data_loaded = True
+
+    return BeirDirRetrieval()

@@ -1,13 +1,14 @@
 """Per-family text formatting: how one side of a pair becomes token ids.
 
 Every fact about a model family (chat header, the [EOS] token that "last" pooling reads, whether a BOS is
-added) comes from `conf/model/<family>.yaml`; nothing here looks at model names. Each piece (prefix,
-instruction, text, EOS) is tokenised separately so the collator knows exactly which positions are
-instruction, text or template -- the masks are built from these spans, never from token values.
+added) comes from `bireco/conf/model/<family>.yaml`; nothing here looks at model names. A side is tokenised in one
+piece and the prefix / instruction / text spans are read from character offsets, so the collator knows exactly
+which positions are instruction, text or template -- the masks are built from these spans, never from token values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
@@ -22,12 +23,19 @@ class TextFormat:
     add_bos: bool = False
     instruction_separator: str = "; "
 
+    def for_instruction(self, instruction: str | None) -> TextFormat:
+        """mteb-table instructions end in ":" and take the text after a space ("...query: text"), not after
+        `instruction_separator` ("; "): the one place this rule lives (encoder and export both use it)."""
+        if instruction and instruction.rstrip().endswith(":"):
+            return dataclasses.replace(self, instruction_separator=" ")
+        return self
+
     def eos_id(self, tokenizer) -> int:
         token_id = tokenizer.convert_tokens_to_ids(self.eos_token)
         if token_id is None or token_id == tokenizer.unk_token_id or not isinstance(token_id, int):
             raise ValueError(
                 f"model.text_format.eos_token={self.eos_token!r} is not a single token of tokenizer "
-                f"{getattr(tokenizer, 'name_or_path', '?')!r}; set it in conf/model/<family>.yaml"
+                f"{getattr(tokenizer, 'name_or_path', '?')!r}; set it in bireco/conf/model/<family>.yaml"
             )
         return token_id
 

@@ -46,3 +46,36 @@ def test_unknown_eos_token_fails():
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
     with pytest.raises(ValueError, match="not a single token"):
         TextFormat(eos_token="<|not_a_token|>").eos_id(tok)
+
+
+def test_mistral_family_format_against_mistral_commons_own_tokenizer(tmp_path):
+    """The `mistral` family (Mistral-7B-Instruct-v0.2) against Mistral's own tokenizer and chat encoder, as PyPI
+    mistral-common ships them (sentencepiece v1, the v0.2 tokenizer): bireco's side is the BOS and user turn
+    mistral-common writes, up to the end of the user's text, then the tokenizer's eos; truncation keeps it last."""
+    import json
+    import os
+    import shutil
+
+    mistral_common = pytest.importorskip("mistral_common")
+    from conftest import compose_cfg
+    from mistral_common.protocol.instruct.messages import UserMessage
+    from mistral_common.protocol.instruct.request import ChatCompletionRequest
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    model_file = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
+    shutil.copy(model_file, tmp_path / "tokenizer.model")  # an HF directory around the same sentencepiece model
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "add_bos_token": True, "add_eos_token": False, "legacy": False}))  # fmt: skip
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    real = MistralTokenizer.from_file(model_file)
+    fmt = TextFormat(**compose_cfg(["model=mistral", "size=7b"]).model.text_format)
+    instruction, text = "Given a word, retrieve its sense", "a dog, with a long snout"
+    own = real.encode_chat_completion(ChatCompletionRequest(messages=[UserMessage(content=f"{instruction}; {text}")])).tokens
+    side = encode_side(tok, fmt, text, 64, instruction=instruction)
+    n = len(side.input_ids) - 1  # all but bireco's pooled eos
+    assert side.input_ids[:-1] == own[:n]
+    assert real.instruct_tokenizer.tokenizer.decode(own[n:]).strip() == "[/INST]"  # what Mistral writes after the turn
+    assert side.input_ids[-1] == real.instruct_tokenizer.tokenizer.eos_id == fmt.eos_id(tok)
+    long = encode_side(tok, fmt, " ".join(["snout"] * 200), 16, instruction=instruction)
+    assert long.truncated and len(long.input_ids) == 16 and long.input_ids[-1] == real.instruct_tokenizer.tokenizer.eos_id
