@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -11,17 +12,53 @@ import lightning as L
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from bireco.backbone import Backbone
+from bireco.backbone import Backbone, checkpoint_weights
 from bireco.config import ConfigError
 from bireco.data.collate import PairCollator
 from bireco.data.datamodule import PairDataModule
-from bireco.precision import resolve_precision
+from bireco.precision import resolve_precision, weights_dtype
 
 log = logging.getLogger(__name__)
 
 
-def run_dir_of(cfg: DictConfig, run_name: str) -> Path:
-    return Path(cfg.output_root) / cfg.experiment_name / cfg.variant / run_name
+def run_dir_of(cfg: DictConfig, run_name: str, variant: str | None = None) -> Path:
+    return Path(cfg.output_root) / cfg.experiment_name / (variant or cfg.variant) / run_name
+
+
+STAGE1_IDENTITY = ("ablation", "seed", "model.family", "model.name_or_path")  # what a Stage II must share with its Stage I
+
+
+def stage1_of(cfg: DictConfig) -> Path:
+    """The Stage I output a Stage II run starts from (`stage.init_from=stage1`): `stage1_variant` if given; else the
+    Stage I of the same variant; else (a sweep, whose Stage II jobs are named by other overrides than its Stage I
+    jobs) the one Stage I of this experiment whose recorded config has the same STAGE1_IDENTITY values."""
+    root = Path(cfg.output_root) / cfg.experiment_name
+    done = {p.parent.parent.parent.name: p.parent.parent for p in sorted(root.glob("*/stage1/final/bireco.json"))}
+    if cfg.stage1_variant:
+        if cfg.stage1_variant not in done:
+            raise ConfigError(f"stage1_variant={cfg.stage1_variant}: no finished Stage I there (this experiment has: "
+                              f"{', '.join(done) or 'none'})")  # fmt: skip
+        return done[cfg.stage1_variant] / "final"
+    if cfg.variant in done:
+        return done[cfg.variant] / "final"
+
+    def identity(c) -> list:
+        return [OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
+                for v in (OmegaConf.select(c, k) for k in STAGE1_IDENTITY)]  # fmt: skip
+
+    mine = identity(cfg)
+    matches = [v for v, run in done.items() if identity(OmegaConf.load(run / "config.yaml")) == mine]
+    if len(matches) == 1:
+        return done[matches[0]] / "final"
+    hint = f"this experiment has: {', '.join(done) or 'none'}"
+    if matches:
+        hint = f"several match its {', '.join(STAGE1_IDENTITY)}: {', '.join(matches)}"
+    raise ConfigError(
+        f"stage.init_from=stage1 but no Stage I output at {run_dir_of(cfg, 'stage1')}/final ({hint}). Run Stage I of "
+        f"this experiment first (make train-stage1 / stage=reconstruction with experiment_name={cfg.experiment_name}), "
+        "use stage=baseline to start from the base model, give stage.init_from=/path/to/checkpoint, or pick a Stage I "
+        "with stage1_variant=NAME"
+    )
 
 
 def init_checkpoint(cfg: DictConfig) -> str | None:
@@ -30,24 +67,21 @@ def init_checkpoint(cfg: DictConfig) -> str | None:
     if init in (None, "base"):
         return None
     if init == "stage1":
-        path = run_dir_of(cfg, "stage1") / "final"
-        if not (path / "bireco.json").is_file():
-            raise ConfigError(
-                f"stage.init_from=stage1 but no Stage I output at {path}. Run Stage I of this experiment first "
-                f"(make train-stage1 / stage=reconstruction with experiment_name={cfg.experiment_name} variant={cfg.variant}), "
-                "use stage=baseline to start from the base model, or give stage.init_from=/path/to/checkpoint"
-            )
-        return str(path)
+        return str(stage1_of(cfg))
     if not Path(init).is_dir():
         raise ConfigError(f"stage.init_from={init!r}: no such checkpoint directory (valid: stage1, base, a path)")
     return init
 
 
 def build_backbone(cfg: DictConfig) -> Backbone:
+    """The stage's starting model; `model.dtype=auto` loads the weights in the dtype trainer.precision trains
+    (bf16-true: bf16; bf16-mixed / 32-true: fp32 masters), not the hardware's favourite."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    if model_cfg.get("dtype", "auto") == "auto":
+        model_cfg["dtype"] = weights_dtype(resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
     start = init_checkpoint(cfg)
     if start is not None:
-        model_cfg.update(name_or_path=start, tokenizer=start, architecture=None)
+        model_cfg.update(tokenizer=start, architecture=None, **checkpoint_weights(start))
         log.info("initialising from %s", start)
     return Backbone.from_config(model_cfg, cfg.stage.lora)
 
@@ -65,20 +99,37 @@ def build_datamodule(cfg: DictConfig, backbone: Backbone) -> PairDataModule:
     return PairDataModule(cfg.data, collator, seed=cfg.seed)
 
 
-def build_module(cfg: DictConfig, backbone: Backbone) -> L.LightningModule:
+def lr_horizon(cfg: DictConfig, batches_per_epoch: int | None = None) -> int:
+    """Optimizer steps the LR decay is sized for: stage.optim.schedule_steps; else stage.optim.schedule_epochs
+    epochs of the training data, counted as HF Trainer does (optimizer steps per epoch = global batches //
+    accumulation, times the epochs, rounded up); else trainer.max_steps (decay to 0 at the last step)."""
+    o = cfg.stage.optim
+    if o.schedule_steps:
+        return int(o.schedule_steps)
+    if o.schedule_epochs:
+        if batches_per_epoch is None:
+            raise ValueError("stage.optim.schedule_epochs needs the number of batches per epoch")
+        return max(1, math.ceil(o.schedule_epochs * (batches_per_epoch // cfg.trainer.accumulate_grad_batches)))
+    return int(cfg.trainer.max_steps)
+
+
+def build_module(cfg: DictConfig, backbone: Backbone, batches_per_epoch: int | None = None) -> L.LightningModule:
+    """The stage's LightningModule; `batches_per_epoch` sizes an epoch-based LR horizon (lr_horizon)."""
     s = cfg.stage
+    horizon = lr_horizon(cfg, batches_per_epoch)
     if s.name == "reconstruction":
         from bireco.modules.reconstruction import ReconstructionModule
 
         return ReconstructionModule(
-            backbone, s.optim, cfg.trainer.max_steps, alpha=s.alpha, schedule=s.schedule,
+            backbone, s.optim, horizon, alpha=s.alpha, schedule=s.schedule,
             labels=s.labels, reconstruct_instruction=s.reconstruct_instruction, on_nonfinite=cfg.trainer.on_nonfinite,
+            anchor=s.anchor,
         )  # fmt: skip
     if s.name == "contrastive":
         from bireco.modules.contrastive import ContrastiveModule
 
         return ContrastiveModule(
-            backbone, s.optim, cfg.trainer.max_steps, scale=s.scale, symmetric=s.symmetric,
+            backbone, s.optim, horizon, scale=s.scale, symmetric=s.symmetric,
             gather_across_devices=s.gather_across_devices, grad_cache_chunk_size=s.grad_cache_chunk_size,
             on_nonfinite=cfg.trainer.on_nonfinite,
         )  # fmt: skip

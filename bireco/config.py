@@ -1,6 +1,6 @@
 """Typed config schemas (registered in Hydra's ConfigStore) and start-up validation.
 
-YAML files under `conf/` extend these dataclasses, so a misspelt key or a wrong type fails at composition.
+YAML files under `bireco/conf/` extend these dataclasses, so a misspelt key or a wrong type fails at composition.
 `validate(cfg)` then checks ranges and combinations that types cannot express -- before any model loads.
 """
 
@@ -59,7 +59,10 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 300
     schedule: str = "linear"  # linear | cosine | constant (after warmup)
-    schedule_steps: int | None = None  # length the decay is sized for; None = trainer.max_steps
+    schedule_steps: int | None = None  # length the decay is sized for; None = schedule_epochs, else trainer.max_steps
+    # size the decay for this many epochs of the training data (HF Trainer's num_train_epochs): the released runs
+    # sized it for 3 epochs and stopped at 2000 / 1000 steps, so their LR ended near 0.8x peak, not 0
+    schedule_epochs: float | None = None
     fused: bool | None = None  # None = fused AdamW on CUDA
 
 
@@ -68,9 +71,12 @@ class ReconstructionStageConfig:
     name: str = "reconstruction"
     run_name: str = "stage1"
     alpha: float = 0.2  # weight of EBQ2D (query embedding -> document); 1 - alpha on EBD2Q
-    schedule: str = "alternate"  # alternate | joint
+    schedule: str = "joint"  # joint (Algorithm 1: both directions every batch) | alternate (one per micro-batch, faster)
     labels: str = "paper"  # paper | released_code (targets incl. BOS/template/instruction, final EOS masked)
     reconstruct_instruction: bool = False
+    # embedding: the method. zeros: a control, the decoder gets a zero vector instead of the other side's [EOS]
+    # state, so Stage I is LM fine-tuning on the same text, steps and schedule without any reconstruction signal
+    anchor: str = "embedding"
     init_from: str = "base"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -154,6 +160,14 @@ class LoggerConfig:
 
 
 @dataclass
+class AblationConfig:
+    """Stage I settings that a sweep varies across both stages: Stage I reads them (bireco/conf/stage/reconstruction.yaml),
+    and a swept Stage II carries them in its variant name, so it starts from the Stage I of the same value."""
+
+    alpha: float = 0.2  # stage.alpha of Stage I unless set there directly
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     size: dict[str, Any] = field(default_factory=dict)
@@ -163,12 +177,14 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: str = "default"
     variant: str = "default"
+    stage1_variant: str | None = None  # the variant whose Stage I a Stage II run starts from (None: its own variant)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
     output_root: str = "outputs"
     run_dir: str = MISSING
     seed: int = 42
     resume: str = "never"  # never | auto | <checkpoint path>
     save_mode: str = "full"  # full | merged | adapter
-    paper: dict[str, Any] = field(default_factory=dict)  # per-stage batch / steps of a paper preset (conf/experiment)
+    paper: dict[str, Any] = field(default_factory=dict)  # per-stage batch / steps of a paper preset (bireco/conf/experiment)
 
 
 def register_configs() -> None:
@@ -191,6 +207,23 @@ def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
 
 
+def _check_dtype_matches_precision(cfg: DictConfig) -> None:
+    """Mixed / fp32 precision promises fp32 master weights: refuse half-precision weights that would be trained."""
+    from bireco.precision import resolve_precision, weights_dtype
+
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
+    dtype = cfg.model.dtype
+    if dtype == "auto" or weights_dtype(precision) != "float32" or dtype == "float32":
+        return
+    if cfg.stage.get("lora", {}).get("enabled", False):
+        return  # the trained LoRA weights are fp32 (peft); a frozen half-precision base is the usual memory saving
+    raise ConfigError(
+        f"model.dtype={dtype} with trainer.precision={precision}: {precision} keeps fp32 master weights, but full "
+        f"fine-tuning would update {dtype} weights. Use model.dtype=auto (fp32 here), or trainer.precision="
+        f"{'bf16' if dtype == 'bfloat16' else '16'}-true to train in {dtype} (the paper's setting)"
+    )
+
+
 def validate(cfg: DictConfig) -> None:
     """Ranges and combinations, checked before any model or data loads."""
     s = cfg.stage
@@ -210,11 +243,21 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.alpha={s.alpha} must be in [0, 1] (weight of EBQ2D; paper: 0.2)")
         _choice(s.schedule, ("alternate", "joint"), "stage.schedule")
         _choice(s.labels, ("paper", "released_code"), "stage.labels")
+        _choice(s.anchor, ("embedding", "zeros"), "stage.anchor")
     elif s.name == "contrastive":
         if s.scale <= 0:
             raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")
         if s.grad_cache_chunk_size is not None and s.grad_cache_chunk_size < 1:
             raise ConfigError("stage.grad_cache_chunk_size must be >= 1 or null")
+    _check_dtype_matches_precision(cfg)
+    if cfg.save_mode == "adapter":
+        if not s.get("lora", {}).get("enabled", False):
+            raise ConfigError("save_mode=adapter saves the LoRA adapter alone, but stage.lora.enabled=false: use save_mode=full")
+        if not cfg.model.name_or_path and s.init_from in (None, "base"):
+            raise ConfigError(
+                "save_mode=adapter records the base model the adapter loads onto, but this base is built from "
+                "model.architecture (random weights, no path to record): use save_mode=full"
+            )
     strategy = str(cfg.trainer.strategy)
     if strategy == "fsdp":
         _choice(cfg.trainer.fsdp.sharding_strategy, ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"), "trainer.fsdp.sharding_strategy")

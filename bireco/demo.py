@@ -49,7 +49,7 @@ PRESETS = {
         model=["model=smollm2"],
         data=["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48", "data.dev_queries=200",
               "data.dev_corpus_size=1000"],  # 1000 (not 2000) dev documents: halves the dev checks, keeps the demo <= 30 min
-        stage1=["stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
+        stage1=["stage.schedule=alternate", "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
         stage2=["stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
         stage1_steps=80, stage2_steps=40, eval_every=10, eval_queries=300, eval_docs=1000,
     ),  # fmt: skip
@@ -57,7 +57,7 @@ PRESETS = {
     "tiny": DemoPreset(
         model=[],
         data=["data.dev_queries=200"],
-        stage1=["stage.optim.lr=1e-3", "stage.optim.warmup_steps=10"],
+        stage1=["stage.schedule=alternate", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=10"],
         stage2=["stage.lora.enabled=false", "stage.optim.lr=5e-4", "stage.optim.warmup_steps=10"],
         stage1_steps=150, stage2_steps=150, eval_every=25, eval_queries=1000, eval_docs=4000,
     ),  # fmt: skip

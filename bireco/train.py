@@ -1,4 +1,4 @@
-"""Train one stage: `python -m bireco.train [overrides]` (Hydra; see conf/train.yaml).
+"""Train one stage: `python -m bireco.train [overrides]` (Hydra; see bireco/conf/train.yaml).
 
     python -m bireco.train stage=reconstruction trainer.max_steps=30      # Stage I, tiny CPU default
     python -m bireco.train stage=contrastive trainer.max_steps=30         # Stage II from that Stage I
@@ -21,7 +21,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from bireco.cli import CONF_DIR, check_overrides
+from bireco.cli import CONF_DIR, check_overrides, user_error
 from bireco.config import register_configs, validate
 
 log = logging.getLogger("bireco")
@@ -100,7 +100,7 @@ def export_backbone(cfg: DictConfig, module, backbone):
 
 def run(cfg: DictConfig) -> dict:
     """Validate, build, fit, save. Returns the final logged metrics."""
-    from bireco.builders import build_backbone, build_datamodule, build_module, build_trainer
+    from bireco.builders import build_backbone, build_datamodule, build_module, build_trainer, init_checkpoint
     from bireco.callbacks import build_callbacks
 
     validate(cfg)
@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> dict:
     backbone = build_backbone(cfg)
     datamodule = build_datamodule(cfg, backbone)
     datamodule.load()  # every input error surfaces here, before anything is written
-    module = build_module(cfg, backbone)
+    module = build_module(cfg, backbone, datamodule.batches_per_epoch())
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -130,14 +130,28 @@ def run(cfg: DictConfig) -> dict:
     export = export_backbone(cfg, module, backbone)
     if trainer.is_global_zero:
         export.save(run_dir / "final", cfg.save_mode)
-        (run_dir / "final" / "train_summary.json").write_text(json.dumps({"steps": trainer.global_step, **metrics}, indent=2))
+        summary = {"steps": trainer.global_step, "init_from": init_checkpoint(cfg) or cfg.model.name_or_path, **metrics}
+        (run_dir / "final" / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        from bireco.model_card import write_final_card
+
+        base = cfg.model.name_or_path or f"a random-init {cfg.model.family} ({cfg.size.name})"
+        write_final_card(run_dir / "final", str(base), cfg.stage.run_name)
         log.info("saved %s", run_dir / "final")
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
+    from bireco.sweep import assign_job_variant
+
+    assign_job_variant(cfg)  # multirun: one run directory per job
+    try:
+        metrics = run(cfg)
+    except Exception as err:
+        user = user_error(err)
+        if user is None:
+            raise
+        sys.exit(f"Error: {user}")  # the one line that names the fix, not a traceback
     return metrics.get("train/loss")
 
 

@@ -26,13 +26,13 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
     # the starting point: Stage I lr 3e-4 x 80 (alternate), Stage II LoRA lr 1e-3 x 40, batch 16, 32/48 tokens
     "lora_lr1e-3": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["trainer.max_steps=80", "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
+        "stage1": ["stage.schedule=alternate", "trainer.max_steps=80", "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
     # same Stage II, Stage I at a third of the learning rate (does a gentler Stage I keep the base's geometry?)
     "s1lr1e-4": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["trainer.max_steps=80", "stage.optim.lr=1e-4", "stage.optim.warmup_steps=8"],
+        "stage1": ["stage.schedule=alternate", "trainer.max_steps=80", "stage.optim.lr=1e-4", "stage.optim.warmup_steps=8"],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
     # Stage I as Algorithm 1 (both directions every batch), Stage II unchanged
@@ -44,7 +44,7 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
     # Stage I with LoRA (r 16) at the Stage II learning rate: less drift from the base than full fine-tuning
     "s1lora": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["trainer.max_steps=80", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=8", "stage.lora.enabled=true"],
+        "stage1": ["stage.schedule=alternate", "trainer.max_steps=80", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=8", "stage.lora.enabled=true"],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
 }

@@ -7,6 +7,7 @@ with every seed's numbers, mean ± sd per row, Anchor − baseline per seed, and
 
     python experiments/seeds.py                       # seeds 1 2 3 -> outputs/seeds/results.{md,json}
     python experiments/seeds.py --seeds 1 --stage2-steps 20
+    python experiments/seeds.py --seeds 42 --zero-anchor  # add the zero-anchor Stage I control to a finished seed
 
 Takes about 50 minutes a seed on a 2-core CPU (minutes on a GPU). Finished seeds are skipped when rerun.
 """
@@ -27,9 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
+ZERO_ANCHOR = "Stage I with a zero anchor + Stage II (control)"
 
 
-def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None) -> dict:
+def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, zero_anchor: bool = False) -> dict:
     from bireco.demo import compose_train, logged_curve, run_demo
     from bireco.evaluate import evaluate_checkpoint
     from bireco.train import run
@@ -49,8 +51,35 @@ def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int |
         max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
     )  # fmt: skip
     res["dev_curves"]["Control"] = logged_curve(ckpt.parent)
+    if zero_anchor:
+        run_zero_anchor(out, res)
     res["seed_seconds"] = time.perf_counter() - t0
     return res
+
+
+def run_zero_anchor(out: Path, res: dict) -> None:
+    """Stage I with `stage.anchor=zeros` (same steps, text and schedule, no reconstruction signal), then the same
+    Stage II: if this row matches Anchor, the gain comes from LM training on the pairs' text, not from the anchor."""
+    from omegaconf import OmegaConf
+
+    from bireco.demo import compose_train, logged_curve
+    from bireco.evaluate import evaluate_checkpoint
+    from bireco.train import run
+
+    common = [*res["overrides"], "variant=zero_anchor"]
+    # the schedule the seed's own Stage I ran with (its default changed to joint after seed 42 ran)
+    schedule = OmegaConf.load(out / "demo" / "default" / "stage1" / "config.yaml").stage.schedule
+    t = time.perf_counter()
+    run(compose_train([*common, "stage=reconstruction", *res["stage1_overrides"], f"stage.schedule={schedule}",
+                       "stage.anchor=zeros"]))  # fmt: skip
+    run(compose_train([*common, "stage=contrastive", *res["stage2_overrides"]]))
+    res["train_seconds"]["zero_anchor"] = time.perf_counter() - t
+    ckpt = out / "demo" / "zero_anchor" / "stage2" / "final"
+    res["summaries"][ZERO_ANCHOR] = evaluate_checkpoint(
+        str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"], output_dir=str(ckpt.parent / "eval"),
+        max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
+    )  # fmt: skip
+    res["dev_curves"]["Zero-anchor Stage I + Stage II"] = logged_curve(ckpt.parent)
 
 
 def mean_sd(values: list[float]) -> str:
@@ -69,11 +98,12 @@ def dev_corpus_size(overrides: list[str]) -> int:
 
 def report(results: dict[int, dict]) -> str:
     seeds = sorted(results)
-    rows = list(next(iter(results.values()))["summaries"])
+    rows = list(dict.fromkeys(row for s in seeds for row in results[s]["summaries"]))  # a control may miss seeds
     lines = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "|---" * (len(seeds) + 2) + "|"]
     for row in rows:
-        vals = [results[s]["summaries"][row]["categories"]["Average"] for s in seeds]
-        lines.append(f"| {row} | " + " | ".join(f"{v:.2f}" for v in vals) + f" | {mean_sd(vals)} |")
+        vals = {s: results[s]["summaries"][row]["categories"]["Average"] for s in seeds if row in results[s]["summaries"]}
+        cells = [f"{vals[s]:.2f}" if s in vals else "–" for s in seeds]
+        lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean_sd(list(vals.values()))} |")
     delta = [results[s]["summaries"]["Stage I + Stage II (Anchor)"]["categories"]["Average"]
              - results[s]["summaries"]["Only Stage II (baseline)"]["categories"]["Average"] for s in seeds]  # fmt: skip
     lines.append("| **Anchor − baseline** | " + " | ".join(f"{d:+.2f}" for d in delta) + f" | {mean_sd(delta)} |")
@@ -99,6 +129,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/seeds"))
     ap.add_argument("--stage1-steps", type=int, default=None)
     ap.add_argument("--stage2-steps", type=int, default=None)
+    ap.add_argument("--zero-anchor", action="store_true",
+                    help="also run the zero-anchor Stage I control (stage.anchor=zeros), for finished seeds too")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bireco] %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -106,9 +138,14 @@ def main() -> None:
     path = args.out / "results.json"
     results = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
     for seed in args.seeds:
-        if seed in results:
+        if seed not in results:
+            results[seed] = run_seed(args.out / f"seed-{seed}", seed, args.stage1_steps, args.stage2_steps, args.zero_anchor)
+        elif args.zero_anchor and ZERO_ANCHOR not in results[seed]["summaries"]:
+            t = time.perf_counter()
+            run_zero_anchor(args.out / f"seed-{seed}", results[seed])
+            results[seed]["seed_seconds"] += time.perf_counter() - t
+        else:
             continue
-        results[seed] = run_seed(args.out / f"seed-{seed}", seed, args.stage1_steps, args.stage2_steps)
         path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
         (args.out / "results.md").write_text(report(results))
         print(report(results), flush=True)

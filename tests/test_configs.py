@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -9,10 +10,12 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
+from bireco.builders import lr_horizon
 from bireco.cli import CONF_DIR
 from bireco.config import ConfigError, validate
+from bireco.optim import lr_lambda
 
-ROOT = Path(CONF_DIR).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def makefile_overrides() -> list[list[str]]:
@@ -138,10 +141,20 @@ def test_paper_presets_match_paper_spec(preset):
         assert cfg.trainer.devices == 8 and cfg.trainer.precision == "bf16-true" and cfg.model.dtype == "bfloat16"
         assert cfg.trainer.gradient_clip_val == 1.0 and cfg.seed == 42 and cfg.data.max_doc_length == 512
         assert cfg.model.gradient_checkpointing and cfg.data.format == "e5"
+        assert cfg.data.max_query_length == 512 and cfg.data.num_hard_negatives == 1
         s = cfg.stage
         assert s.optim.warmup_steps == 300 and s.optim.schedule == "linear" and s.optim.weight_decay == 0.0
+        # LR horizon as released: linear decay sized for 3 epochs of ~1.5 M pairs (paper-spec 2.5, 8), stopped early
+        assert s.optim.schedule_epochs == 3 and s.optim.schedule_steps is None
+        horizon = lr_horizon(cfg, batches_per_epoch=1_500_000 // cfg.data.global_batch_size)
+        lr_at_end = lr_lambda(300, horizon, "linear")(steps)
+        effective = cfg.data.global_batch_size * cfg.trainer.accumulate_grad_batches
+        expected = {("reconstruction", 512): 0.80, ("reconstruction", 1024): 0.59, ("contrastive", 1024): 0.83,
+                    ("baseline", 1024): 0.83, ("baseline", 512): 0.92}[(stage, effective)]  # fmt: skip
+        assert lr_at_end == pytest.approx(expected, abs=0.01), (preset, stage, horizon)
         if stage == "reconstruction":
             assert (s.alpha, s.optim.lr, s.lora.enabled, s.labels) == (0.2, 4e-5, False, "paper")
+            assert s.schedule == "joint"  # Algorithm 1: both directions on every batch
         else:
             assert (s.optim.lr, s.scale, s.lora.enabled, s.lora.r, s.lora.alpha, s.lora.dropout) == (2e-4, 50.0, True, 16, 32, 0.05)
             assert s.init_from == ("base" if stage == "baseline" else "stage1")
@@ -151,10 +164,12 @@ def test_paper_presets_match_paper_spec(preset):
 def test_ablation_presets_sweep_alpha_into_variants(preset, values):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"experiment={preset}", "stage=reconstruction"], return_hydra_config=True)
-    assert cfg.hydra.sweeper.params["stage.alpha"] == values
+    assert cfg.hydra.sweeper.params["ablation.alpha"] == values
     first = values.split(",")[0]
-    job = compose_cfg([f"experiment={preset}", "stage=reconstruction", f"stage.alpha={first}"])
-    assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(f"{preset}/alpha{float(first)}/stage1")
+    for stage, run_name in (("reconstruction", "stage1"), ("contrastive", "stage2")):
+        job = compose_cfg([f"experiment={preset}", f"stage={stage}", f"ablation.alpha={first}"])
+        assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(f"{preset}/alpha{float(first)}/{run_name}")
+    assert job.stage.name == "contrastive" and compose_cfg([f"experiment={preset}", f"ablation.alpha={first}"]).stage.alpha == float(first)
 
 
 def test_all_gpus_world_size_is_read_from_the_machine(monkeypatch):
@@ -176,3 +191,20 @@ def test_slurm_launcher_config_composes_with_the_plugin():
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.tasks_per_node == launcher.gpus_per_node  # Lightning on SLURM: one task per GPU
     assert cfg.hydra.sweep.dir == "outputs/default/multirun"  # fixed, shared by every rank of a job
+
+
+def test_makefile_is_offline_only_where_the_job_is():
+    """Training / evaluation / export download models and sync wandb as the user's environment allows; the tests,
+    the demo and the bench set offline mode for themselves."""
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE")}
+
+    def dry(target: str) -> str:
+        r = subprocess.run(["make", "-n", target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    for target in ("train-stage1", "train-stage2", "baseline", "eval"):
+        assert "OFFLINE" not in dry(target) and "WANDB_MODE" not in dry(target), target
+    for target in ("test", "demo", "demo-tiny", "bench"):
+        assert "HF_HUB_OFFLINE=1" in dry(target) and "WANDB_MODE=offline" in dry(target), target
+    assert "export HF_HUB_OFFLINE" not in (ROOT / "Makefile").read_text()

@@ -205,7 +205,7 @@ def report_skips(files: list[Path]) -> dict[str, dict[str, int]]:
 
 # ---------------------------------------------------------------- entry point
 def load_pairs(cfg: Any, split: str = "train") -> datasets.Dataset:
-    """The records of `split` for a `conf/data` node."""
+    """The records of `split` for a `bireco/conf/data` node."""
     fmt = cfg.format
     if fmt == "wordnet":
         table = load_table(cfg.instructions or "wordnet")
