@@ -200,4 +200,5 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: boo
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        **OmegaConf.to_container(t.get("lightning") or {}, resolve=True),  # names checked in bireco.config.validate
     )

@@ -42,7 +42,10 @@ class DevRetrievalCallback(Callback):
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
-    callbacks = []
+    """bireco's own (checkpoints, dev check) and the `callbacks` group's (`callbacks=[lr_monitor,early_stopping]`)."""
+    from hydra.utils import instantiate
+
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
     every = cfg.trainer.checkpoint_every_n_steps
     if every:
         callbacks.append(

@@ -150,6 +150,9 @@ class TrainerConfig:
     on_nonfinite: str = "raise"  # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # read when strategy=fsdp
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read when strategy=deepspeed
+    # any other lightning.Trainer argument (fast_dev_run, limit_train_batches, profiler, ...), checked by name:
+    #   +trainer.lightning.profiler=simple
+    lightning: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +182,7 @@ class TrainConfig:
     variant: str = "default"
     stage1_variant: str | None = None  # the variant whose Stage I a Stage II run starts from (None: its own variant)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    callbacks: dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks (bireco/conf/callbacks), by name
     output_root: str = "outputs"
     run_dir: str = MISSING
     seed: int = 42
@@ -205,6 +209,30 @@ class ConfigError(ValueError):
 def _choice(value: str, valid: tuple[str, ...], key: str) -> None:
     if value not in valid:
         raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+
+
+# Trainer arguments bireco sets from its own keys: passing them through trainer.lightning would fight those
+SET_BY_BIRECO = ("accelerator", "devices", "num_nodes", "strategy", "precision", "max_steps", "accumulate_grad_batches",
+                 "gradient_clip_val", "log_every_n_steps", "deterministic", "enable_progress_bar", "logger", "callbacks",
+                 "default_root_dir", "use_distributed_sampler", "enable_checkpointing")  # fmt: skip
+
+
+def _check_lightning_passthrough(cfg: DictConfig) -> None:
+    """trainer.lightning names real lightning.Trainer arguments (a typo fails here with the closest names)."""
+    import difflib
+    import inspect
+
+    import lightning as L
+
+    valid = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+    for key in (cfg.trainer.get("lightning") or {}):
+        if key in SET_BY_BIRECO:
+            raise ConfigError(f"trainer.lightning.{key}: bireco sets this Trainer argument itself; use trainer.{key}")
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"trainer.lightning.{key} is not a lightning.Trainer argument.{hint} Valid: "
+                              f"{', '.join(v for v in valid if v not in SET_BY_BIRECO)}")  # fmt: skip
 
 
 def _check_dtype_matches_precision(cfg: DictConfig) -> None:
@@ -250,6 +278,7 @@ def validate(cfg: DictConfig) -> None:
         if s.grad_cache_chunk_size is not None and s.grad_cache_chunk_size < 1:
             raise ConfigError("stage.grad_cache_chunk_size must be >= 1 or null")
     _check_dtype_matches_precision(cfg)
+    _check_lightning_passthrough(cfg)
     if cfg.save_mode == "adapter":
         if not s.get("lora", {}).get("enabled", False):
             raise ConfigError("save_mode=adapter saves the LoRA adapter alone, but stage.lora.enabled=false: use save_mode=full")

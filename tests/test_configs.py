@@ -208,3 +208,24 @@ def test_makefile_is_offline_only_where_the_job_is():
     for target in ("test", "demo", "demo-tiny", "bench"):
         assert "HF_HUB_OFFLINE=1" in dry(target) and "WANDB_MODE=offline" in dry(target), target
     assert "export HF_HUB_OFFLINE" not in (ROOT / "Makefile").read_text()
+
+
+def test_lightning_passthrough_and_callbacks_group(tmp_path):
+    """Any lightning.Trainer argument by name (a typo names the closest ones), and named extra callbacks."""
+    from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor
+
+    from bireco.builders import build_trainer
+    from bireco.callbacks import build_callbacks
+
+    cfg = compose_cfg(["callbacks=[lr_monitor,early_stopping]", "+trainer.lightning.limit_train_batches=3",
+                       "+trainer.lightning.profiler=simple", f"output_root={tmp_path}"])  # fmt: skip
+    validate(cfg)
+    callbacks = build_callbacks(cfg, tmp_path)
+    assert {type(c) for c in callbacks} >= {LearningRateMonitor, EarlyStopping}
+    trainer = build_trainer(cfg, tmp_path, callbacks)
+    assert trainer.limit_train_batches == 3 and type(trainer.profiler).__name__ == "SimpleProfiler"
+    with pytest.raises(ConfigError, match="Did you mean fast_dev_run"):
+        validate(compose_cfg(["+trainer.lightning.fast_dev_rn=1"]))
+    with pytest.raises(ConfigError, match="use trainer.max_steps"):
+        validate(compose_cfg(["+trainer.lightning.max_steps=5"]))
+    assert compose_cfg([]).callbacks == {}
