@@ -25,8 +25,9 @@ test: ## fast test suite (the CI command)
 test-full: ## every test, including slow subprocess / DDP runs
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "slow or not slow"
 
-lint: ## ruff
+lint: ## ruff: the linter and the formatter's check (both run in CI)
 	$(PYTHON) -m ruff check bireco tests experiments
+	$(PYTHON) -m ruff format --check bireco tests experiments
 
 train-stage1: ## Stage I (reconstruction) on the tiny default; EXP=<experiment preset>, ARGS=<overrides>
 	$(PYTHON) -m bireco.train stage=reconstruction $(if $(filter-out default,$(EXP)),experiment=$(EXP)) $(ARGS)

@@ -58,7 +58,9 @@ def to_right_padding(*tensors: torch.Tensor, attention_mask: torch.Tensor) -> li
 
 def resolve_dtype(name: str) -> torch.dtype:
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
     if name not in DTYPES:
         raise ValueError(f"model.dtype={name!r}; valid: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
@@ -69,7 +71,9 @@ def resolve_attn_implementation(name: str) -> str:
         try:
             import flash_attn  # noqa: F401
         except ImportError as err:
-            raise ValueError("model.attn_implementation=flash_attention_2 needs `pip install flash-attn`") from err
+            raise ValueError(
+                "model.attn_implementation=flash_attention_2 needs `pip install flash-attn`"
+            ) from err
     return name
 
 
@@ -119,7 +123,11 @@ class Backbone(nn.Module):
         if name:
             _check_checkpoint_dir(name, cfg)
             model = AutoModelForCausalLM.from_pretrained(
-                name, dtype=dtype, attn_implementation=attn, trust_remote_code=trust, use_safetensors=_local_safetensors(name)
+                name,
+                dtype=dtype,
+                attn_implementation=attn,
+                trust_remote_code=trust,
+                use_safetensors=_local_safetensors(name),
             )
         else:
             arch = dict(cfg.get("architecture") or {})
@@ -129,12 +137,16 @@ class Backbone(nn.Module):
             model_type = arch.pop("model_type")
             hf_config = AutoConfig.for_model(model_type, **arch)
             model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attn, dtype=dtype)
-        adapter = cfg.get("adapter") or (os.path.join(name, "adapter") if meta and meta.get("adapter") else None)
+        adapter = cfg.get("adapter") or (
+            os.path.join(name, "adapter") if meta and meta.get("adapter") else None
+        )
         if adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter, is_trainable=False)
-            model = model.merge_and_unload()  # a saved Stage II adapter becomes part of the base for the next stage
+            model = (
+                model.merge_and_unload()
+            )  # a saved Stage II adapter becomes part of the base for the next stage
         if cfg.get("gradient_checkpointing", False):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
@@ -162,10 +174,18 @@ class Backbone(nn.Module):
             p = Path(path)
             if not p.exists():
                 partial = p.with_name(p.name + ".tmp")
-                hint = f" ({partial} exists: that run's save did not finish; train it again)" if partial.exists() else ""
+                hint = (
+                    f" ({partial} exists: that run's save did not finish; train it again)"
+                    if partial.exists()
+                    else ""
+                )
                 raise FileNotFoundError(f"{path}: no such checkpoint directory{hint}")
-            raise FileNotFoundError(f"{path}: no {METADATA_FILE}; not a bireco checkpoint (use model.name_or_path instead)")
-        model_cfg = dict(meta["model"], tokenizer=str(path), dtype=dtype, architecture=None, **checkpoint_weights(path))
+            raise FileNotFoundError(
+                f"{path}: no {METADATA_FILE}; not a bireco checkpoint (use model.name_or_path instead)"
+            )
+        model_cfg = dict(
+            meta["model"], tokenizer=str(path), dtype=dtype, architecture=None, **checkpoint_weights(path)
+        )
         return cls.from_config(model_cfg, lora_cfg)
 
     # ------------------------------------------------------------------ accessors
@@ -204,7 +224,9 @@ class Backbone(nn.Module):
             yield
             return
         cfg = self.causal_lm.config
-        modules = [m for m in self.decoder.modules() if hasattr(m, "is_causal") and isinstance(m.is_causal, bool)]
+        modules = [
+            m for m in self.decoder.modules() if hasattr(m, "is_causal") and isinstance(m.is_causal, bool)
+        ]
         old = getattr(cfg, "is_causal", None), [m.is_causal for m in modules]
         cfg.is_causal = False
         for m in modules:
@@ -228,7 +250,9 @@ class Backbone(nn.Module):
         order = right_padding_order(attention_mask)  # (B, T) real first
         ids, mask = input_ids.gather(1, order), attention_mask.gather(1, order)
         with self._attention_mode(self.attention):
-            out = self.decoder(input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False)
+            out = self.decoder(
+                input_ids=ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), use_cache=False
+            )
         hidden = out.last_hidden_state  # (B, T, H) right-padded
         back = order.argsort(dim=1).unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
         return hidden.gather(1, back)
@@ -239,7 +263,11 @@ class Backbone(nn.Module):
         return pool(self.pooling, hidden, batch["attention_mask"], batch.get("embed_mask"))
 
     def reconstruction_loss(
-        self, anchor: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+        self,
+        anchor: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
     ) -> ReconstructionOutput:
         """Decode `input_ids` from `[anchor; tokens]` (causal), CE on positions whose label is not -100.
 
@@ -266,8 +294,12 @@ class Backbone(nn.Module):
         n = int(keep.sum())
         if n == 0:
             raise ValueError("reconstruction batch has no target tokens (all labels are -100)")
-        softcap = getattr(self.causal_lm.config, "final_logit_softcapping", None)  # Gemma-2: the model's own logits
-        loss_sum, correct = chunked_cross_entropy(hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size, softcap)
+        softcap = getattr(
+            self.causal_lm.config, "final_logit_softcapping", None
+        )  # Gemma-2: the model's own logits
+        loss_sum, correct = chunked_cross_entropy(
+            hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size, softcap
+        )
         return ReconstructionOutput(loss=loss_sum / n, n_tokens=n, n_correct=correct)
 
     # ------------------------------------------------------------------ persistence
@@ -309,11 +341,17 @@ class Backbone(nn.Module):
             if not base:
                 raise ValueError("save mode 'adapter' needs a base model loadable by name or path; this one was built "
                                  "from model.architecture (random weights): use save mode 'full'")  # fmt: skip
-            meta["base_model"] = str(Path(base).resolve()) if Path(base).is_dir() else base  # loadable from any cwd
-        elif self.is_lora:  # full: merged weights (plain transformers loads the trained model) + the adapter beside
+            meta["base_model"] = (
+                str(Path(base).resolve()) if Path(base).is_dir() else base
+            )  # loadable from any cwd
+        elif (
+            self.is_lora
+        ):  # full: merged weights (plain transformers loads the trained model) + the adapter beside
             copy.deepcopy(self.model).merge_and_unload().save_pretrained(tmp)
             self.model.save_pretrained(tmp / "adapter")
-            meta["adapter_beside"] = "adapter"  # already merged into the weights: reference only, never re-applied
+            meta["adapter_beside"] = (
+                "adapter"  # already merged into the weights: reference only, never re-applied
+            )
         else:
             self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
@@ -337,7 +375,9 @@ def apply_lora(model: nn.Module, lora: dict, family_targets: list[str] | None) -
 
     targets = lora.get("target_modules") or family_targets
     if not targets:
-        raise ValueError("LoRA is enabled but neither stage.lora.target_modules nor model.lora_target_modules is set")
+        raise ValueError(
+            "LoRA is enabled but neither stage.lora.target_modules nor model.lora_target_modules is set"
+        )
     targets = list(targets)
     if "lm_head" in targets:
         raise ValueError("LoRA on lm_head is not supported (the chunked CE reads lm_head.weight directly)")
@@ -400,7 +440,9 @@ def _check_checkpoint_dir(name: str, cfg: dict) -> None:
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"{p}: missing config.json; not a Hugging Face model directory")
     if not any(p.glob("*.safetensors")):
-        raise FileNotFoundError(f"{p}: no *.safetensors weights (pickled .bin weights are refused for safety)")
+        raise FileNotFoundError(
+            f"{p}: no *.safetensors weights (pickled .bin weights are refused for safety)"
+        )
     expected = cfg.get("expected_model_type")
     if expected:
         found = json.loads((p / "config.json").read_text()).get("model_type")

@@ -25,7 +25,12 @@ def run_dir_of(cfg: DictConfig, run_name: str, variant: str | None = None) -> Pa
     return Path(cfg.output_root) / cfg.experiment_name / (variant or cfg.variant) / run_name
 
 
-STAGE1_IDENTITY = ("ablation", "seed", "model.family", "model.name_or_path")  # what a Stage II must share with its Stage I
+STAGE1_IDENTITY = (
+    "ablation",
+    "seed",
+    "model.family",
+    "model.name_or_path",
+)  # what a Stage II must share with its Stage I
 
 
 def stage1_of(cfg: DictConfig) -> Path:
@@ -33,7 +38,9 @@ def stage1_of(cfg: DictConfig) -> Path:
     Stage I of the same variant; else (a sweep, whose Stage II jobs are named by other overrides than its Stage I
     jobs) the one Stage I of this experiment whose recorded config has the same STAGE1_IDENTITY values."""
     root = Path(cfg.output_root) / cfg.experiment_name
-    done = {p.parent.parent.parent.name: p.parent.parent for p in sorted(root.glob("*/stage1/final/bireco.json"))}
+    done = {
+        p.parent.parent.parent.name: p.parent.parent for p in sorted(root.glob("*/stage1/final/bireco.json"))
+    }
     if cfg.stage1_variant:
         if cfg.stage1_variant not in done:
             raise ConfigError(f"stage1_variant={cfg.stage1_variant}: no finished Stage I there (this experiment has: "
@@ -69,7 +76,9 @@ def init_checkpoint(cfg: DictConfig) -> str | None:
     if init == "stage1":
         return str(stage1_of(cfg))
     if not Path(init).is_dir():
-        raise ConfigError(f"stage.init_from={init!r}: no such checkpoint directory (valid: stage1, base, a path)")
+        raise ConfigError(
+            f"stage.init_from={init!r}: no such checkpoint directory (valid: stage1, base, a path)"
+        )
     return init
 
 
@@ -109,11 +118,15 @@ def lr_horizon(cfg: DictConfig, batches_per_epoch: int | None = None) -> int:
     if o.schedule_epochs:
         if batches_per_epoch is None:
             raise ValueError("stage.optim.schedule_epochs needs the number of batches per epoch")
-        return max(1, math.ceil(o.schedule_epochs * (batches_per_epoch // cfg.trainer.accumulate_grad_batches)))
+        return max(
+            1, math.ceil(o.schedule_epochs * (batches_per_epoch // cfg.trainer.accumulate_grad_batches))
+        )
     return int(cfg.trainer.max_steps)
 
 
-def build_module(cfg: DictConfig, backbone: Backbone, batches_per_epoch: int | None = None) -> L.LightningModule:
+def build_module(
+    cfg: DictConfig, backbone: Backbone, batches_per_epoch: int | None = None
+) -> L.LightningModule:
     """The stage's LightningModule; `batches_per_epoch` sizes an epoch-based LR horizon (lr_horizon)."""
     s = cfg.stage
     horizon = lr_horizon(cfg, batches_per_epoch)
@@ -141,7 +154,14 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
     from bireco.loggers import AppendingCSVLogger
 
     # flushed at every log interval and before every checkpoint: a crash loses no row the resumed run will not redo
-    loggers = [AppendingCSVLogger(save_dir=str(run_dir), name="", version="logs", flush_logs_every_n_steps=cfg.trainer.log_every_n_steps)]
+    loggers = [
+        AppendingCSVLogger(
+            save_dir=str(run_dir),
+            name="",
+            version="logs",
+            flush_logs_every_n_steps=cfg.trainer.log_every_n_steps,
+        )
+    ]
     if cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 
@@ -176,7 +196,9 @@ def _wandb_key_available() -> bool:
     return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: bool = False, backbone: Backbone | None = None) -> L.Trainer:
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, callbacks: list, resuming: bool = False, backbone: Backbone | None = None
+) -> L.Trainer:
     from bireco.strategies import build_strategy
 
     t = cfg.trainer
@@ -200,5 +222,7 @@ def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: list, resuming: boo
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        **OmegaConf.to_container(t.get("lightning") or {}, resolve=True),  # names checked in bireco.config.validate
+        **OmegaConf.to_container(
+            t.get("lightning") or {}, resolve=True
+        ),  # names checked in bireco.config.validate
     )

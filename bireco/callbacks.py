@@ -30,7 +30,9 @@ class DevRetrievalCallback(Callback):
         metrics = trainer.strategy.broadcast(metrics, src=0)
         self.history.append((trainer.global_step, *metrics.tolist()))
         for logger in trainer.loggers:
-            logger.log_metrics({"val/ndcg@10": float(metrics[0]), "val/mrr@10": float(metrics[1])}, step=trainer.global_step)
+            logger.log_metrics(
+                {"val/ndcg@10": float(metrics[0]), "val/mrr@10": float(metrics[1])}, step=trainer.global_step
+            )
 
     def on_train_start(self, trainer, pl_module):
         self._run(trainer, pl_module)
@@ -49,9 +51,17 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     every = cfg.trainer.checkpoint_every_n_steps
     if every:
         callbacks.append(
-            ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), every_n_train_steps=every, save_last=True, save_top_k=0)
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"), every_n_train_steps=every, save_last=True, save_top_k=0
+            )
         )
     if cfg.trainer.val_check_interval:
-        rs = wordnet_retrieval_set("dev", n_queries=cfg.data.dev_queries, corpus_size=cfg.data.dev_corpus_size, seed=cfg.seed)
-        callbacks.append(DevRetrievalCallback(rs, cfg.trainer.val_check_interval, cfg.data.max_query_length, cfg.data.max_doc_length))
+        rs = wordnet_retrieval_set(
+            "dev", n_queries=cfg.data.dev_queries, corpus_size=cfg.data.dev_corpus_size, seed=cfg.seed
+        )
+        callbacks.append(
+            DevRetrievalCallback(
+                rs, cfg.trainer.val_check_interval, cfg.data.max_query_length, cfg.data.max_doc_length
+            )
+        )
     return callbacks

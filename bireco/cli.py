@@ -6,7 +6,9 @@ import re
 import sys
 from pathlib import Path
 
-CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # inside the package: a wheel install has its configs
+CONF_DIR = str(
+    Path(__file__).resolve().parent / "conf"
+)  # inside the package: a wheel install has its configs
 
 
 def quote_free_text(args: list[str], keys: tuple[str, ...]) -> list[str]:

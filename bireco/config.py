@@ -59,7 +59,9 @@ class OptimConfig:
     eps: float = 1e-8
     warmup_steps: int = 300
     schedule: str = "linear"  # linear | cosine | constant (after warmup)
-    schedule_steps: int | None = None  # length the decay is sized for; None = schedule_epochs, else trainer.max_steps
+    schedule_steps: int | None = (
+        None  # length the decay is sized for; None = schedule_epochs, else trainer.max_steps
+    )
     # size the decay for this many epochs of the training data (HF Trainer's num_train_epochs): the released runs
     # sized it for 3 epochs and stopped at 2000 / 1000 steps, so their LR ended near 0.8x peak, not 0
     schedule_epochs: float | None = None
@@ -71,7 +73,9 @@ class ReconstructionStageConfig:
     name: str = "reconstruction"
     run_name: str = "stage1"
     alpha: float = 0.2  # weight of EBQ2D (query embedding -> document); 1 - alpha on EBD2Q
-    schedule: str = "joint"  # joint (Algorithm 1: both directions every batch) | alternate (one per micro-batch, faster)
+    schedule: str = (
+        "joint"  # joint (Algorithm 1: both directions every batch) | alternate (one per micro-batch, faster)
+    )
     labels: str = "paper"  # paper | released_code (targets incl. BOS/template/instruction, final EOS masked)
     reconstruct_instruction: bool = False
     # embedding: the method. zeros: a control, the decoder gets a zero vector instead of the other side's [EOS]
@@ -119,9 +123,13 @@ class DataConfig:
 
 @dataclass
 class FSDPConfig:
-    sharding_strategy: str = "FULL_SHARD"  # FULL_SHARD (ZeRO-3) | SHARD_GRAD_OP (ZeRO-2) | HYBRID_SHARD (multi-node) | NO_SHARD
+    sharding_strategy: str = (
+        "FULL_SHARD"  # FULL_SHARD (ZeRO-3) | SHARD_GRAD_OP (ZeRO-2) | HYBRID_SHARD (multi-node) | NO_SHARD
+    )
     activation_checkpointing: bool = True  # per decoder layer (replaces model.gradient_checkpointing)
-    state_dict_type: str = "sharded"  # checkpoints: sharded (every rank writes its shard) | full (one file, rank 0)
+    state_dict_type: str = (
+        "sharded"  # checkpoints: sharded (every rank writes its shard) | full (one file, rank 0)
+    )
     cpu_offload: bool = False
 
 
@@ -147,7 +155,9 @@ class TrainerConfig:
     checkpoint_every_n_steps: int | None = None
     deterministic: bool = False
     enable_progress_bar: bool = True
-    on_nonfinite: str = "raise"  # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
+    on_nonfinite: str = (
+        "raise"  # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
+    )
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # read when strategy=fsdp
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read when strategy=deepspeed
     # any other lightning.Trainer argument (fast_dev_run, limit_train_batches, profiler, ...), checked by name:
@@ -180,15 +190,21 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     experiment_name: str = "default"
     variant: str = "default"
-    stage1_variant: str | None = None  # the variant whose Stage I a Stage II run starts from (None: its own variant)
+    stage1_variant: str | None = (
+        None  # the variant whose Stage I a Stage II run starts from (None: its own variant)
+    )
     ablation: AblationConfig = field(default_factory=AblationConfig)
-    callbacks: dict[str, Any] = field(default_factory=dict)  # extra Lightning callbacks (bireco/conf/callbacks), by name
+    callbacks: dict[str, Any] = field(
+        default_factory=dict
+    )  # extra Lightning callbacks (bireco/conf/callbacks), by name
     output_root: str = "outputs"
     run_dir: str = MISSING
     seed: int = 42
     resume: str = "never"  # never | auto | <checkpoint path>
     save_mode: str = "full"  # full | merged | adapter
-    paper: dict[str, Any] = field(default_factory=dict)  # per-stage batch / steps of a paper preset (bireco/conf/experiment)
+    paper: dict[str, Any] = field(
+        default_factory=dict
+    )  # per-stage batch / steps of a paper preset (bireco/conf/experiment)
 
 
 def register_configs() -> None:
@@ -225,9 +241,11 @@ def _check_lightning_passthrough(cfg: DictConfig) -> None:
     import lightning as L
 
     valid = [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
-    for key in (cfg.trainer.get("lightning") or {}):
+    for key in cfg.trainer.get("lightning") or {}:
         if key in SET_BY_BIRECO:
-            raise ConfigError(f"trainer.lightning.{key}: bireco sets this Trainer argument itself; use trainer.{key}")
+            raise ConfigError(
+                f"trainer.lightning.{key}: bireco sets this Trainer argument itself; use trainer.{key}"
+            )
         if key not in valid:
             close = difflib.get_close_matches(key, valid, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -281,7 +299,9 @@ def validate(cfg: DictConfig) -> None:
     _check_lightning_passthrough(cfg)
     if cfg.save_mode == "adapter":
         if not s.get("lora", {}).get("enabled", False):
-            raise ConfigError("save_mode=adapter saves the LoRA adapter alone, but stage.lora.enabled=false: use save_mode=full")
+            raise ConfigError(
+                "save_mode=adapter saves the LoRA adapter alone, but stage.lora.enabled=false: use save_mode=full"
+            )
         if not cfg.model.name_or_path and s.init_from in (None, "base"):
             raise ConfigError(
                 "save_mode=adapter records the base model the adapter loads onto, but this base is built from "
@@ -289,10 +309,16 @@ def validate(cfg: DictConfig) -> None:
             )
     strategy = str(cfg.trainer.strategy)
     if strategy == "fsdp":
-        _choice(cfg.trainer.fsdp.sharding_strategy, ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"), "trainer.fsdp.sharding_strategy")
+        _choice(
+            cfg.trainer.fsdp.sharding_strategy,
+            ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"),
+            "trainer.fsdp.sharding_strategy",
+        )
         _choice(cfg.trainer.fsdp.state_dict_type, ("sharded", "full"), "trainer.fsdp.state_dict_type")
     if strategy in ("fsdp", "deepspeed") and cfg.trainer.accelerator not in ("gpu", "cuda", "auto"):
-        raise ConfigError(f"trainer.strategy={strategy} runs on GPUs only (trainer.accelerator={cfg.trainer.accelerator}); on CPU use trainer=ddp_cpu")
+        raise ConfigError(
+            f"trainer.strategy={strategy} runs on GPUs only (trainer.accelerator={cfg.trainer.accelerator}); on CPU use trainer=ddp_cpu"
+        )
     if strategy == "fsdp" and cfg.stage.get("lora", {}).get("enabled", False):
         raise ConfigError(
             "trainer.strategy=fsdp with LoRA (stage.lora.enabled=true) is not supported: peft adapters under FSDP "
@@ -307,7 +333,11 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError("trainer.strategy=deepspeed needs the deepspeed package: pip install deepspeed")
-    if cfg.stage.name == "contrastive" and cfg.stage.grad_cache_chunk_size and strategy in ("fsdp", "deepspeed"):
+    if (
+        cfg.stage.name == "contrastive"
+        and cfg.stage.grad_cache_chunk_size
+        and strategy in ("fsdp", "deepspeed")
+    ):
         raise ConfigError(
             f"stage.grad_cache_chunk_size is supported on one device and under ddp, not with strategy {strategy!r}: "
             "its second pass back-propagates chunk by chunk, which FSDP's and DeepSpeed's gradient sharding hooks do "

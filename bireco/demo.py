@@ -47,11 +47,20 @@ PRESETS = {
     # chosen on WordNet dev (experiments/dev_sweep.py, design "lora_lr1e-3"): see docs/results.md
     "smollm2": DemoPreset(
         model=["model=smollm2"],
-        data=["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48", "data.dev_queries=200",
-              "data.dev_corpus_size=1000"],  # 1000 (not 2000) dev documents: halves the dev checks, keeps the demo <= 30 min
+        data=[
+            "data.global_batch_size=16",
+            "data.max_query_length=32",
+            "data.max_doc_length=48",
+            "data.dev_queries=200",
+            "data.dev_corpus_size=1000",
+        ],  # 1000 (not 2000) dev documents: halves the dev checks, keeps the demo <= 30 min
         stage1=["stage.schedule=alternate", "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
         stage2=["stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
-        stage1_steps=80, stage2_steps=40, eval_every=10, eval_queries=300, eval_docs=1000,
+        stage1_steps=80,
+        stage2_steps=40,
+        eval_every=10,
+        eval_queries=300,
+        eval_docs=1000,
     ),  # fmt: skip
     # the earlier tiny-LM demo: full fine-tuning in both stages, near the noise floor (a quick look at the pipeline)
     "tiny": DemoPreset(
@@ -59,7 +68,11 @@ PRESETS = {
         data=["data.dev_queries=200"],
         stage1=["stage.schedule=alternate", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=10"],
         stage2=["stage.lora.enabled=false", "stage.optim.lr=5e-4", "stage.optim.warmup_steps=10"],
-        stage1_steps=150, stage2_steps=150, eval_every=25, eval_queries=1000, eval_docs=4000,
+        stage1_steps=150,
+        stage2_steps=150,
+        eval_every=25,
+        eval_queries=1000,
+        eval_docs=4000,
     ),  # fmt: skip
 }
 
@@ -124,7 +137,10 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
 
     untrained_dir = runs / "untrained" / "final"
     if not (untrained_dir / "bireco.json").is_file():
-        Backbone.save(build_backbone(compose_train(common + ["stage=baseline", "stage.lora.enabled=false"])), untrained_dir)
+        Backbone.save(
+            build_backbone(compose_train(common + ["stage=baseline", "stage.lora.enabled=false"])),
+            untrained_dir,
+        )
     checkpoints = {
         f"Untrained base ({pooling} pooling)": untrained_dir,
         "Only Stage I (reconstruction)": runs / "stage1" / "final",
@@ -137,14 +153,23 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
                                                output_dir=str(ckpt.parent / "eval"), max_queries=eval_queries,
                                                max_docs=eval_docs, progress=progress)  # fmt: skip
     table = markdown_table(summaries)
-    curves = {name: logged_curve(runs / run_name) for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))}
+    curves = {
+        name: logged_curve(runs / run_name)
+        for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))
+    }
     _plot(curves, out / "convergence.png")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         tasks = sorted(next(iter(summaries.values()))["tasks"])
         w.writerow(["run", *tasks, "Average"])
         for label, s in summaries.items():
-            w.writerow([label, *(f"{s['tasks'][t]['main_score']:.2f}" for t in tasks), f"{s['categories']['Average']:.2f}"])
+            w.writerow(
+                [
+                    label,
+                    *(f"{s['tasks'][t]['main_score']:.2f}" for t in tasks),
+                    f"{s['categories']['Average']:.2f}",
+                ]
+            )
     meta = {"base": base, "seconds": time.perf_counter() - t0, "base_model_seconds": base_seconds, "train_seconds": timings,
             "lm_steps": lm_steps if base == "tiny" else None, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
             "pooling": pooling, "seed": seed, "eval_queries": eval_queries, "eval_docs": eval_docs, "overrides": common,
@@ -153,11 +178,14 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
     (out / "results.json").write_text(json.dumps({"summaries": summaries, **meta}, indent=2))
     (out / "results.md").write_text(
         f"# bireco demo (toy scale, CPU, base: {base})\n\nnDCG@10 x 100 on the held-out WordNet test split (mteb; "
-        f"{eval_queries} queries and {eval_docs} documents per task).\n\n" + table
+        f"{eval_queries} queries and {eval_docs} documents per task).\n\n"
+        + table
         + "\nStage II dev nDCG@10 by step: see convergence.png.\n"
     )
     print(table)
-    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'convergence.png'} in {meta['seconds']:.0f} s")
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'convergence.png'} in {meta['seconds']:.0f} s"
+    )
     return {"summaries": summaries, **meta}
 
 
@@ -191,19 +219,34 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base", choices=sorted(PRESETS), default="smollm2", help="smollm2 (make demo) or tiny (make demo-tiny)")
-    ap.add_argument("--out", type=Path, default=None, help="default outputs/demo-run (smollm2) or outputs/demo-tiny")
-    ap.add_argument("--lm-steps", type=int, default=400, help="pretraining steps of the tiny base LM (--base tiny)")
-    ap.add_argument("--stage1-steps", type=int, default=None, help="default: the base's preset (bireco/demo.py PRESETS)")
+    ap.add_argument(
+        "--base",
+        choices=sorted(PRESETS),
+        default="smollm2",
+        help="smollm2 (make demo) or tiny (make demo-tiny)",
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="default outputs/demo-run (smollm2) or outputs/demo-tiny"
+    )
+    ap.add_argument(
+        "--lm-steps", type=int, default=400, help="pretraining steps of the tiny base LM (--base tiny)"
+    )
+    ap.add_argument(
+        "--stage1-steps", type=int, default=None, help="default: the base's preset (bireco/demo.py PRESETS)"
+    )
     ap.add_argument("--stage2-steps", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None, help="Stage II steps between dev nDCG@10 checks")
     ap.add_argument("--pooling", default="last", choices=["last", "mean", "weighted_mean"])
     ap.add_argument("--eval-queries", type=int, default=None, help="test queries per task (seeded subsample)")
-    ap.add_argument("--eval-docs", type=int, default=None, help="test documents per task (relevant ones always kept)")
+    ap.add_argument(
+        "--eval-docs", type=int, default=None, help="test documents per task (relevant ones always kept)"
+    )
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--no-wandb", action="store_true")
     ap.add_argument("--quiet", action="store_true")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run, e.g. data.global_batch_size=32")
+    ap.add_argument(
+        "overrides", nargs="*", help="extra Hydra overrides for every run, e.g. data.global_batch_size=32"
+    )
     args = ap.parse_args()
     from bireco.train import quiet_console
 

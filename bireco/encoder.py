@@ -48,7 +48,10 @@ def encode_texts(
     out = torch.empty(len(texts), backbone.hidden_size)
     for start in tqdm(range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False):
         idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in pad_sides([sides[i] for i in idx], backbone.pad_id, backbone.padding_side).items()}
+        batch = {
+            k: v.to(device)
+            for k, v in pad_sides([sides[i] for i in idx], backbone.pad_id, backbone.padding_side).items()
+        }
         with autocast(device, bf16_for(device, bf16)):
             emb = backbone.embed(batch).float()
         out[idx] = (torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu()
@@ -102,7 +105,9 @@ def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: in
             self.model = backbone
             self.mteb_model_meta = meta
 
-        def encode(self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs) -> np.ndarray:
+        def encode(
+            self, inputs, *, task_metadata, hf_split, hf_subset, prompt_type=None, **kwargs
+        ) -> np.ndarray:
             texts = [t for batch in inputs for t in batch["text"]]
             instruction = instruction_for_task(task_metadata.name, task_metadata.type, prompt_type)
             emb = encode_texts(backbone, texts, instruction, max_length, batch_size, progress=progress)

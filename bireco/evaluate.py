@@ -23,7 +23,15 @@ from omegaconf import DictConfig
 from bireco.cli import CONF_DIR, check_overrides, user_error
 
 log = logging.getLogger("bireco")
-CATEGORIES = ("Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS", "Summarization")
+CATEGORIES = (
+    "Retrieval",
+    "Reranking",
+    "Clustering",
+    "PairClassification",
+    "Classification",
+    "STS",
+    "Summarization",
+)
 
 
 class TaskUnavailable(RuntimeError):
@@ -65,7 +73,9 @@ def resolve_tasks(names: list[str] | None, benchmark: str | None, max_queries: i
 
 def summarise(results, task_types: dict[str, str]) -> dict[str, Any]:
     """Main score per task (x100, as the paper reports) and the paper's category averages."""
-    per_task = {r.task_name: {"type": task_types[r.task_name], "main_score": 100 * r.get_score()} for r in results}
+    per_task = {
+        r.task_name: {"type": task_types[r.task_name], "main_score": 100 * r.get_score()} for r in results
+    }
     cats = {}
     for cat in CATEGORIES:
         scores = [v["main_score"] for v in per_task.values() if v["type"] == cat]
@@ -101,8 +111,12 @@ def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchma
     backbone = Backbone.load(checkpoint)
     if torch.cuda.is_available():
         backbone.to("cuda")
-    encoder = make_mteb_encoder(backbone, checkpoint, max_length=max_length, batch_size=batch_size, progress=progress)
-    results = mteb.evaluate(encoder, task_objs, cache=None, show_progress_bar=progress, encode_kwargs={"batch_size": batch_size})
+    encoder = make_mteb_encoder(
+        backbone, checkpoint, max_length=max_length, batch_size=batch_size, progress=progress
+    )
+    results = mteb.evaluate(
+        encoder, task_objs, cache=None, show_progress_bar=progress, encode_kwargs={"batch_size": batch_size}
+    )
     out = Path(output_dir or Path(checkpoint).parent / "eval")
     (out / "mteb").mkdir(parents=True, exist_ok=True)
     for r in results:

@@ -36,7 +36,9 @@ def _add_special_tokens_processor(tokenizer_dir: Path, backbone: Backbone) -> No
         single = f"{tok.bos_token}:0 " + single
     path = tokenizer_dir / "tokenizer.json"
     t = Tokenizer.from_file(str(path))
-    t.post_processor = processors.TemplateProcessing(single=single, pair=single.replace("$A:0", "$A:0 $B:1"), special_tokens=specials)
+    t.post_processor = processors.TemplateProcessing(
+        single=single, pair=single.replace("$A:0", "$A:0 $B:1"), special_tokens=specials
+    )
     t.save(str(path))
 
 
@@ -59,9 +61,13 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
         raise ValueError(f"dtype={dtype!r}; valid: bfloat16, float16, float32")
     backbone = Backbone.load(checkpoint, dtype="float32")  # merged in fp32, then cast once
     if backbone.pooling != "last":
-        raise ValueError(f"export supports pooling=last (the paper's [EOS] pooling), this checkpoint uses {backbone.pooling!r}")
+        raise ValueError(
+            f"export supports pooling=last (the paper's [EOS] pooling), this checkpoint uses {backbone.pooling!r}"
+        )
     if backbone.attention != "causal":
-        raise ValueError("export supports causal attention only (sentence-transformers loads the stock model)")
+        raise ValueError(
+            "export supports causal attention only (sentence-transformers loads the stock model)"
+        )
     hf_dir = output.with_name(output.name + ".hf-tmp")
     shutil.rmtree(hf_dir, ignore_errors=True)
     model = backbone.model.merge_and_unload() if backbone.is_lora else backbone.model
@@ -70,8 +76,13 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
     backbone.tokenizer.save_pretrained(hf_dir)
     _add_special_tokens_processor(hf_dir, backbone)
     fmt = backbone.text_format.for_instruction(instruction)  # same separator rule as bireco's encoder
-    prompts = {"document": fmt.prefix, "query": fmt.prefix + (instruction + fmt.instruction_separator if instruction else "")}
-    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length, model_args={"dtype": getattr(torch, dtype)})
+    prompts = {
+        "document": fmt.prefix,
+        "query": fmt.prefix + (instruction + fmt.instruction_separator if instruction else ""),
+    }
+    transformer = Transformer(
+        str(hf_dir), max_seq_length=max_seq_length, model_args={"dtype": getattr(torch, dtype)}
+    )
     st = SentenceTransformer(
         modules=[transformer, Pooling(backbone.hidden_size, pooling_mode="lasttoken"), Normalize()],
         prompts=prompts,
@@ -92,7 +103,9 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
              "scores = model.similarity(queries, documents)", "",
              "# mteb: mteb.evaluate(model, mteb.get_tasks(tasks=['SciFact'])) with the same prompts"]  # fmt: skip
     stage = run_dir.name if run_dir.name in ("stage1", "stage2", "baseline") else None
-    (tmp / "README.md").write_text(render(f"{output.name} (bireco export)", str(base), stage, facts, usage, prompts))
+    (tmp / "README.md").write_text(
+        render(f"{output.name} (bireco export)", str(base), stage, facts, usage, prompts)
+    )
     shutil.rmtree(output, ignore_errors=True)
     tmp.rename(output)
     shutil.rmtree(hf_dir, ignore_errors=True)

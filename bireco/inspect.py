@@ -20,9 +20,15 @@ from bireco.text_format import encode_side, pad_sides
 
 
 @torch.no_grad()
-def anchor_of(backbone: Backbone, text: str, instruction: str | None = None, max_length: int = 512) -> torch.Tensor:
+def anchor_of(
+    backbone: Backbone, text: str, instruction: str | None = None, max_length: int = 512
+) -> torch.Tensor:
     """(1, H) last-token final-norm state: exactly the vector Stage I decodes from."""
-    side = pad_sides([encode_side(backbone.tokenizer, backbone.text_format, text, max_length, instruction)], backbone.pad_id, "left")
+    side = pad_sides(
+        [encode_side(backbone.tokenizer, backbone.text_format, text, max_length, instruction)],
+        backbone.pad_id,
+        "left",
+    )
     side = {k: v.to(next(backbone.parameters()).device) for k, v in side.items()}
     hidden = backbone.hidden_states(side["input_ids"], side["attention_mask"])
     return last_token(hidden, side["attention_mask"])
@@ -51,7 +57,9 @@ def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 
     ids: list[int] = []
     for _ in range(max_new_tokens):
         mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
-        h = backbone.decoder(inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask)).last_hidden_state
+        h = backbone.decoder(
+            inputs_embeds=inputs, attention_mask=mask, position_ids=position_ids_from_mask(mask)
+        ).last_hidden_state
         nxt = int(backbone.lm_head(h[:, -1]).argmax(-1))
         if nxt == eos:
             break
@@ -75,7 +83,9 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
     device = next(backbone.parameters()).device
     collate = PairCollator(backbone.tokenizer, backbone.text_format, max_query_length, max_doc_length,
                            backbone.padding_side, num_hard_negatives=0, pad_id=backbone.pad_id)  # fmt: skip
-    stage1 = ReconstructionModule(backbone, OptimConfig(), lr_horizon=1)  # its anchor() and decode() are Stage I's
+    stage1 = ReconstructionModule(
+        backbone, OptimConfig(), lr_horizon=1
+    )  # its anchor() and decode() are Stage I's
     was_training = backbone.training
     backbone.eval()
     sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in ("q2d", "d2q")}
@@ -85,7 +95,10 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
         if len(chunk) < 2:
             break
         batch = collate(chunk)
-        batch = {k: ({kk: vv.to(device) for kk, vv in v.items()} if k in ("query", "positive", "negatives") else v) for k, v in batch.items()}
+        batch = {
+            k: ({kk: vv.to(device) for kk, vv in v.items()} if k in ("query", "positive", "negatives") else v)
+            for k, v in batch.items()
+        }
         with autocast(device, bf16_for(device, bf16)):
             for direction, (src, tgt) in {"q2d": ("query", "positive"), "d2q": ("positive", "query")}.items():
                 anchor = stage1.anchor(batch[src])

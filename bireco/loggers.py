@@ -18,7 +18,9 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 class _AppendingWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         super().__init__(log_dir)
-        if self._fs.isfile(self.metrics_file_path):  # old columns stay in the header, so old rows keep their values
+        if self._fs.isfile(
+            self.metrics_file_path
+        ):  # old columns stay in the header, so old rows keep their values
             with self._fs.open(self.metrics_file_path, "r", newline="") as f:
                 self.metrics_keys = sorted(next(csv.reader(f), []))
 

@@ -44,11 +44,20 @@ def _hyperparameters(cfg: dict) -> list[str]:
             ("max query / document tokens", f"{d.get('max_query_length')} / {d.get('max_doc_length')}"),
             ("precision", t.get("precision")), ("seed", cfg.get("seed"))]  # fmt: skip
     if s.get("name") == "reconstruction":
-        rows += [("alpha (EBQ2D weight)", s.get("alpha")), ("direction schedule", s.get("schedule")), ("targets", s.get("labels"))]
+        rows += [
+            ("alpha (EBQ2D weight)", s.get("alpha")),
+            ("direction schedule", s.get("schedule")),
+            ("targets", s.get("labels")),
+        ]
     else:
-        rows += [("temperature", 1 / s["scale"] if s.get("scale") else None), ("hard negatives", d.get("num_hard_negatives"))]
+        rows += [
+            ("temperature", 1 / s["scale"] if s.get("scale") else None),
+            ("hard negatives", d.get("num_hard_negatives")),
+        ]
     if lora.get("enabled"):
-        rows.append(("LoRA (r / alpha / dropout)", f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')}"))
+        rows.append(
+            ("LoRA (r / alpha / dropout)", f"{lora.get('r')} / {lora.get('alpha')} / {lora.get('dropout')}")
+        )
     return [f"| {k} | {v} |" for k, v in rows if v is not None]
 
 
@@ -59,7 +68,14 @@ def _eval_table(summary: dict) -> list[str]:
     return lines
 
 
-def render(title: str, base_model: str, stage_run: str | None, facts: dict, usage: list[str], prompts: dict | None = None) -> str:
+def render(
+    title: str,
+    base_model: str,
+    stage_run: str | None,
+    facts: dict,
+    usage: list[str],
+    prompts: dict | None = None,
+) -> str:
     cfg = facts.get("config") or {}
     data = cfg.get("data", {})
     lines = [

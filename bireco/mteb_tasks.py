@@ -48,7 +48,9 @@ def subsample(queries: list[dict], corpus: dict[str, str], qrels: dict[str, dict
     return queries, corpus, qrels
 
 
-def split_data(queries: list[dict], corpus: dict[str, str], qrels: dict[str, dict[str, int]]) -> RetrievalSplitData:
+def split_data(
+    queries: list[dict], corpus: dict[str, str], qrels: dict[str, dict[str, int]]
+) -> RetrievalSplitData:
     return RetrievalSplitData(
         queries=Dataset.from_list(queries),
         corpus=Dataset.from_list([{"id": k, "text": v, "title": ""} for k, v in corpus.items()]),

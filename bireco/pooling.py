@@ -32,7 +32,9 @@ def weighted_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (hidden * weights.unsqueeze(-1)).sum(1)  # (B, H)
 
 
-def pool(mode: str, hidden: torch.Tensor, attention_mask: torch.Tensor, embed_mask: torch.Tensor | None) -> torch.Tensor:
+def pool(
+    mode: str, hidden: torch.Tensor, attention_mask: torch.Tensor, embed_mask: torch.Tensor | None
+) -> torch.Tensor:
     if mode == "last":
         return last_token(hidden, attention_mask)
     mask = embed_mask if embed_mask is not None else attention_mask

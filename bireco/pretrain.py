@@ -28,7 +28,10 @@ def family_format(family: str = "tiny_llama") -> TextFormat:
 
     from bireco.cli import CONF_DIR
 
-    return TextFormat(**yaml.safe_load((Path(CONF_DIR) / "model" / f"{family}.yaml").read_text())["text_format"])
+    return TextFormat(
+        **yaml.safe_load((Path(CONF_DIR) / "model" / f"{family}.yaml").read_text())["text_format"]
+    )
+
 
 SMALL_ARCH = {
     "model_type": "llama",

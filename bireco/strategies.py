@@ -44,7 +44,9 @@ def build_strategy(cfg: DictConfig, backbone: Backbone) -> Any:
         layers = decoder_layer_classes(backbone)
         if o.activation_checkpointing and cfg.model.gradient_checkpointing:
             backbone.causal_lm.gradient_checkpointing_disable()  # FSDP checkpoints each layer; never both
-            log.info("fsdp: activation checkpointing per decoder layer (model.gradient_checkpointing handed over)")
+            log.info(
+                "fsdp: activation checkpointing per decoder layer (model.gradient_checkpointing handed over)"
+            )
         return FSDPStrategy(
             auto_wrap_policy=layers,
             activation_checkpointing_policy=layers if o.activation_checkpointing else None,
@@ -58,7 +60,9 @@ def build_strategy(cfg: DictConfig, backbone: Backbone) -> Any:
         from lightning.pytorch.strategies import DeepSpeedStrategy
 
         o = cfg.trainer.deepspeed
-        return DeepSpeedStrategy(stage=o.stage, offload_optimizer=o.offload_optimizer, offload_parameters=o.offload_parameters)
+        return DeepSpeedStrategy(
+            stage=o.stage, offload_optimizer=o.offload_optimizer, offload_parameters=o.offload_parameters
+        )
     return cfg.trainer.strategy
 
 
@@ -86,7 +90,11 @@ def full_state_dict(trainer) -> dict | None:
         from torch.distributed.fsdp import FullStateDictConfig, StateDictType
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        with FSDP.state_dict_type(strategy.model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+        with FSDP.state_dict_type(
+            strategy.model,
+            StateDictType.FULL_STATE_DICT,
+            FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
+        ):
             state = strategy.model.state_dict()
         return state if trainer.is_global_zero else None
     if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
@@ -94,7 +102,11 @@ def full_state_dict(trainer) -> dict | None:
 
         module = trainer.lightning_module
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
-            state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()} if trainer.is_global_zero else None
+            state = (
+                {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+                if trainer.is_global_zero
+                else None
+            )
         return state
     return None  # parameters are whole on rank 0: save the module as it is
 

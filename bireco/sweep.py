@@ -13,7 +13,16 @@ import hashlib
 from urllib.parse import quote
 
 # overrides that select the stage or say where / how to write, not what is trained
-BOOKKEEPING = ("stage", "experiment", "output_root", "experiment_name", "variant", "stage1_variant", "resume", "logger")
+BOOKKEEPING = (
+    "stage",
+    "experiment",
+    "output_root",
+    "experiment_name",
+    "variant",
+    "stage1_variant",
+    "resume",
+    "logger",
+)
 BOOKKEEPING_PREFIXES = ("hydra.", "logger.", "trainer.enable_progress_bar", "trainer.log_every_n_steps")
 
 
@@ -36,7 +45,9 @@ def _name(overrides: list[str]) -> str:
 def job_variant(variant: str, overrides: list[str], preset_sweep_keys: list[str] = ()) -> str:
     """This job's variant from its overrides. `variant`: the composed value ("default" unless a preset or the user
     named it); `preset_sweep_keys`: the keys a named preset sweeps itself (already in its name, so not repeated)."""
-    own = [o for o in overrides if _key(o) not in BOOKKEEPING and not _key(o).startswith(BOOKKEEPING_PREFIXES)]
+    own = [
+        o for o in overrides if _key(o) not in BOOKKEEPING and not _key(o).startswith(BOOKKEEPING_PREFIXES)
+    ]
     if variant == "default":
         return _name(own) or "default"
     own = [o for o in own if _key(o) not in preset_sweep_keys]

@@ -34,7 +34,9 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         last = run_dir / "checkpoints" / "last.ckpt"  # a directory under fsdp (sharded)
         return str(last) if last.exists() else None
     if not Path(cfg.resume).exists():
-        raise FileNotFoundError(f"resume={cfg.resume!r}: no such checkpoint file (valid: never, auto, a .ckpt path)")
+        raise FileNotFoundError(
+            f"resume={cfg.resume!r}: no such checkpoint file (valid: never, auto, a .ckpt path)"
+        )
     return cfg.resume
 
 
@@ -62,7 +64,10 @@ def trim_metrics(csv_path: Path, step: int) -> None:
 
     with csv_path.open(newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames or [], [r for r in reader if r.get("step", "") == "" or int(r["step"]) < step]
+        fields, rows = (
+            reader.fieldnames or [],
+            [r for r in reader if r.get("step", "") == "" or int(r["step"]) < step],
+        )
     tmp = csv_path.with_name(csv_path.name + ".tmp")
     with tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -94,7 +99,9 @@ def export_backbone(cfg: DictConfig, module, backbone):
     if copy.causal_lm.config.tie_word_embeddings:  # the gathered dict may hold the tied output weight once
         missing = [k for k in missing if not k.endswith("lm_head.weight")]
     if missing or unexpected:
-        raise RuntimeError(f"gathered weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise RuntimeError(
+            f"gathered weights do not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
     return copy
 
 
@@ -121,7 +128,9 @@ def run(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     else:
         keep_previous_metrics(run_dir / "logs" / "metrics.csv")
-    trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None, backbone=backbone)
+    trainer = build_trainer(
+        cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None, backbone=backbone
+    )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for logger in trainer.loggers:  # close wandb runs: a later run in this process must not reuse this one
@@ -130,7 +139,11 @@ def run(cfg: DictConfig) -> dict:
     export = export_backbone(cfg, module, backbone)
     if trainer.is_global_zero:
         export.save(run_dir / "final", cfg.save_mode)
-        summary = {"steps": trainer.global_step, "init_from": init_checkpoint(cfg) or cfg.model.name_or_path, **metrics}
+        summary = {
+            "steps": trainer.global_step,
+            "init_from": init_checkpoint(cfg) or cfg.model.name_or_path,
+            **metrics,
+        }
         (run_dir / "final" / "train_summary.json").write_text(json.dumps(summary, indent=2))
         from bireco.model_card import write_final_card
 

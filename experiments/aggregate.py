@@ -17,7 +17,16 @@ import csv
 import json
 from pathlib import Path
 
-CATEGORIES = ("Retrieval", "Reranking", "Clustering", "PairClassification", "Classification", "STS", "Summarization", "Average")
+CATEGORIES = (
+    "Retrieval",
+    "Reranking",
+    "Clustering",
+    "PairClassification",
+    "Classification",
+    "STS",
+    "Summarization",
+    "Average",
+)
 
 
 def collect(root: Path) -> dict[tuple[str, str], dict[str, dict]]:
@@ -31,19 +40,27 @@ def collect(root: Path) -> dict[tuple[str, str], dict[str, dict]]:
 
 
 def rows(found: dict, baseline: str | None = None) -> tuple[list[str], list[list[str]]]:
-    cols = [c for c in CATEGORIES if any(c in s["categories"] for runs in found.values() for s in runs.values())]
+    cols = [
+        c for c in CATEGORIES if any(c in s["categories"] for runs in found.values() for s in runs.values())
+    ]
     shared = None
     if baseline is not None:
         key = tuple(baseline.strip("/").split("/", 1))
         shared = found.get(key, {}).get("baseline") if len(key) == 2 else None
         if shared is None:
             have = sorted(f"{e}/{v}" for (e, v), runs in found.items() if "baseline" in runs)
-            raise SystemExit(f"--baseline {baseline}: no baseline/eval/summary.json there (baselines: {', '.join(have) or 'none'})")
+            raise SystemExit(
+                f"--baseline {baseline}: no baseline/eval/summary.json there (baselines: {', '.join(have) or 'none'})"
+            )
     table = []
     for (exp, variant), runs in found.items():
         base, anchor = runs.get("baseline"), runs.get("stage2")
         base = base or shared
-        for label, s in (("Stage I only", runs.get("stage1")), ("Baseline", runs.get("baseline")), ("Anchor", anchor)):
+        for label, s in (
+            ("Stage I only", runs.get("stage1")),
+            ("Baseline", runs.get("baseline")),
+            ("Anchor", anchor),
+        ):
             if s is None:
                 continue
             cells = []
@@ -63,16 +80,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("root", type=Path)
     ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--baseline", default=None, help="EXPERIMENT/VARIANT whose baseline the Anchor rows without their own compare to")
+    ap.add_argument(
+        "--baseline",
+        default=None,
+        help="EXPERIMENT/VARIANT whose baseline the Anchor rows without their own compare to",
+    )
     args = ap.parse_args()
     found = collect(args.root)
     if not found:
-        raise SystemExit(f"no */*/*/eval/summary.json under {args.root}; run `make eval` on your checkpoints first")
+        raise SystemExit(
+            f"no */*/*/eval/summary.json under {args.root}; run `make eval` on your checkpoints first"
+        )
     cols, table = rows(found, args.baseline)
     out = args.out or args.root
     out.mkdir(parents=True, exist_ok=True)
     header = ["model", "setting", *cols]
-    md = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + ["| " + " | ".join(r) + " |" for r in table]
+    md = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"] + [
+        "| " + " | ".join(r) + " |" for r in table
+    ]
     (out / "table.md").write_text("\n".join(md) + "\n")
     with open(out / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])

@@ -26,25 +26,46 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
     # the starting point: Stage I lr 3e-4 x 80 (alternate), Stage II LoRA lr 1e-3 x 40, batch 16, 32/48 tokens
     "lora_lr1e-3": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["stage.schedule=alternate", "trainer.max_steps=80", "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
+        "stage1": [
+            "stage.schedule=alternate",
+            "trainer.max_steps=80",
+            "stage.optim.lr=3e-4",
+            "stage.optim.warmup_steps=8",
+        ],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
     # same Stage II, Stage I at a third of the learning rate (does a gentler Stage I keep the base's geometry?)
     "s1lr1e-4": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["stage.schedule=alternate", "trainer.max_steps=80", "stage.optim.lr=1e-4", "stage.optim.warmup_steps=8"],
+        "stage1": [
+            "stage.schedule=alternate",
+            "trainer.max_steps=80",
+            "stage.optim.lr=1e-4",
+            "stage.optim.warmup_steps=8",
+        ],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
     # Stage I as Algorithm 1 (both directions every batch), Stage II unchanged
     "s1joint": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["trainer.max_steps=60", "stage.optim.lr=1e-4", "stage.optim.warmup_steps=6", "stage.schedule=joint"],
+        "stage1": [
+            "trainer.max_steps=60",
+            "stage.optim.lr=1e-4",
+            "stage.optim.warmup_steps=6",
+            "stage.schedule=joint",
+        ],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
     # Stage I with LoRA (r 16) at the Stage II learning rate: less drift from the base than full fine-tuning
     "s1lora": {
         "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
-        "stage1": ["stage.schedule=alternate", "trainer.max_steps=80", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=8", "stage.lora.enabled=true"],
+        "stage1": [
+            "stage.schedule=alternate",
+            "trainer.max_steps=80",
+            "stage.optim.lr=1e-3",
+            "stage.optim.warmup_steps=8",
+            "stage.lora.enabled=true",
+        ],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
 }
@@ -55,10 +76,19 @@ def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
     from bireco.train import run
 
     d = DESIGNS[name]
-    common = [*COMMON, f"output_root={out}", f"variant={name}-seed{seed}", f"seed={seed}", "trainer.enable_progress_bar=false", *d["data"]]
+    common = [
+        *COMMON,
+        f"output_root={out}",
+        f"variant={name}-seed{seed}",
+        f"seed={seed}",
+        "trainer.enable_progress_bar=false",
+        *d["data"],
+    ]
     stage2 = [f"trainer.val_check_interval={eval_every}", *d["stage2"]]
     # designs that share data + Stage II settings share one baseline run
-    base_variant = "baseline-" + hashlib.sha1(json.dumps([d["data"], d["stage2"], seed]).encode()).hexdigest()[:8]
+    base_variant = (
+        "baseline-" + hashlib.sha1(json.dumps([d["data"], d["stage2"], seed]).encode()).hexdigest()[:8]
+    )
     base_dir = out / "dev_sweep" / base_variant / "baseline"
     t = {}
     for label, overrides in (("baseline", ["stage=baseline", f"variant={base_variant}", *stage2]),
@@ -91,7 +121,11 @@ def anchor_use_of(checkpoint: Path | None, n: int = 256) -> dict:
     else:
         backbone = Backbone.load(checkpoint)
     instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)
-    records = [dict(r, instruction=instruction) for r in wordnet.pair_records("dev") if r["dataset"] == wordnet.DEFINITIONS][:n]
+    records = [
+        dict(r, instruction=instruction)
+        for r in wordnet.pair_records("dev")
+        if r["dataset"] == wordnet.DEFINITIONS
+    ][:n]
     return anchor_use(backbone, records)
 
 
@@ -103,10 +137,19 @@ def write_table(results: dict, out: Path) -> None:
         a = r["stage1_acc_last"]
         acc = " / ".join("—" if a[k] is None else f"{a[k]:.2f}" for k in ("d2q", "q2d"))
         u = r.get("anchor_use") or {}
-        gain = " -> ".join(f"{u[k]['gain_d2q']:.2f} / {u[k]['gain_q2d']:.2f}" for k in ("untrained", "stage1") if k in u) or "—"
-        lines.append(f"| {r['design']} | {r['seed']} | {acc} | {gain} | {fmt(r['baseline_dev'])} | {fmt(r['anchor_dev'])} | {sum(r['seconds'].values())} |")
+        gain = (
+            " -> ".join(
+                f"{u[k]['gain_d2q']:.2f} / {u[k]['gain_q2d']:.2f}" for k in ("untrained", "stage1") if k in u
+            )
+            or "—"
+        )
+        lines.append(
+            f"| {r['design']} | {r['seed']} | {acc} | {gain} | {fmt(r['baseline_dev'])} | {fmt(r['anchor_dev'])} | {sum(r['seconds'].values())} |"
+        )
     host = f"{platform.node()} ({os.cpu_count()} CPUs)"
-    (out / "dev_sweep.md").write_text(f"# Demo design sweep on WordNet dev ({host})\n\n" + "\n".join(lines) + "\n")
+    (out / "dev_sweep.md").write_text(
+        f"# Demo design sweep on WordNet dev ({host})\n\n" + "\n".join(lines) + "\n"
+    )
 
 
 def main() -> None:
@@ -132,7 +175,9 @@ def main() -> None:
         results[key] = run_design(name, args.out, args.eval_every, args.seed)
         path.write_text(json.dumps(results, indent=2))
         write_table(results, args.out)
-        print(f"{key}: baseline {results[key]['baseline_dev']} anchor {results[key]['anchor_dev']}", flush=True)
+        print(
+            f"{key}: baseline {results[key]['baseline_dev']} anchor {results[key]['anchor_dev']}", flush=True
+        )
 
 
 if __name__ == "__main__":

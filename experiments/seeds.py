@@ -31,7 +31,9 @@ CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
 ZERO_ANCHOR = "Stage I with a zero anchor + Stage II (control)"
 
 
-def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, zero_anchor: bool = False) -> dict:
+def run_seed(
+    out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, zero_anchor: bool = False
+) -> dict:
     from bireco.demo import compose_train, logged_curve, run_demo
     from bireco.evaluate import evaluate_checkpoint
     from bireco.train import run
@@ -41,7 +43,11 @@ def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int |
     steps = res["stage1_steps"] + res["stage2_steps"]
     t = time.perf_counter()
     # dev checks every 20 steps (not 10): the control's curve is context, and its 120 steps would otherwise check 13 times
-    stage2 = [o for o in res["stage2_overrides"] if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))]
+    stage2 = [
+        o
+        for o in res["stage2_overrides"]
+        if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))
+    ]
     run(compose_train([*res["overrides"], "variant=control", "stage=baseline", *stage2, f"trainer.max_steps={steps}",
                        "trainer.val_check_interval=20"]))  # fmt: skip
     res["train_seconds"]["control"] = time.perf_counter() - t
@@ -98,20 +104,34 @@ def dev_corpus_size(overrides: list[str]) -> int:
 
 def report(results: dict[int, dict]) -> str:
     seeds = sorted(results)
-    rows = list(dict.fromkeys(row for s in seeds for row in results[s]["summaries"]))  # a control may miss seeds
-    lines = ["| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |", "|---" * (len(seeds) + 2) + "|"]
+    rows = list(
+        dict.fromkeys(row for s in seeds for row in results[s]["summaries"])
+    )  # a control may miss seeds
+    lines = [
+        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+        "|---" * (len(seeds) + 2) + "|",
+    ]
     for row in rows:
-        vals = {s: results[s]["summaries"][row]["categories"]["Average"] for s in seeds if row in results[s]["summaries"]}
+        vals = {
+            s: results[s]["summaries"][row]["categories"]["Average"]
+            for s in seeds
+            if row in results[s]["summaries"]
+        }
         cells = [f"{vals[s]:.2f}" if s in vals else "–" for s in seeds]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean_sd(list(vals.values()))} |")
     delta = [results[s]["summaries"]["Stage I + Stage II (Anchor)"]["categories"]["Average"]
              - results[s]["summaries"]["Only Stage II (baseline)"]["categories"]["Average"] for s in seeds]  # fmt: skip
-    lines.append("| **Anchor − baseline** | " + " | ".join(f"{d:+.2f}" for d in delta) + f" | {mean_sd(delta)} |")
+    lines.append(
+        "| **Anchor − baseline** | " + " | ".join(f"{d:+.2f}" for d in delta) + f" | {mean_sd(delta)} |"
+    )
     curves = ["", "Stage II dev nDCG@10 × 100 (200 WordNet dev queries) by step:", ""]
     for s in seeds:
         docs = dev_corpus_size(results[s]["overrides"])
         for name, pts in results[s]["dev_curves"].items():
-            curves.append(f"- seed {s}, {name} ({docs} dev documents): " + ", ".join(f"{st}: {100 * v:.1f}" for st, v in pts))
+            curves.append(
+                f"- seed {s}, {name} ({docs} dev documents): "
+                + ", ".join(f"{st}: {100 * v:.1f}" for st, v in pts)
+            )
     first = results[seeds[0]]
     minutes = sum(r["seed_seconds"] for r in results.values()) / 60
     head = (
@@ -129,8 +149,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/seeds"))
     ap.add_argument("--stage1-steps", type=int, default=None)
     ap.add_argument("--stage2-steps", type=int, default=None)
-    ap.add_argument("--zero-anchor", action="store_true",
-                    help="also run the zero-anchor Stage I control (stage.anchor=zeros), for finished seeds too")
+    ap.add_argument(
+        "--zero-anchor",
+        action="store_true",
+        help="also run the zero-anchor Stage I control (stage.anchor=zeros), for finished seeds too",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bireco] %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -139,7 +162,9 @@ def main() -> None:
     results = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
     for seed in args.seeds:
         if seed not in results:
-            results[seed] = run_seed(args.out / f"seed-{seed}", seed, args.stage1_steps, args.stage2_steps, args.zero_anchor)
+            results[seed] = run_seed(
+                args.out / f"seed-{seed}", seed, args.stage1_steps, args.stage2_steps, args.zero_anchor
+            )
         elif args.zero_anchor and ZERO_ANCHOR not in results[seed]["summaries"]:
             t = time.perf_counter()
             run_zero_anchor(args.out / f"seed-{seed}", results[seed])

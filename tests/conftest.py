@@ -45,7 +45,9 @@ def compose_cfg(overrides: list[str] | None = None, config_name: str = "train"):
 @pytest.fixture
 def cfg_factory(tmp_path):
     def make(*overrides: str):
-        return compose_cfg([f"output_root={tmp_path / 'out'}", "trainer.enable_progress_bar=false", *overrides])
+        return compose_cfg(
+            [f"output_root={tmp_path / 'out'}", "trainer.enable_progress_bar=false", *overrides]
+        )
 
     return make
 

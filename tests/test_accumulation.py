@@ -19,9 +19,27 @@ from bireco.data.collate import PairCollator
 from bireco.modules.contrastive import ContrastiveModule
 from bireco.modules.reconstruction import ReconstructionModule
 
-A = {"query": "dog", "positive": "a member of the genus Canis", "negatives": ["a cat"], "instruction": "Find", "dataset": "a"}
-B = {"query": "run fast", "positive": "move quickly on foot", "negatives": ["walk"], "instruction": "Find", "dataset": "a"}
-C = {"query": "red", "positive": "the color of blood, or of a ripe tomato", "negatives": ["blue"], "instruction": "Find", "dataset": "a"}
+A = {
+    "query": "dog",
+    "positive": "a member of the genus Canis",
+    "negatives": ["a cat"],
+    "instruction": "Find",
+    "dataset": "a",
+}
+B = {
+    "query": "run fast",
+    "positive": "move quickly on foot",
+    "negatives": ["walk"],
+    "instruction": "Find",
+    "dataset": "a",
+}
+C = {
+    "query": "red",
+    "positive": "the color of blood, or of a ripe tomato",
+    "negatives": ["blue"],
+    "instruction": "Find",
+    "dataset": "a",
+}
 D = {"query": "a tall tree", "positive": "oak", "negatives": ["grass"], "instruction": "Find", "dataset": "a"}
 
 
@@ -33,7 +51,9 @@ class GradProbe(L.Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None}
+            self.grads = {
+                n: p.grad.detach().clone() for n, p in pl_module.named_parameters() if p.grad is not None
+            }
 
 
 def make(stage: str, backbone):
@@ -84,4 +104,6 @@ def test_stage1_accumulation_equals_the_doubled_batch_when_token_counts_match(ba
     collate = PairCollator(backbone.tokenizer, backbone.text_format, 32, 32, pad_id=backbone.pad_id)
     micro = [collate([A, B]), collate([B, A])]  # equal target tokens per micro-batch
     accumulated = trainer_grads(make("reconstruction", backbone), micro, accumulate=2)
-    assert_same(accumulated, trainer_grads(make("reconstruction", backbone), [collate([A, B, B, A])], accumulate=1))
+    assert_same(
+        accumulated, trainer_grads(make("reconstruction", backbone), [collate([A, B, B, A])], accumulate=1)
+    )

@@ -10,9 +10,16 @@ def test_aggregate_builds_paper_table_with_deltas(tmp_path):
     for run, score in (("baseline", 60.0), ("stage2", 62.5)):
         d = tmp_path / "paper_llama32_1b" / "default" / run / "eval"
         d.mkdir(parents=True)
-        summary = {"tasks": {"STS12": {"type": "STS", "main_score": score}}, "categories": {"STS": score, "Average": score}}
+        summary = {
+            "tasks": {"STS12": {"type": "STS", "main_score": score}},
+            "categories": {"STS": score, "Average": score},
+        }
         (d / "summary.json").write_text(json.dumps(summary))
-    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "aggregate.py"), str(tmp_path)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "experiments" / "aggregate.py"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     md = (tmp_path / "table.md").read_text()
     assert "| paper_llama32_1b/default | Anchor | 62.50 (+2.50) | 62.50 (+2.50) |" in md
@@ -23,14 +30,23 @@ def test_aggregate_reads_a_sweep_into_one_table_against_a_shared_baseline(tmp_pa
     def write(exp, variant, run, score):
         d = tmp_path / exp / variant / run / "eval"
         d.mkdir(parents=True)
-        summary = {"tasks": {"T": {"type": "STS", "main_score": score}}, "categories": {"STS": score, "Average": score}}
+        summary = {
+            "tasks": {"T": {"type": "STS", "main_score": score}},
+            "categories": {"STS": score, "Average": score},
+        }
         (d / "summary.json").write_text(json.dumps(summary))
 
     write("paper_llama32_1b", "default", "baseline", 60.0)
     for variant, score in (("alpha0.2", 62.0), ("alpha0.5", 61.0), ("alpha0.8", 59.5)):
         write("ablation_alpha", variant, "stage2", score)
     write("ablation_alpha", "alpha0.2", "stage1", 40.0)
-    cmd = [sys.executable, str(ROOT / "experiments" / "aggregate.py"), str(tmp_path), "--baseline", "paper_llama32_1b/default"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "experiments" / "aggregate.py"),
+        str(tmp_path),
+        "--baseline",
+        "paper_llama32_1b/default",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = (tmp_path / "table.md").read_text().splitlines()

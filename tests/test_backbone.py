@@ -67,7 +67,9 @@ def test_anchor_receives_gradient_and_matters(backbone):
     loss = backbone.reconstruction_loss(anchor, side["input_ids"], side["attention_mask"], labels).loss
     loss.backward()
     assert anchor.grad is not None and anchor.grad.abs().sum() > 0
-    zero = backbone.reconstruction_loss(torch.zeros_like(anchor), side["input_ids"], side["attention_mask"], labels).loss
+    zero = backbone.reconstruction_loss(
+        torch.zeros_like(anchor), side["input_ids"], side["attention_mask"], labels
+    ).loss
     assert abs(zero.item() - loss.item()) > 1e-6
 
 
@@ -99,7 +101,9 @@ def test_bidirectional_attention_sees_later_tokens(backbone):
 def test_lora_merge_equals_unmerged(backbone):
     from bireco.backbone import apply_lora
 
-    backbone.model = apply_lora(backbone.model, {"r": 4, "alpha": 8, "dropout": 0.0}, ["q_proj", "v_proj", "up_proj"])
+    backbone.model = apply_lora(
+        backbone.model, {"r": 4, "alpha": 8, "dropout": 0.0}, ["q_proj", "v_proj", "up_proj"]
+    )
     with torch.no_grad():  # make the adapter non-trivial
         for n, p in backbone.model.named_parameters():
             if "lora_B" in n:
@@ -150,7 +154,9 @@ def test_save_load_round_trip(backbone, tmp_path):
     assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
 
 
-def test_adapter_only_checkpoint_loads_wherever_a_checkpoint_does(backbone, tmp_path, cfg_factory, monkeypatch):
+def test_adapter_only_checkpoint_loads_wherever_a_checkpoint_does(
+    backbone, tmp_path, cfg_factory, monkeypatch
+):
     """save_mode=adapter writes the adapter and the base model's path: Backbone.load (evaluate, export, inspect) and
     stage.init_from load base + adapter, from any working directory; a random-init base is refused up front."""
     from bireco.builders import build_backbone
@@ -173,8 +179,12 @@ def test_adapter_only_checkpoint_loads_wherever_a_checkpoint_does(backbone, tmp_
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     with torch.no_grad():
-        assert torch.allclose(Backbone.load(tmp_path / "adapter_only", dtype="float32").eval().embed(side), ref, atol=1e-5)
-        cfg = cfg_factory("stage=baseline", f"stage.init_from={tmp_path / 'adapter_only'}", "stage.lora.enabled=false")
+        assert torch.allclose(
+            Backbone.load(tmp_path / "adapter_only", dtype="float32").eval().embed(side), ref, atol=1e-5
+        )
+        cfg = cfg_factory(
+            "stage=baseline", f"stage.init_from={tmp_path / 'adapter_only'}", "stage.lora.enabled=false"
+        )
         assert torch.allclose(build_backbone(cfg).eval().embed(side), ref, atol=1e-5)
     with pytest.raises(ConfigError, match="save_mode=adapter .*random weights"):
         validate(cfg_factory("stage=baseline", "save_mode=adapter"))

@@ -46,12 +46,17 @@ def test_every_model_size_composes():
     for f in sorted((Path(CONF_DIR) / "model_size").glob("*.yaml")):
         stem = f.stem
         for family in sorted(p.stem for p in (Path(CONF_DIR) / "model").glob("*.yaml")):
-            if stem.startswith(family + "_") and (Path(CONF_DIR) / "size" / f"{stem[len(family) + 1:]}.yaml").is_file():
+            if (
+                stem.startswith(family + "_")
+                and (Path(CONF_DIR) / "size" / f"{stem[len(family) + 1 :]}.yaml").is_file()
+            ):
                 size = stem[len(family) + 1 :]
                 cfg = compose_cfg([f"model={family}", f"size={size}"])
                 assert cfg.model.family == family
                 assert cfg.model.name_or_path or cfg.model.architecture
-                assert dict(cfg.size) == {"name": size}  # the size file's keys land at the top level (@package _global_)
+                assert dict(cfg.size) == {
+                    "name": size
+                }  # the size file's keys land at the top level (@package _global_)
                 # sizes of 1B and more train with checkpointing; tiny and the CPU-sized 135m do not
                 assert cfg.model.gradient_checkpointing == (size not in ("tiny", "135m"))
                 validate(cfg)
@@ -81,12 +86,26 @@ def test_wrong_type_fails_at_compose():
         (["stage.schedule=both"], "stage.schedule='both' is not valid; choose one of: alternate, joint"),
         (["model.pooling=cls"], "choose one of: last, mean, weighted_mean"),
         (["data.global_batch_size=33", "trainer=ddp_cpu"], "not divisible by the world size 2"),
-        (["stage=contrastive", "stage.lora.enabled=false", "stage.grad_cache_chunk_size=8", "trainer=fsdp"], "supported on one device and under ddp"),
+        (
+            [
+                "stage=contrastive",
+                "stage.lora.enabled=false",
+                "stage.grad_cache_chunk_size=8",
+                "trainer=fsdp",
+            ],
+            "supported on one device and under ddp",
+        ),
         (["trainer.strategy=fsdp"], "runs on GPUs only"),
         (["stage=contrastive", "trainer=fsdp"], "with LoRA (stage.lora.enabled=true) is not supported"),
-        (["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"], "trainer.fsdp.sharding_strategy='FULL' is not valid"),
+        (
+            ["trainer=fsdp", "trainer.fsdp.sharding_strategy=FULL"],
+            "trainer.fsdp.sharding_strategy='FULL' is not valid",
+        ),
         (["trainer=deepspeed", "trainer.deepspeed.stage=1"], "trainer.deepspeed.stage=1; valid: 2, 3"),
-        (["data=e5"], "data=e5 reads files: set data.path (a directory)"),  # was a TypeError after the model loaded
+        (
+            ["data=e5"],
+            "data=e5 reads files: set data.path (a directory)",
+        ),  # was a TypeError after the model loaded
         (["data=jsonl"], "data=jsonl reads files: set data.path (a file or directory)"),
     ],
 )
@@ -98,7 +117,11 @@ def test_impossible_combinations_fail_before_loading(overrides, message):
 
 def test_typo_override_names_valid_keys():
     r = subprocess.run(
-        [sys.executable, "-m", "bireco.train", "stage.alhpa=0.3"], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-m", "bireco.train", "stage.alhpa=0.3"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert r.returncode != 0
     assert "Did you mean 'stage.alpha'?" in r.stderr
@@ -107,7 +130,11 @@ def test_typo_override_names_valid_keys():
 
 def test_typo_group_option_lists_choices():
     r = subprocess.run(
-        [sys.executable, "-m", "bireco.train", "stage=recnstruction"], capture_output=True, text=True, cwd=ROOT, timeout=120
+        [sys.executable, "-m", "bireco.train", "stage=recnstruction"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
     assert r.returncode != 0
     out = r.stdout + r.stderr
@@ -132,13 +159,25 @@ PAPER = {
 @pytest.mark.parametrize("preset", sorted(PAPER))
 def test_paper_presets_match_paper_spec(preset):
     family, hub, s1, s2, base = PAPER[preset]
-    for stage, (batch, accum), steps in (("reconstruction", s1, 2000), ("contrastive", s2, 1000), ("baseline", base, 1000)):
+    for stage, (batch, accum), steps in (
+        ("reconstruction", s1, 2000),
+        ("contrastive", s2, 1000),
+        ("baseline", base, 1000),
+    ):
         cfg = compose_cfg([f"experiment={preset}", f"stage={stage}", "data.path=/data/echo-data"])
         validate(cfg)
         assert (cfg.model.family, cfg.model.name_or_path) == (family, hub)
-        assert (cfg.data.global_batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (batch, accum, steps)
+        assert (cfg.data.global_batch_size, cfg.trainer.accumulate_grad_batches, cfg.trainer.max_steps) == (
+            batch,
+            accum,
+            steps,
+        )
         assert cfg.data.global_batch_size * cfg.trainer.accumulate_grad_batches in (512, 1024, 2048)
-        assert cfg.trainer.devices == 8 and cfg.trainer.precision == "bf16-true" and cfg.model.dtype == "bfloat16"
+        assert (
+            cfg.trainer.devices == 8
+            and cfg.trainer.precision == "bf16-true"
+            and cfg.model.dtype == "bfloat16"
+        )
         assert cfg.trainer.gradient_clip_val == 1.0 and cfg.seed == 42 and cfg.data.max_doc_length == 512
         assert cfg.model.gradient_checkpointing and cfg.data.format == "e5"
         assert cfg.data.max_query_length == 512 and cfg.data.num_hard_negatives == 1
@@ -156,20 +195,35 @@ def test_paper_presets_match_paper_spec(preset):
             assert (s.alpha, s.optim.lr, s.lora.enabled, s.labels) == (0.2, 4e-5, False, "paper")
             assert s.schedule == "joint"  # Algorithm 1: both directions on every batch
         else:
-            assert (s.optim.lr, s.scale, s.lora.enabled, s.lora.r, s.lora.alpha, s.lora.dropout) == (2e-4, 50.0, True, 16, 32, 0.05)
+            assert (s.optim.lr, s.scale, s.lora.enabled, s.lora.r, s.lora.alpha, s.lora.dropout) == (
+                2e-4,
+                50.0,
+                True,
+                16,
+                32,
+                0.05,
+            )
             assert s.init_from == ("base" if stage == "baseline" else "stage1")
 
 
-@pytest.mark.parametrize("preset,values", [("ablation_alpha", "0.2,0.5,0.8"), ("ablation_direction", "0.0,1.0")])
+@pytest.mark.parametrize(
+    "preset,values", [("ablation_alpha", "0.2,0.5,0.8"), ("ablation_direction", "0.0,1.0")]
+)
 def test_ablation_presets_sweep_alpha_into_variants(preset, values):
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"experiment={preset}", "stage=reconstruction"], return_hydra_config=True)
+        cfg = compose(
+            "train", overrides=[f"experiment={preset}", "stage=reconstruction"], return_hydra_config=True
+        )
     assert cfg.hydra.sweeper.params["ablation.alpha"] == values
     first = values.split(",")[0]
     for stage, run_name in (("reconstruction", "stage1"), ("contrastive", "stage2")):
         job = compose_cfg([f"experiment={preset}", f"stage={stage}", f"ablation.alpha={first}"])
-        assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(f"{preset}/alpha{float(first)}/{run_name}")
-    assert job.stage.name == "contrastive" and compose_cfg([f"experiment={preset}", f"ablation.alpha={first}"]).stage.alpha == float(first)
+        assert job.variant == f"alpha{float(first)}" and job.run_dir.endswith(
+            f"{preset}/alpha{float(first)}/{run_name}"
+        )
+    assert job.stage.name == "contrastive" and compose_cfg(
+        [f"experiment={preset}", f"ablation.alpha={first}"]
+    ).stage.alpha == float(first)
 
 
 def test_all_gpus_world_size_is_read_from_the_machine(monkeypatch):
@@ -196,10 +250,16 @@ def test_slurm_launcher_config_composes_with_the_plugin():
 def test_makefile_is_offline_only_where_the_job_is():
     """Training / evaluation / export download models and sync wandb as the user's environment allows; the tests,
     the demo and the bench set offline mode for themselves."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "WANDB_MODE")
+    }
 
     def dry(target: str) -> str:
-        r = subprocess.run(["make", "-n", target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            ["make", "-n", target], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stderr
         return r.stdout
 

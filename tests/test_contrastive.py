@@ -43,12 +43,16 @@ def _grads(module, batch, seed=0):
     torch.manual_seed(seed)
     out = module.step_loss(batch)
     out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in module.backbone.named_parameters() if p.grad is not None}
+    return out.loss.detach(), {
+        n: p.grad.clone() for n, p in module.backbone.named_parameters() if p.grad is not None
+    }
 
 
 def test_grad_cache_equals_uncached_step(backbone):
     # dropout 0: chunked and whole-batch forwards draw different dropout masks by construction
-    backbone.model = apply_lora(backbone.model, {"r": 4, "alpha": 8, "dropout": 0.0}, ["q_proj", "v_proj", "up_proj"])
+    backbone.model = apply_lora(
+        backbone.model, {"r": 4, "alpha": 8, "dropout": 0.0}, ["q_proj", "v_proj", "up_proj"]
+    )
     with torch.no_grad():
         for n, p in backbone.model.named_parameters():
             if "lora_B" in n:
@@ -112,14 +116,21 @@ def test_short_run_raises_held_out_ndcg(pretrained_lm, cfg_factory, tmp_path):
     from bireco.train import run
 
     # fp32 as when the thresholds were set: under bf16 autocast this tiny LM's 150 steps land near them (failed once)
-    common = [f"model.name_or_path={pretrained_lm}", "model.pooling=mean", "stage.lora.enabled=false", "trainer.precision=32-true"]
+    common = [
+        f"model.name_or_path={pretrained_lm}",
+        "model.pooling=mean",
+        "stage.lora.enabled=false",
+        "trainer.precision=32-true",
+    ]
     cfg = cfg_factory("stage=baseline", "trainer.max_steps=150", "stage.optim.lr=5e-4", "stage.optim.warmup_steps=10",
                       "trainer.val_check_interval=75", "data.dev_queries=100", *common)  # fmt: skip
     run(cfg)
     rs = wordnet_retrieval_set("test", "wordnet_examples", n_queries=300, corpus_size=2000)
     untrained = Backbone.from_config(cfg_factory(*common).model)
     before = evaluate(untrained, rs, bf16=False)["ndcg@10"]
-    after = evaluate(Backbone.load(tmp_path / "out" / "default" / "default" / "baseline" / "final"), rs, bf16=False)["ndcg@10"]
+    after = evaluate(
+        Backbone.load(tmp_path / "out" / "default" / "default" / "baseline" / "final"), rs, bf16=False
+    )["ndcg@10"]
     assert after > 3 * before and after - before > 0.03, (before, after)
     log = pd.read_csv(tmp_path / "out" / "default" / "default" / "baseline" / "logs" / "metrics.csv")
     dev = log[["step", "val/ndcg@10"]].dropna()

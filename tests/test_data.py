@@ -21,7 +21,9 @@ def data_cfg(**kw):
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    path.write_text(
+        "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8"
+    )
     return path
 
 
@@ -40,11 +42,19 @@ def test_e5_loader_applies_instruction_rules(tmp_path):
     ds = load_pairs(data_cfg(format="e5", path=str(d)))
     rows = ds.to_list()
     by = {(r["dataset"], r["query"]): r for r in rows}
-    assert by[("allnli", "premise 0")]["instruction"] == "Given a premise, retrieve a hypothesis that is entailed by the premise"
+    assert (
+        by[("allnli", "premise 0")]["instruction"]
+        == "Given a premise, retrieve a hypothesis that is entailed by the premise"
+    )
     assert by[("allnli", "premise 1")]["instruction"] == "Retrieve semantically similar text"
     assert by[("allnli", "premise 2")]["instruction"] == by[("allnli", "premise 0")]["instruction"]
-    assert by[("quora_duplicates", "q 1")]["instruction"] == "Find questions that have the same meaning as the input question"
-    assert by[("msmarco_document", ROW["query"])]["instruction"].endswith("relevant documents that answer the query")
+    assert (
+        by[("quora_duplicates", "q 1")]["instruction"]
+        == "Find questions that have the same meaning as the input question"
+    )
+    assert by[("msmarco_document", ROW["query"])]["instruction"].endswith(
+        "relevant documents that answer the query"
+    )
     assert by[("fever", ROW["query"])]["negatives"] == ["a feline"]
     assert set(load_table("e5")) == set(E5_DATASETS)
 
@@ -67,7 +77,10 @@ def test_generic_jsonl_parquet_and_disk_loaders(tmp_path):
 
 def test_mteb_instruction_table_has_67_entries():
     assert len(load_table("mteb")) == 67
-    assert mteb_instruction("MSMARCO") == "Given a web search query, retrieve relevant passages that answer the query:"
+    assert (
+        mteb_instruction("MSMARCO")
+        == "Given a web search query, retrieve relevant passages that answer the query:"
+    )
 
 
 # ---------------------------------------------------------------- validation (table-driven)
@@ -76,11 +89,29 @@ BAD = [
     ("missing_query", [{"positive": "b"}], 1, "query", "missing"),
     ("missing_positive", [ROW, {"query": "a"}], 2, "positive", "missing"),
     ("query_not_string", [{"query": 3, "positive": "b"}], 1, "query", "expected a string, got int"),
-    ("negative_wrong_type", [{"query": "a", "positive": "b", "negative": 5}], 1, "negative", "expected a string or a list"),
-    ("negative_list_item", [{"query": "a", "positive": "b", "negative": ["x", 4]}], 1, "negative[1]", "expected a string"),
+    (
+        "negative_wrong_type",
+        [{"query": "a", "positive": "b", "negative": 5}],
+        1,
+        "negative",
+        "expected a string or a list",
+    ),
+    (
+        "negative_list_item",
+        [{"query": "a", "positive": "b", "negative": ["x", 4]}],
+        1,
+        "negative[1]",
+        "expected a string",
+    ),
     ("empty_query", [ROW, ROW, {"query": "", "positive": "b"}], 3, "query", "empty or whitespace-only"),
     ("whitespace_positive", [{"query": "a", "positive": "  \t "}], 1, "positive", "empty or whitespace-only"),
-    ("empty_negative", [{"query": "a", "positive": "b", "negative": " "}], 1, "negative", "empty or whitespace-only"),
+    (
+        "empty_negative",
+        [{"query": "a", "positive": "b", "negative": " "}],
+        1,
+        "negative",
+        "empty or whitespace-only",
+    ),
     ("not_an_object", ['["a", "b"]'], 1, "<record>", "expected a JSON object"),
     ("empty_file", [], 1, "<file>", "file is empty"),
     ("non_utf8", None, 2, "<bytes>", "not valid UTF-8"),
@@ -141,14 +172,22 @@ def test_skip_mode_counts_bad_records_per_file(tmp_path, caplog):
 
 def test_truncation_is_counted(backbone):
     coll = PairCollator(backbone.tokenizer, backbone.text_format, 20, 20, num_hard_negatives=1)
-    rec = {"query": "dog " * 40, "positive": "short", "negatives": ["cat " * 40], "instruction": "Find", "dataset": "x"}
+    rec = {
+        "query": "dog " * 40,
+        "positive": "short",
+        "negatives": ["cat " * 40],
+        "instruction": "Find",
+        "dataset": "x",
+    }
     coll([rec, dict(rec, query="dog")])
     assert coll.truncated == {"query": 1, "document": 2}  # the long negative of both records
 
 
 # ---------------------------------------------------------------- collator and samplers
 def test_collator_masks_from_spans(backbone):
-    coll = PairCollator(backbone.tokenizer, backbone.text_format, 32, 32, padding_side="left", num_hard_negatives=2)
+    coll = PairCollator(
+        backbone.tokenizer, backbone.text_format, 32, 32, padding_side="left", num_hard_negatives=2
+    )
     recs = [
         {"query": "dog", "positive": "a canid", "negatives": ["a cat", "a bird", "a fish"], "instruction": "Find the sense", "dataset": "a"},
         {"query": "the red fox", "positive": "a small wild canid", "negatives": [], "instruction": "Find the sense", "dataset": "a"},
@@ -174,7 +213,10 @@ def test_batch_sampler_homogeneous_reproducible_rank_aware():
     assert batches != list(PairBatchSampler(names, 8, seed=2))
     full.set_epoch(1)
     assert list(full) != batches
-    r0, r1 = PairBatchSampler(names, 8, rank=0, world_size=2, seed=1), PairBatchSampler(names, 8, rank=1, world_size=2, seed=1)
+    r0, r1 = (
+        PairBatchSampler(names, 8, rank=0, world_size=2, seed=1),
+        PairBatchSampler(names, 8, rank=1, world_size=2, seed=1),
+    )
     for g, a, b in zip(batches, r0, r1):
         assert a + b == g and len(a) == 4
     mixed = list(PairBatchSampler(names, 8, seed=1, homogeneous=False))
@@ -189,7 +231,10 @@ def test_length_bucketing_reduces_padding():
     def padding(sampler):
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in sampler)
 
-    plain, bucketed = PairBatchSampler(names, 32, seed=0), PairBatchSampler(names, 32, seed=0, lengths=lengths)
+    plain, bucketed = (
+        PairBatchSampler(names, 32, seed=0),
+        PairBatchSampler(names, 32, seed=0, lengths=lengths),
+    )
     assert padding(bucketed) < 0.2 * padding(plain)
     assert sorted(i for b in bucketed for i in b) == list(range(4096))
 
@@ -204,11 +249,15 @@ def test_wordnet_loads_fast_and_splits_are_disjoint_by_synset():
     ids = {s: {r["id"] for r in recs} for s, recs in (("train", train), ("dev", dev), ("test", test))}
     assert not ids["train"] & ids["dev"] and not ids["train"] & ids["test"] and not ids["dev"] & ids["test"]
     assert len(ids["train"]) > 90_000 and len(ids["test"]) > 11_000
-    test_texts = {f(s) for s in wordnet.load_synsets() if s.split == "test" for f in (wordnet.gloss, wordnet.entry)}
+    test_texts = {
+        f(s) for s in wordnet.load_synsets() if s.split == "test" for f in (wordnet.gloss, wordnet.entry)
+    }
     test_negs = {n for r in test for n in r["negatives"]}
     assert test_negs <= test_texts  # negatives come from the same split
     assert {r["dataset"] for r in train} == set(wordnet.WORDNET_DATASETS)
-    assert all(r["query"].strip() and r["positive"].strip() and r["positive"] not in r["negatives"] for r in test)
+    assert all(
+        r["query"].strip() and r["positive"].strip() and r["positive"] not in r["negatives"] for r in test
+    )
 
 
 def test_wordnet_parser_on_a_debian_line():

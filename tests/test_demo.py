@@ -19,7 +19,9 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     md = (out / "results.md").read_text()
     assert "| Stage I + Stage II (Anchor) |" in md
     assert [s for s, _ in res["dev_curves"]["Anchor"]] == [0, 2, 4]
-    assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), "no wandb offline run directory"
+    assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), (
+        "no wandb offline run directory"
+    )
 
 
 def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
@@ -33,7 +35,9 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
     from dev_sweep import COMMON, DESIGNS
 
     for p in PRESETS.values():
-        model = p.model or ["model.name_or_path=/nonexistent"]  # tiny: the pretrained LM's path is added at run time
+        model = p.model or [
+            "model.name_or_path=/nonexistent"
+        ]  # tiny: the pretrained LM's path is added at run time
         for stage, extra in (("baseline", p.stage2), ("reconstruction", p.stage1)):
             validate(compose_train([*model, *p.data, f"stage={stage}", *extra]))
     for d in DESIGNS.values():
@@ -48,7 +52,9 @@ def test_dev_check_uses_the_configured_corpus_size(tmp_path):
 
     sizes = {}
     for n in (300, 1000):
-        cfg = compose_train(["trainer.val_check_interval=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"])
+        cfg = compose_train(
+            ["trainer.val_check_interval=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"]
+        )
         (cb,) = [c for c in build_callbacks(cfg, tmp_path) if isinstance(c, DevRetrievalCallback)]
         sizes[n] = len(cb.rs.corpus)
         assert len(cb.rs.queries) == 50 and max(cb.rs.relevant) < sizes[n]

@@ -51,7 +51,12 @@ def test_named_task_offline_fails_fast(monkeypatch):
 
 
 def test_markdown_table_has_paper_categories():
-    s = {"a": {"tasks": {"X": {"type": "STS", "main_score": 80.0}}, "categories": {"STS": 80.0, "Average": 80.0}}}
+    s = {
+        "a": {
+            "tasks": {"X": {"type": "STS", "main_score": 80.0}},
+            "categories": {"STS": 80.0, "Average": 80.0},
+        }
+    }
     text = markdown_table(s)
     assert text.splitlines()[0] == "| run | STS | Average |" and "| a | 80.00 | 80.00 |" in text
 
@@ -61,13 +66,22 @@ def test_export_round_trip_through_sentence_transformers(checkpoint, tmp_path):
 
     from bireco.export import export_sentence_transformers
 
-    out = export_sentence_transformers(checkpoint, tmp_path / "st", instruction="Find the sense", dtype="float32")
+    out = export_sentence_transformers(
+        checkpoint, tmp_path / "st", instruction="Find the sense", dtype="float32"
+    )
     st = SentenceTransformer(str(out), device="cpu")
-    texts = ["a domesticated carnivorous mammal", "dog", "the act of running quickly over a long distance in the rain"]
+    texts = [
+        "a domesticated carnivorous mammal",
+        "dog",
+        "the act of running quickly over a long distance in the rain",
+    ]
     bb = Backbone.load(checkpoint, dtype="float32")
     docs_st, docs_bireco = torch.tensor(st.encode(texts)), encode_texts(bb, texts)
     assert (docs_st * docs_bireco).sum(-1).min() >= 0.9999
-    q_st, q_bireco = torch.tensor(st.encode(texts, prompt_name="query")), encode_texts(bb, texts, "Find the sense")
+    q_st, q_bireco = (
+        torch.tensor(st.encode(texts, prompt_name="query")),
+        encode_texts(bb, texts, "Find the sense"),
+    )
     assert (q_st * q_bireco).sum(-1).min() >= 0.9999
     assert not torch.allclose(q_st, docs_st)  # the query prompt matters
 
@@ -80,7 +94,9 @@ def test_export_encodes_as_bireco_with_a_colon_instruction_and_over_long_text(ch
     from bireco.export import export_sentence_transformers
 
     instruction = "Given a word, retrieve its sense:"
-    out = export_sentence_transformers(checkpoint, tmp_path / "st", instruction=instruction, max_seq_length=24, dtype="float32")
+    out = export_sentence_transformers(
+        checkpoint, tmp_path / "st", instruction=instruction, max_seq_length=24, dtype="float32"
+    )
     st = SentenceTransformer(str(out), device="cpu")
     texts = ["dog", " ".join(["a domesticated carnivorous mammal that barks"] * 10)]
     bb = Backbone.load(checkpoint, dtype="float32")
@@ -109,7 +125,12 @@ def test_export_defaults_to_bf16_writes_a_model_card_and_does_not_replace_silent
     with safe_open(str(weights), "pt") as f:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}
     card = (out / "README.md").read_text()
-    assert "## Usage" in card and "prompt_name='query'" in card and "Find the sense" in card and "@inproceedings" in card
+    assert (
+        "## Usage" in card
+        and "prompt_name='query'" in card
+        and "Find the sense" in card
+        and "@inproceedings" in card
+    )
     texts = ["a domesticated carnivorous mammal", "dog"]
     bf16 = torch.tensor(SentenceTransformer(str(out), device="cpu").encode(texts)).float()
     fp32 = encode_texts(Backbone.load(checkpoint, dtype="float32"), texts, bf16=False)
@@ -138,10 +159,14 @@ def test_beir_directory_through_bireco_evaluate_matches_numpy_ndcg(checkpoint, t
     corpus = [{"_id": f"d{i}", "title": "", "text": r["positive"]} for i, r in enumerate(records)]
     corpus += [{"_id": f"n{i}", "title": "note", "text": r["negatives"][0]} for i, r in enumerate(records)]
     queries = [{"_id": f"q{i}", "text": r["query"]} for i, r in enumerate(records)]
-    qrels = [(f"q{i}", f"d{i}", 2) for i in range(len(records))] + [(f"q{i}", f"n{i}", 1) for i in range(0, 30, 3)]
+    qrels = [(f"q{i}", f"d{i}", 2) for i in range(len(records))] + [
+        (f"q{i}", f"n{i}", 1) for i in range(0, 30, 3)
+    ]
     root = write_beir(tmp_path / "my-set", corpus, queries, qrels)
     (root / "instruction.txt").write_text("Given words, retrieve their definition\n")
-    summary = evaluate_checkpoint(str(checkpoint), [f"beir:{root}"], output_dir=str(tmp_path / "eval"), progress=False)
+    summary = evaluate_checkpoint(
+        str(checkpoint), [f"beir:{root}"], output_dir=str(tmp_path / "eval"), progress=False
+    )
     got = summary["tasks"]["my-set"]["main_score"] / 100
     bb = Backbone.load(checkpoint, dtype="float32")
     q = encode_texts(bb, [r["text"] for r in queries], "Given words, retrieve their definition").numpy()
@@ -153,11 +178,15 @@ def test_beir_directory_through_bireco_evaluate_matches_numpy_ndcg(checkpoint, t
     ndcg = []
     for i, qid in enumerate(r["_id"] for r in queries):
         order = np.argsort(-(q[i] @ d.T), kind="stable")[:10]
-        dcg = sum(rel[qid].get(ids[j], 0) / math.log2(k + 2) for k, j in enumerate(order))  # trec_eval: linear gain
+        dcg = sum(
+            rel[qid].get(ids[j], 0) / math.log2(k + 2) for k, j in enumerate(order)
+        )  # trec_eval: linear gain
         ideal = sorted(rel[qid].values(), reverse=True)[:10]
         ndcg.append(dcg / sum(g / math.log2(k + 2) for k, g in enumerate(ideal)))
     assert abs(got - float(np.mean(ndcg))) < 1e-3, (got, np.mean(ndcg))
-    assert (tmp_path / "eval" / "mteb" / "my-set.json").is_file() and "my-set" in (tmp_path / "eval" / "summary.json").read_text()
+    assert (tmp_path / "eval" / "mteb" / "my-set.json").is_file() and "my-set" in (
+        tmp_path / "eval" / "summary.json"
+    ).read_text()
 
 
 @pytest.mark.parametrize("break_it,where", [

@@ -96,7 +96,9 @@ def test_family_format_is_the_real_chat_template_and_pools_the_eos(smollm2):
     rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False)
     user_turn = rendered[rendered.index("<|im_start|>user") :]
     side = encode_side(tok, fmt, text, 64)
-    assert side.input_ids == tok(user_turn, add_special_tokens=False).input_ids[:-1]  # the template's trailing "\n"
+    assert (
+        side.input_ids == tok(user_turn, add_special_tokens=False).input_ids[:-1]
+    )  # the template's trailing "\n"
     assert side.input_ids[-1] == tok.eos_token_id == fmt.eos_id(tok)
     long = encode_side(tok, fmt, " ".join(["water"] * 200), 16, instruction="Retrieve the word")
     assert long.truncated and len(long.input_ids) == 16 and long.input_ids[-1] == tok.eos_token_id

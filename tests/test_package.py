@@ -13,16 +13,37 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_wheel_install_has_configs_and_console_scripts(tmp_path):
     dist = tmp_path / "dist"
-    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)]
+    build = [
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "--no-build-isolation",
+        "-q",
+        "-w",
+        str(dist),
+        str(ROOT),
+    ]
     r = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     wheel = next(dist.glob("bireco-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"bireco/conf/train.yaml", "bireco/conf/experiment/paper_llama32_1b.yaml", "bireco/conf/model/smollm2.yaml"} <= names
+    assert {
+        "bireco/conf/train.yaml",
+        "bireco/conf/experiment/paper_llama32_1b.yaml",
+        "bireco/conf/model/smollm2.yaml",
+    } <= names
     # a fresh environment holding the wheel (its dependencies come from this one's site-packages)
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
-    subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300
+    )
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
+        check=True,
+        timeout=300,
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
@@ -46,7 +67,9 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
 def test_users_own_presets_join_through_hydras_search_path(tmp_path):
     """A user's config directory beside the shipped ones (the README's `hydra.searchpath` line)."""
     (tmp_path / "experiment").mkdir()
-    (tmp_path / "experiment" / "my_preset.yaml").write_text("# @package _global_\nexperiment_name: mine\nseed: 7\n")
+    (tmp_path / "experiment" / "my_preset.yaml").write_text(
+        "# @package _global_\nexperiment_name: mine\nseed: 7\n"
+    )
     cmd = [sys.executable, "-m", "bireco.train", f"hydra.searchpath=[file://{tmp_path}]", "experiment=my_preset",
            "--cfg", "job", "--resolve"]  # fmt: skip
     r = subprocess.run(cmd, cwd=tmp_path, env=subprocess_env(), capture_output=True, text=True, timeout=300)

@@ -18,7 +18,9 @@ def test_auto_precision_follows_the_cpu(monkeypatch, fast, expected):
 
 
 def test_cpu_flags_are_read_from_cpuinfo(tmp_path):
-    for i, (flags, fast) in enumerate((("fpu avx512f avx512_bf16", True), ("fpu avx2 amx_bf16", True), ("fpu avx2 avx512f", False))):
+    for i, (flags, fast) in enumerate(
+        (("fpu avx512f avx512_bf16", True), ("fpu avx2 amx_bf16", True), ("fpu avx2 avx512f", False))
+    ):
         info = tmp_path / f"cpuinfo{i}"
         info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
         assert precision.cpu_has_fast_bf16(str(info)) is fast
@@ -39,7 +41,9 @@ def test_encoding_runs_under_bf16_autocast_when_asked(backbone, monkeypatch):
     """bf16 encoding is the fp32 one up to bf16 rounding; BIRECO_CPU_BF16=0 turns the hardware default off."""
     seen = []
     real = precision.autocast
-    monkeypatch.setattr("bireco.encoder.autocast", lambda device, enabled: seen.append(enabled) or real(device, enabled))
+    monkeypatch.setattr(
+        "bireco.encoder.autocast", lambda device, enabled: seen.append(enabled) or real(device, enabled)
+    )
     fp32 = encode_texts(backbone, TEXTS, bf16=False)
     bf16 = encode_texts(backbone, TEXTS, bf16=True)
     assert seen == [False, True]
@@ -61,10 +65,14 @@ def test_rotary_frequencies_stay_fp32_under_bf16_true(cfg_factory):
 
     class Probe(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            seen.update({n: b.clone() for n, b in pl_module.backbone.named_buffers() if n.endswith("inv_freq")})
+            seen.update(
+                {n: b.clone() for n, b in pl_module.backbone.named_buffers() if n.endswith("inv_freq")}
+            )
             seen["weight dtype"] = next(pl_module.backbone.parameters()).dtype
 
-    cfg = cfg_factory("stage=reconstruction", "trainer.max_steps=1", "data.global_batch_size=2", "data.max_train_records=8")
+    cfg = cfg_factory(
+        "stage=reconstruction", "trainer.max_steps=1", "data.global_batch_size=2", "data.max_train_records=8"
+    )
     backbone = build_backbone(cfg)
     dm = build_datamodule(cfg, backbone)
     module = build_module(cfg, backbone, dm.batches_per_epoch())
@@ -86,9 +94,15 @@ def test_weights_load_in_the_dtype_the_precision_trains(cfg_factory, monkeypatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # what `auto` used to read: a bf16 GPU
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    for prec, dtype in (("bf16-mixed", torch.float32), ("32-true", torch.float32), ("bf16-true", torch.bfloat16)):
+    for prec, dtype in (
+        ("bf16-mixed", torch.float32),
+        ("32-true", torch.float32),
+        ("bf16-true", torch.bfloat16),
+    ):
         cfg = cfg_factory("stage=reconstruction", f"trainer.precision={prec}")
         assert next(build_backbone(cfg).parameters()).dtype == dtype, prec
     with pytest.raises(ConfigError, match="bf16-mixed keeps fp32 master weights"):
         validate(cfg_factory("stage=reconstruction", "trainer.precision=bf16-mixed", "model.dtype=bfloat16"))
-    validate(cfg_factory("stage=baseline", "trainer.precision=bf16-mixed", "model.dtype=bfloat16"))  # LoRA: frozen bf16 base
+    validate(
+        cfg_factory("stage=baseline", "trainer.precision=bf16-mixed", "model.dtype=bfloat16")
+    )  # LoRA: frozen bf16 base

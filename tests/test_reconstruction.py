@@ -25,7 +25,9 @@ def module(backbone, **kw):
     return ReconstructionModule(backbone, OmegaConf.structured(OptimConfig()), lr_horizon=10, **kw)
 
 
-@pytest.mark.parametrize("alpha,expected", [(0.0, "DDDDDDDDDD"), (0.2, "DDDDQDDDDQ"), (0.5, "DQDQDQDQDQ"), (1.0, "QQQQQQQQQQ")])
+@pytest.mark.parametrize(
+    "alpha,expected", [(0.0, "DDDDDDDDDD"), (0.2, "DDDDQDDDDQ"), (0.5, "DQDQDQDQDQ"), (1.0, "QQQQQQQQQQ")]
+)
 def test_interleave_pattern_is_exact(alpha, expected):
     got = "".join("Q" if direction_at(k, alpha) == Q2D else "D" for k in range(10))
     assert got == expected
@@ -134,7 +136,12 @@ def test_label_modes(backbone):
     with_instr = target_labels(q, "paper", True)
     assert torch.equal(with_instr != -100, q["embed_mask"] | q["instruction_mask"])
     code = target_labels(q, "released_code", False)
-    assert ((code != -100) == (q["attention_mask"].bool() & (torch.arange(q["input_ids"].shape[1]) < q["input_ids"].shape[1] - 1))).all()
+    assert (
+        (code != -100)
+        == (
+            q["attention_mask"].bool() & (torch.arange(q["input_ids"].shape[1]) < q["input_ids"].shape[1] - 1)
+        )
+    ).all()
     eos = backbone.text_format.eos_id(backbone.tokenizer)
     assert (paper[:, -1] == eos).all() and (code[:, -1] == -100).all()
 
@@ -143,9 +150,19 @@ def test_short_run_reduces_both_losses_and_feeds_stage2(cfg_factory, tmp_path):
     from bireco.train import run
 
     # a small real pair set (64 WordNet pairs), seen several times: both directions must learn it
-    common = ["trainer.log_every_n_steps=1", "data.global_batch_size=16", "data.datasets=[wordnet_definitions]", "data.max_train_records=64"]
+    common = [
+        "trainer.log_every_n_steps=1",
+        "data.global_batch_size=16",
+        "data.datasets=[wordnet_definitions]",
+        "data.max_train_records=64",
+    ]
     cfg = cfg_factory(
-        "stage=reconstruction", "stage.schedule=joint", "trainer.max_steps=50", "stage.optim.lr=6e-3", "stage.optim.warmup_steps=4", *common
+        "stage=reconstruction",
+        "stage.schedule=joint",
+        "trainer.max_steps=50",
+        "stage.optim.lr=6e-3",
+        "stage.optim.warmup_steps=4",
+        *common,
     )
     run(cfg)
     run_dir = tmp_path / "out" / "default" / "default" / "stage1"
@@ -218,9 +235,15 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
     from bireco.inspect import anchor_use
 
     instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)
-    records = [dict(r, instruction=instruction) for r in wordnet.pair_records("dev") if r["dataset"] == wordnet.DEFINITIONS][:6]
+    records = [
+        dict(r, instruction=instruction)
+        for r in wordnet.pair_records("dev")
+        if r["dataset"] == wordnet.DEFINITIONS
+    ][:6]
     out = anchor_use(backbone, records, batch_size=6, max_query_length=48, max_doc_length=64, bf16=False)
-    collate = PairCollator(backbone.tokenizer, backbone.text_format, 48, 64, backbone.padding_side, 0, backbone.pad_id)
+    collate = PairCollator(
+        backbone.tokenizer, backbone.text_format, 48, 64, backbone.padding_side, 0, backbone.pad_id
+    )
     batch = collate(records)
     module = ReconstructionModule(backbone, OptimConfig(), lr_horizon=1)
     module.eval()
@@ -232,7 +255,9 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
         gain = float(other.loss - own.loss)  # small on a random model, but not zero
         assert abs(gain) > 1e-4 and out["gain_d2q"] == pytest.approx(gain, abs=2e-5)
         q2d = module.q2d(batch)
-        assert out["ce_q2d"] == pytest.approx(float(q2d.loss), rel=1e-5) and out["acc_q2d"] == pytest.approx(float(q2d.accuracy))
+        assert out["ce_q2d"] == pytest.approx(float(q2d.loss), rel=1e-5) and out["acc_q2d"] == pytest.approx(
+            float(q2d.accuracy)
+        )
 
 
 def test_inspect_cli_takes_ordinary_text(backbone, tmp_path):
@@ -247,7 +272,14 @@ def test_inspect_cli_takes_ordinary_text(backbone, tmp_path):
 
     Backbone.save(backbone, tmp_path / "ckpt")
     text = "a dog, with a long snout [and] the owner's = 2"
-    cmd = [sys.executable, "-m", "bireco.inspect", f"checkpoint={tmp_path / 'ckpt'}", f"text={text}", "max_new_tokens=4"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "bireco.inspect",
+        f"checkpoint={tmp_path / 'ckpt'}",
+        f"text={text}",
+        "max_new_tokens=4",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"document: {text!r}" in r.stdout

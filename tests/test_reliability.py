@@ -21,9 +21,18 @@ from bireco.train import checkpoint_step, run
 ROOT = Path(__file__).resolve().parents[1]
 KILL = ROOT / "tests" / "scripts" / "train_and_kill.py"
 
-STAGE1 = ["stage=reconstruction", "stage.schedule=alternate", "stage.alpha=0.5"]  # the direction counter is resumed too
+STAGE1 = [
+    "stage=reconstruction",
+    "stage.schedule=alternate",
+    "stage.alpha=0.5",
+]  # the direction counter is resumed too
 # LoRA with dropout: exact resume needs the RNG streams restored, not only weights and optimizer.
-STAGE2_LORA = ["stage=baseline", "stage.lora.dropout=0.1", "data.num_hard_negatives=1", "stage.optim.warmup_steps=2"]
+STAGE2_LORA = [
+    "stage=baseline",
+    "stage.lora.dropout=0.1",
+    "data.num_hard_negatives=1",
+    "stage.optim.warmup_steps=2",
+]
 
 
 def common(tmp_path: Path) -> list[str]:
@@ -45,7 +54,11 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 def kill(mode: str, step: int, overrides: list[str]) -> subprocess.CompletedProcess:
     env = subprocess_env()
     return subprocess.run(
-        [sys.executable, str(KILL), mode, str(step), "--", *overrides], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(KILL), mode, str(step), "--", *overrides],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -58,7 +71,9 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tmp_path, stage):
 
     crashed = base + ["variant=crashed"]
     proc = kill("after-step", 5, crashed)
-    assert proc.returncode == -9, proc.stderr[-3000:]  # SIGKILL, after the step-3 checkpoint and two more steps
+    assert proc.returncode == -9, proc.stderr[
+        -3000:
+    ]  # SIGKILL, after the step-3 checkpoint and two more steps
     cfg = compose_cfg(crashed + ["resume=auto"])
     run_dir = Path(cfg.run_dir)
     assert checkpoint_step(str(run_dir / "checkpoints" / "last.ckpt")) == 3
@@ -92,11 +107,12 @@ def test_kill_during_checkpoint_write_leaves_a_loadable_last(tmp_path):
 def test_same_seed_same_loss_curve(cfg_factory):
     curves = []
     for variant in ("a", "b"):
-        cfg = cfg_factory("stage=reconstruction", "trainer.max_steps=5", "trainer.log_every_n_steps=1", f"variant={variant}")
+        cfg = cfg_factory(
+            "stage=reconstruction", "trainer.max_steps=5", "trainer.log_every_n_steps=1", f"variant={variant}"
+        )
         run(cfg)
         curves.append(logged_losses(Path(cfg.run_dir)))
     assert len(curves[0]) == 5 and curves[0] == curves[1]
-
 
 
 @pytest.mark.parametrize("where", ["loss", "gradient"])
@@ -121,7 +137,9 @@ def test_nonfinite_stops_naming_step_and_dataset_and_writes_nothing(cfg_factory,
     msg = str(err.value)
     assert f"non-finite {where}" in msg and "at step 2" in msg and "wordnet" in msg
     ckpts = sorted(p.name for p in (Path(cfg.run_dir) / "checkpoints").glob("*.ckpt"))
-    assert checkpoint_step(str(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")) == 2, ckpts  # nothing after step 2
+    assert checkpoint_step(str(Path(cfg.run_dir) / "checkpoints" / "last.ckpt")) == 2, (
+        ckpts
+    )  # nothing after step 2
     assert not (Path(cfg.run_dir) / "final").exists()
 
 
@@ -139,16 +157,25 @@ def test_nonfinite_skip_counts_and_leaves_weights_untouched(cfg_factory, monkeyp
 
     def poisoned(self, batch):
         if self.global_step in (2, 3):
-            snapshots[self.global_step] = {k: v.detach().clone() for k, v in self.backbone.state_dict().items()}
+            snapshots[self.global_step] = {
+                k: v.detach().clone() for k, v in self.backbone.state_dict().items()
+            }
         loss, logs = step_loss(self, batch)
         return (loss * float("nan") if self.global_step == 2 else loss), logs
 
     monkeypatch.setattr(ReconstructionModule, "step_loss", poisoned)
-    cfg = cfg_factory("stage=reconstruction", "trainer.max_steps=4", "trainer.on_nonfinite=skip", "trainer.log_every_n_steps=1")
+    cfg = cfg_factory(
+        "stage=reconstruction",
+        "trainer.max_steps=4",
+        "trainer.on_nonfinite=skip",
+        "trainer.log_every_n_steps=1",
+    )
     run(cfg)
     before, after = snapshots[2], snapshots[3]
     assert all(torch.equal(before[k], after[k]) for k in before)  # the poisoned step changed nothing
     with (Path(cfg.run_dir) / "logs" / "metrics.csv").open(newline="") as f:
-        skipped = [float(r["train/skipped_nonfinite"]) for r in csv.DictReader(f) if r.get("train/skipped_nonfinite")]
+        skipped = [
+            float(r["train/skipped_nonfinite"]) for r in csv.DictReader(f) if r.get("train/skipped_nonfinite")
+        ]
     assert skipped == [0.0, 0.0, 1.0, 1.0]
     assert (Path(cfg.run_dir) / "final" / "bireco.json").is_file()  # the run went on and finished

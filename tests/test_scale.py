@@ -29,9 +29,10 @@ CASES = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "stage1-joint" else c for c in CASES])
+@pytest.mark.parametrize(
+    "case", [pytest.param(c, marks=pytest.mark.slow) if c == "stage1-joint" else c for c in CASES]
+)
 def test_ddp_two_processes_match_one_process_loss_curve(tmp_path, case):
-
     common = [
         f"output_root={tmp_path / 'out'}", "trainer.enable_progress_bar=false", f"trainer.max_steps={STEPS}",
         "trainer.log_every_n_steps=1", "data.global_batch_size=8", "data.max_train_records=96", *CASES[case],
@@ -69,7 +70,11 @@ def test_ddp_with_hard_negatives_on_one_rank_only_matches_one_process(tmp_path):
     path = tmp_path / "pairs.jsonl"
     with open(path, "w") as f:
         for i, r in enumerate(records):
-            row = {"query": r["query"], "positive": r["positive"], "instruction": load_table("wordnet")[r["dataset"]]}
+            row = {
+                "query": r["query"],
+                "positive": r["positive"],
+                "instruction": load_table("wordnet")[r["dataset"]],
+            }
             f.write(json.dumps({**row, "negatives": r["negatives"][:1] if i in rank0 else []}) + "\n")
     common = [
         f"output_root={tmp_path / 'out'}", "trainer.enable_progress_bar=false", "trainer.max_steps=4",

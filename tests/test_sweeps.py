@@ -36,14 +36,17 @@ def weights(run: Path) -> torch.Tensor:
 
 def test_job_variant_from_overrides():
     # plain sweep: the job's own overrides, sorted; the stage selector and bookkeeping are not part of the name
-    assert job_variant("default", ["stage=reconstruction", "stage.alpha=0.5", "trainer.max_steps=2", "output_root=/x"]) == (
-        "stage.alpha=0.5,trainer.max_steps=2")
+    assert job_variant(
+        "default", ["stage=reconstruction", "stage.alpha=0.5", "trainer.max_steps=2", "output_root=/x"]
+    ) == ("stage.alpha=0.5,trainer.max_steps=2")
     # a preset's readable name stays; its own sweep key is not repeated, other overrides are appended
     assert job_variant("alpha0.2", ["ablation.alpha=0.2", "seed=1"], ["ablation.alpha"]) == "alpha0.2,seed=1"
     assert job_variant("alpha0.2", ["ablation.alpha=0.2"], ["ablation.alpha"]) == "alpha0.2"
     # a path stays one directory name, and a long name stays under the file system's limit, still unique
     assert job_variant("default", ["model.name_or_path=/m/x"]) == "model.name_or_path=%2Fm%2Fx"
-    long = [job_variant("default", [f"data.fields.f{i}=v{i}" for i in range(40)] + [f"seed={s}"]) for s in (1, 2)]
+    long = [
+        job_variant("default", [f"data.fields.f{i}=v{i}" for i in range(40)] + [f"seed={s}"]) for s in (1, 2)
+    ]
     assert len(set(long)) == 2 and all(len(n) <= 150 for n in long)
 
 
@@ -59,10 +62,16 @@ def test_every_experiment_preset_composes_with_every_stage():
 
 
 def test_ablation_alpha_reaches_stage1_and_typos_fail():
-    cfg = compose_cfg(["experiment=ablation_alpha", "stage=reconstruction", "ablation.alpha=0.5", "data.path=/d"])
+    cfg = compose_cfg(
+        ["experiment=ablation_alpha", "stage=reconstruction", "ablation.alpha=0.5", "data.path=/d"]
+    )
     assert cfg.stage.alpha == 0.5 and cfg.variant == "alpha0.5"
-    assert compose_cfg(["stage=reconstruction"]).stage.alpha == 0.2  # the paper's default when no sweep sets it
-    assert compose_cfg(["stage=reconstruction", "ablation.alpha=0.5", "stage.alpha=0.8"]).stage.alpha == 0.8  # explicit wins
+    assert (
+        compose_cfg(["stage=reconstruction"]).stage.alpha == 0.2
+    )  # the paper's default when no sweep sets it
+    assert (
+        compose_cfg(["stage=reconstruction", "ablation.alpha=0.5", "stage.alpha=0.8"]).stage.alpha == 0.8
+    )  # explicit wins
     with pytest.raises(ConfigCompositionException, match="alhpa"):
         compose_cfg(["ablation.alhpa=0.5"])
 
@@ -76,11 +85,15 @@ def stage1_runs(root: Path) -> dict[float, Path]:
 
 def test_multirun_jobs_get_their_own_run_dirs_and_stage2_finds_its_stage1(tmp_path):
     out = tmp_path / "out"
-    multirun(out, "stage=reconstruction", "ablation.alpha=0.0,1.0", "trainer.max_steps=2", "stage.optim.lr=1e-2")
+    multirun(
+        out, "stage=reconstruction", "ablation.alpha=0.0,1.0", "trainer.max_steps=2", "stage.optim.lr=1e-2"
+    )
     s1 = stage1_runs(out / "default")
     assert sorted(s1) == [0.0, 1.0] and all(len(r.parent.name) <= 150 for r in s1.values())
     assert not torch.equal(weights(s1[0.0]), weights(s1[1.0])), "the second job overwrote the first"
-    multirun(out, "stage=contrastive", "ablation.alpha=0.0,1.0", "trainer.max_steps=1", "stage.lora.enabled=false")
+    multirun(
+        out, "stage=contrastive", "ablation.alpha=0.0,1.0", "trainer.max_steps=1", "stage.lora.enabled=false"
+    )
     started = {}
     for c in (out / "default").glob("*/stage2/config.yaml"):
         summary = json.loads((c.parent / "final" / "train_summary.json").read_text())
@@ -96,7 +109,9 @@ def test_multirun_jobs_get_their_own_run_dirs_and_stage2_finds_its_stage1(tmp_pa
         "data.global_batch_size=4,data.max_train_records=32,stage.alpha=0.5,trainer.max_steps=1"]  # fmt: skip
 
 
-@pytest.mark.parametrize("preset,values", [("ablation_alpha", (0.2, 0.5, 0.8)), ("ablation_direction", (0.0, 1.0))])
+@pytest.mark.parametrize(
+    "preset,values", [("ablation_alpha", (0.2, 0.5, 0.8)), ("ablation_direction", (0.0, 1.0))]
+)
 def test_ablation_presets_run_both_stages(tmp_path, preset, values):
     """The README's commands, on the tiny model: Stage I then Stage II of every swept value, one step each."""
     out = tmp_path / "out"

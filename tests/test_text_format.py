@@ -16,7 +16,9 @@ def test_final_token_is_the_family_eos(family):
     """Each family's [EOS] marker is one token, and it is the tokenizer's eos when the family's tokenizer says so."""
     spec = yaml.safe_load((Path(CONF_DIR) / "model" / f"{family}.yaml").read_text())["text_format"]
     fmt = TextFormat(**spec)
-    tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path(), eos_token=fmt.eos_token)  # tokenizer of that family
+    tok = AutoTokenizer.from_pretrained(
+        tiny_tokenizer_path(), eos_token=fmt.eos_token
+    )  # tokenizer of that family
     side = encode_side(tok, fmt, "a small dog", 32, instruction="Retrieve a definition")
     assert side.input_ids[-1] == tok.eos_token_id == fmt.eos_id(tok)
     assert side.is_text[-1] and not side.is_instruction[-1]
@@ -24,7 +26,9 @@ def test_final_token_is_the_family_eos(family):
         assert side.input_ids[0] == tok.bos_token_id
     start = int(fmt.add_bos)
     body = side.input_ids[start:-1]
-    assert tok.decode(body) == fmt.prefix + "Retrieve a definition" + fmt.instruction_separator + "a small dog"
+    assert (
+        tok.decode(body) == fmt.prefix + "Retrieve a definition" + fmt.instruction_separator + "a small dog"
+    )
     instr_ids = [i for i, m in zip(side.input_ids, side.is_instruction) if m]
     text_ids = [i for i, m in zip(side.input_ids, side.is_text) if m][:-1]
     assert tok.decode(instr_ids).strip().startswith("Retrieve a definition")
@@ -33,7 +37,9 @@ def test_final_token_is_the_family_eos(family):
 
 def test_truncation_keeps_eos_and_is_reported():
     tok = AutoTokenizer.from_pretrained(tiny_tokenizer_path())
-    fmt = TextFormat(eos_token="<|eot_id|>", prefix="<|start_header_id|>user<|end_header_id|>\n\n", add_bos=True)
+    fmt = TextFormat(
+        eos_token="<|eot_id|>", prefix="<|start_header_id|>user<|end_header_id|>\n\n", add_bos=True
+    )
     long = " ".join(["dog"] * 100)
     side = encode_side(tok, fmt, long, 16, instruction="Find it")
     assert side.truncated and len(side.input_ids) == 16 and side.input_ids[-1] == fmt.eos_id(tok)
@@ -63,7 +69,9 @@ def test_mistral_family_format_against_mistral_commons_own_tokenizer(tmp_path):
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     model_file = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
-    shutil.copy(model_file, tmp_path / "tokenizer.model")  # an HF directory around the same sentencepiece model
+    shutil.copy(
+        model_file, tmp_path / "tokenizer.model"
+    )  # an HF directory around the same sentencepiece model
     (tmp_path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
         "add_bos_token": True, "add_eos_token": False, "legacy": False}))  # fmt: skip
@@ -71,11 +79,19 @@ def test_mistral_family_format_against_mistral_commons_own_tokenizer(tmp_path):
     real = MistralTokenizer.from_file(model_file)
     fmt = TextFormat(**compose_cfg(["model=mistral", "size=7b"]).model.text_format)
     instruction, text = "Given a word, retrieve its sense", "a dog, with a long snout"
-    own = real.encode_chat_completion(ChatCompletionRequest(messages=[UserMessage(content=f"{instruction}; {text}")])).tokens
+    own = real.encode_chat_completion(
+        ChatCompletionRequest(messages=[UserMessage(content=f"{instruction}; {text}")])
+    ).tokens
     side = encode_side(tok, fmt, text, 64, instruction=instruction)
     n = len(side.input_ids) - 1  # all but bireco's pooled eos
     assert side.input_ids[:-1] == own[:n]
-    assert real.instruct_tokenizer.tokenizer.decode(own[n:]).strip() == "[/INST]"  # what Mistral writes after the turn
+    assert (
+        real.instruct_tokenizer.tokenizer.decode(own[n:]).strip() == "[/INST]"
+    )  # what Mistral writes after the turn
     assert side.input_ids[-1] == real.instruct_tokenizer.tokenizer.eos_id == fmt.eos_id(tok)
     long = encode_side(tok, fmt, " ".join(["snout"] * 200), 16, instruction=instruction)
-    assert long.truncated and len(long.input_ids) == 16 and long.input_ids[-1] == real.instruct_tokenizer.tokenizer.eos_id
+    assert (
+        long.truncated
+        and len(long.input_ids) == 16
+        and long.input_ids[-1] == real.instruct_tokenizer.tokenizer.eos_id
+    )

@@ -33,7 +33,9 @@ class BeirSet:
 
 def _jsonl(path: Path, fields: tuple[str, ...]) -> list[tuple[int, dict]]:
     if not path.is_file():
-        raise DataError(path, 0, "-", "file missing (BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv)")
+        raise DataError(
+            path, 0, "-", "file missing (BEIR layout: corpus.jsonl, queries.jsonl, qrels/test.tsv)"
+        )
     rows = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, 1):
@@ -73,7 +75,11 @@ def load_beir_dir(path: str | Path, split: str = "test") -> BeirSet:
     root = Path(path)
     if not root.is_dir():
         raise DataError(root, 0, "-", "no such directory")
-    corpus_file, queries_file, qrels_file = root / "corpus.jsonl", root / "queries.jsonl", root / "qrels" / f"{split}.tsv"
+    corpus_file, queries_file, qrels_file = (
+        root / "corpus.jsonl",
+        root / "queries.jsonl",
+        root / "qrels" / f"{split}.tsv",
+    )
     corpus = _ids(corpus_file, _jsonl(corpus_file, ("_id", "title", "text")),
                   lambda r: " ".join(t for t in (r.get("title") or "", r.get("text") or "") if t.strip()))  # fmt: skip
     queries = _ids(queries_file, _jsonl(queries_file, ("_id", "text")), lambda r: r.get("text") or "")
@@ -92,9 +98,13 @@ def load_beir_dir(path: str | Path, split: str = "test") -> BeirSet:
             raise DataError(qrels_file, line_no, "-", f"expected 3 tab-separated columns, got {len(parts)}")
         qid, did, score = parts
         if qid not in queries:
-            raise DataError(qrels_file, line_no, "query-id", f"unknown query id {qid!r} (not in queries.jsonl)")
+            raise DataError(
+                qrels_file, line_no, "query-id", f"unknown query id {qid!r} (not in queries.jsonl)"
+            )
         if did not in corpus:
-            raise DataError(qrels_file, line_no, "corpus-id", f"unknown corpus id {did!r} (not in corpus.jsonl)")
+            raise DataError(
+                qrels_file, line_no, "corpus-id", f"unknown corpus id {did!r} (not in corpus.jsonl)"
+            )
         try:
             relevance = int(score)
         except ValueError:
@@ -107,5 +117,9 @@ def load_beir_dir(path: str | Path, split: str = "test") -> BeirSet:
         raise DataError(qrels_file, 0, "score", "no query has a relevant document (score > 0)")
     queries = {q: t for q, t in queries.items() if q in judged}  # BEIR evaluates the judged queries only
     instruction_file = root / "instruction.txt"
-    instruction = instruction_file.read_text(encoding="utf-8").strip() if instruction_file.is_file() else DEFAULT_INSTRUCTION
+    instruction = (
+        instruction_file.read_text(encoding="utf-8").strip()
+        if instruction_file.is_file()
+        else DEFAULT_INSTRUCTION
+    )
     return BeirSet(root.resolve().name, corpus, queries, {q: qrels[q] for q in queries}, instruction)

@@ -33,20 +33,40 @@ class PairCollator:
         self.max_doc_length = max_doc_length
         self.padding_side = padding_side
         self.num_hard_negatives = num_hard_negatives
-        self.pad_id = pad_id if pad_id is not None else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else text_format.eos_id(tokenizer))
+        self.pad_id = (
+            pad_id
+            if pad_id is not None
+            else (
+                tokenizer.pad_token_id
+                if tokenizer.pad_token_id is not None
+                else text_format.eos_id(tokenizer)
+            )
+        )
         self.truncated: Counter = Counter()
 
-    def encode_texts(self, texts: list[str], instruction: str | list[str] | None, max_length: int, kind: str) -> dict:
+    def encode_texts(
+        self, texts: list[str], instruction: str | list[str] | None, max_length: int, kind: str
+    ) -> dict:
         instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
-        sides = [encode_side(self.tokenizer, self.fmt, t, max_length, i or None) for t, i in zip(texts, instructions)]
+        sides = [
+            encode_side(self.tokenizer, self.fmt, t, max_length, i or None)
+            for t, i in zip(texts, instructions)
+        ]
         self.truncated[kind] += sum(s.truncated for s in sides)
         return pad_sides(sides, self.pad_id, self.padding_side)
 
     def __call__(self, records: list[dict]) -> dict:
         before = dict(self.truncated)
         batch = {
-            "query": self.encode_texts([r["query"] for r in records], [r["instruction"] for r in records], self.max_query_length, "query"),
-            "positive": self.encode_texts([r["positive"] for r in records], None, self.max_doc_length, "document"),
+            "query": self.encode_texts(
+                [r["query"] for r in records],
+                [r["instruction"] for r in records],
+                self.max_query_length,
+                "query",
+            ),
+            "positive": self.encode_texts(
+                [r["positive"] for r in records], None, self.max_doc_length, "document"
+            ),
             "dataset": [r["dataset"] for r in records],
         }
         negatives, owner = [], []

@@ -41,7 +41,9 @@ class PairDataModule(L.LightningDataModule):
         from bireco.data.samplers import global_batches_per_epoch
 
         self.load()
-        return global_batches_per_epoch(self.train["dataset"], self.cfg.global_batch_size, self.cfg.batching == "homogeneous")
+        return global_batches_per_epoch(
+            self.train["dataset"], self.cfg.global_batch_size, self.cfg.batching == "homogeneous"
+        )
 
     def setup(self, stage: str | None = None) -> None:
         self.load()

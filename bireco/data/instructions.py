@@ -18,8 +18,13 @@ def load_table(name_or_path: str) -> dict[str, str | list[str]]:
     else:
         ref = resources.files("bireco.data").joinpath("tables", f"{name_or_path}.yaml")
         if not ref.is_file():
-            shipped = sorted(x.name.removesuffix(".yaml") for x in resources.files("bireco.data").joinpath("tables").iterdir())
-            raise FileNotFoundError(f"instruction table {name_or_path!r} not found; shipped tables: {', '.join(shipped)}")
+            shipped = sorted(
+                x.name.removesuffix(".yaml")
+                for x in resources.files("bireco.data").joinpath("tables").iterdir()
+            )
+            raise FileNotFoundError(
+                f"instruction table {name_or_path!r} not found; shipped tables: {', '.join(shipped)}"
+            )
         text = ref.read_text(encoding="utf-8")
     table = yaml.safe_load(text) or {}
     if not isinstance(table, dict):

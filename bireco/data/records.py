@@ -62,7 +62,9 @@ def _text(value: Any, file, line: int, field: str, required: bool = True) -> str
     return value
 
 
-def normalise(raw: Any, file, line: int, fields: dict[str, str], dataset: str, instruction: str | None) -> dict:
+def normalise(
+    raw: Any, file, line: int, fields: dict[str, str], dataset: str, instruction: str | None
+) -> dict:
     """Map one raw record to the record schema, raising DataError on any problem."""
     if not isinstance(raw, dict):
         raise DataError(file, line, "<record>", f"expected a JSON object, got {type(raw).__name__}")
@@ -79,12 +81,20 @@ def normalise(raw: Any, file, line: int, fields: dict[str, str], dataset: str, i
     elif isinstance(negs, list):
         negatives = [_text(n, file, line, f"{f['negatives']}[{i}]") for i, n in enumerate(negs)]
     else:
-        raise DataError(file, line, f["negatives"], f"expected a string or a list of strings, got {type(negs).__name__}")
+        raise DataError(
+            file, line, f["negatives"], f"expected a string or a list of strings, got {type(negs).__name__}"
+        )
     if "instruction" in f and f["instruction"] in raw:
         instruction = _text(raw[f["instruction"]], file, line, f["instruction"])
     if "dataset" in f and f["dataset"] in raw:
         dataset = _text(raw[f["dataset"]], file, line, f["dataset"])
-    return {"query": query, "positive": positive, "negatives": negatives, "instruction": instruction or "", "dataset": dataset}
+    return {
+        "query": query,
+        "positive": positive,
+        "negatives": negatives,
+        "instruction": instruction or "",
+        "dataset": dataset,
+    }
 
 
 # ---------------------------------------------------------------- readers
@@ -97,7 +107,15 @@ def _json_lines(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield n, DataError(path, n, "<bytes>", f"not valid UTF-8 (byte {err.start}: {raw[err.start:err.start + 1]!r})")
+                yield (
+                    n,
+                    DataError(
+                        path,
+                        n,
+                        "<bytes>",
+                        f"not valid UTF-8 (byte {err.start}: {raw[err.start : err.start + 1]!r})",
+                    ),
+                )
                 continue
             if not line.strip():
                 continue
@@ -144,7 +162,9 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def _generate(files: list[str], fields: dict, table_name: str | None, instruction: str | None, on_bad: str, stamp: str):
+def _generate(
+    files: list[str], fields: dict, table_name: str | None, instruction: str | None, on_bad: str, stamp: str
+):
     """Validated records of every file; `stamp` (sizes + mtimes) is unused here but keys the Arrow cache, so an
     edited file is re-read and re-validated while an unchanged one is reused (its skip counts are not re-logged)."""
     table = load_table(table_name) if table_name else {}
@@ -155,12 +175,21 @@ def _generate(files: list[str], fields: dict, table_name: str | None, instructio
             try:
                 if isinstance(raw, DataError):
                     raise raw
-                name = raw.get(fields.get("dataset", "dataset"), dataset) if isinstance(raw, dict) else dataset
-                instr = instruction or (instruction_for(table, name, line - 1) if isinstance(name, str) else None)
+                name = (
+                    raw.get(fields.get("dataset", "dataset"), dataset) if isinstance(raw, dict) else dataset
+                )
+                instr = instruction or (
+                    instruction_for(table, name, line - 1) if isinstance(name, str) else None
+                )
                 own = isinstance(raw, dict) and raw.get(fields.get("instruction", "instruction"))
                 if table_name and instr is None and not own:
                     known = ", ".join(sorted(table))
-                    raise DataError(file, line, "dataset", f"no instruction for dataset {name!r} in table {table_name!r} (known: {known})")
+                    raise DataError(
+                        file,
+                        line,
+                        "dataset",
+                        f"no instruction for dataset {name!r} in table {table_name!r} (known: {known})",
+                    )
                 yield normalise(raw, file, line, fields, dataset, instr)
             except DataError as err:
                 if on_bad != "skip":
@@ -192,7 +221,9 @@ def load_files(cfg: Any, files: list[Path], table_name: str | None) -> datasets.
         raise
     report_skips(files)
     if len(ds) == 0:
-        raise DataError(files[0], 0, "<file>", "no valid records left" + (" after skipping bad ones" if SKIPPED else ""))
+        raise DataError(
+            files[0], 0, "<file>", "no valid records left" + (" after skipping bad ones" if SKIPPED else "")
+        )
     return ds
 
 
@@ -209,16 +240,25 @@ def load_pairs(cfg: Any, split: str = "train") -> datasets.Dataset:
     fmt = cfg.format
     if fmt == "wordnet":
         table = load_table(cfg.instructions or "wordnet")
-        records = [dict(r, instruction=instruction_for(table, r["dataset"], 0) or "") for r in wordnet.pair_records(split)]
-        records = [{k: r[k] for k in COLUMNS} for r in records if not cfg.datasets or r["dataset"] in cfg.datasets]
+        records = [
+            dict(r, instruction=instruction_for(table, r["dataset"], 0) or "")
+            for r in wordnet.pair_records(split)
+        ]
+        records = [
+            {k: r[k] for k in COLUMNS} for r in records if not cfg.datasets or r["dataset"] in cfg.datasets
+        ]
         return datasets.Dataset.from_list(records, features=FEATURES)
     if split != "train":
-        raise ValueError(f"data.format={fmt!r} provides only a train split; evaluate on MTEB or the built-in tasks")
+        raise ValueError(
+            f"data.format={fmt!r} provides only a train split; evaluate on MTEB or the built-in tasks"
+        )
     if fmt == "e5":
         files = data_files(cfg.path, cfg.datasets)
         for f in files:
             if _stem(f) not in E5_DATASETS and (cfg.instructions or "e5") == "e5":
-                raise DataError(f, 0, "dataset", f"unknown E5 dataset {_stem(f)!r}; known: {', '.join(E5_DATASETS)}")
+                raise DataError(
+                    f, 0, "dataset", f"unknown E5 dataset {_stem(f)!r}; known: {', '.join(E5_DATASETS)}"
+                )
         return load_files(cfg, files, cfg.instructions or "e5")
     if fmt in ("jsonl", "parquet"):
         return load_files(cfg, data_files(cfg.path, cfg.datasets), cfg.instructions)
@@ -236,7 +276,9 @@ def _validate_dataset(ds: datasets.Dataset, path: Path, cfg: Any) -> datasets.Da
     name = path.name
 
     def fix(row, idx):
-        instr = cfg.instruction or instruction_for(table, row.get(fields.get("dataset", "dataset"), name) or name, idx)
+        instr = cfg.instruction or instruction_for(
+            table, row.get(fields.get("dataset", "dataset"), name) or name, idx
+        )
         return normalise(dict(row), path, idx + 1, fields, name, instr)
 
     return ds.map(fix, with_indices=True, remove_columns=ds.column_names, features=FEATURES)

@@ -81,7 +81,9 @@ class PairBatchSampler(Sampler[list[int]]):
         return global_batches_per_epoch(self.names, self.global_batch_size, self.homogeneous)
 
 
-def global_batches_per_epoch(dataset_names: Sequence[str], global_batch_size: int, homogeneous: bool = True) -> int:
+def global_batches_per_epoch(
+    dataset_names: Sequence[str], global_batch_size: int, homogeneous: bool = True
+) -> int:
     """Complete global batches in one epoch (homogeneous: each source dataset's remainder is dropped)."""
     if not homogeneous:
         return len(dataset_names) // global_batch_size

@@ -53,7 +53,9 @@ def parse_data_line(line: str, pos: str) -> tuple[str, tuple[str, ...], str, tup
     gloss = gloss.strip()
     quote = gloss.find('"')
     definition = (gloss if quote < 0 else gloss[:quote]).strip().rstrip(";").strip()
-    examples = tuple(e.strip() for e in re.findall(r'"([^"]+)"', gloss[quote:] if quote >= 0 else "") if e.strip())
+    examples = tuple(
+        e.strip() for e in re.findall(r'"([^"]+)"', gloss[quote:] if quote >= 0 else "") if e.strip()
+    )
     return f"{pos}{offset}", tuple(lemmas), definition, examples
 
 
@@ -85,11 +87,23 @@ def build_from_debian(source: Path, out: Path) -> int:
 # ---------------------------------------------------------------- loading the shipped file
 @lru_cache(maxsize=1)
 def load_synsets() -> tuple[Synset, ...]:
-    with resources.files("bireco.assets").joinpath(ASSET).open("rb") as raw, lzma.open(raw, "rt", encoding="utf-8") as f:
+    with (
+        resources.files("bireco.assets").joinpath(ASSET).open("rb") as raw,
+        lzma.open(raw, "rt", encoding="utf-8") as f,
+    ):
         out = []
         for line in f:
             sid, pos, split, lemmas, definition, examples = line.rstrip("\n").split("\t")
-            out.append(Synset(sid, pos, split, tuple(lemmas.split("|")), definition, tuple(e for e in examples.split("|") if e)))
+            out.append(
+                Synset(
+                    sid,
+                    pos,
+                    split,
+                    tuple(lemmas.split("|")),
+                    definition,
+                    tuple(e for e in examples.split("|") if e),
+                )
+            )
     return tuple(out)
 
 
@@ -125,7 +139,12 @@ def pair_records(split: str, seed: int = 0) -> list[dict]:
 
     def other_sense(i: int) -> Synset:
         s = synsets[i]
-        others = [j for lemma in s.lemmas for j in by_lemma[lemma.lower()] if j != i and synsets[j].definition != s.definition]
+        others = [
+            j
+            for lemma in s.lemmas
+            for j in by_lemma[lemma.lower()]
+            if j != i and synsets[j].definition != s.definition
+        ]
         if not others:
             pool = by_pos[s.pos]
             j = i
@@ -137,9 +156,25 @@ def pair_records(split: str, seed: int = 0) -> list[dict]:
     records = []
     for i, s in enumerate(synsets):
         neg = other_sense(i)
-        records.append({"query": ", ".join(s.lemmas), "positive": gloss(s), "negatives": [gloss(neg)], "dataset": DEFINITIONS, "id": s.id})
+        records.append(
+            {
+                "query": ", ".join(s.lemmas),
+                "positive": gloss(s),
+                "negatives": [gloss(neg)],
+                "dataset": DEFINITIONS,
+                "id": s.id,
+            }
+        )
         for example in s.examples:
-            records.append({"query": example, "positive": entry(s), "negatives": [entry(neg)], "dataset": EXAMPLES, "id": s.id})
+            records.append(
+                {
+                    "query": example,
+                    "positive": entry(s),
+                    "negatives": [entry(neg)],
+                    "dataset": EXAMPLES,
+                    "id": s.id,
+                }
+            )
     return records
 
 

@@ -21,7 +21,11 @@ class _FusedLinearCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_size, softcap=None):
-        need_h, need_w, need_b = ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2]
+        need_h, need_w, need_b = (
+            ctx.needs_input_grad[0],
+            ctx.needs_input_grad[1],
+            bias is not None and ctx.needs_input_grad[2],
+        )
         loss_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         correct = torch.zeros((), dtype=torch.long, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -32,7 +36,9 @@ class _FusedLinearCE(torch.autograd.Function):
             y = labels[start : start + chunk_size]  # (n,)
             logits = F.linear(h, weight, bias).float()  # (n, V) fp32 for a stable log-softmax
             if softcap:
-                t = logits.div_(softcap).tanh_()  # (n, V) in place; kept for the gradient: d(c tanh(z/c))/dz = 1 - t^2
+                t = logits.div_(
+                    softcap
+                ).tanh_()  # (n, V) in place; kept for the gradient: d(c tanh(z/c))/dz = 1 - t^2
                 logits = t * softcap
             target = logits.gather(1, y[:, None])  # (n, 1)
             top = logits.amax(-1, keepdim=True)  # (n, 1)

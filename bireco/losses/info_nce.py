@@ -52,14 +52,18 @@ class InfoNCELoss(nn.Module):
         if gather is not None:
             q_all, p_all = gather(q), gather(p)  # (W*B, H)
             n_all = gather(n) if n is not None else None
-            n_mask = gather(n_mask[:, None].float())[:, 0].bool() if n is not None and n_mask is not None else None
+            n_mask = (
+                gather(n_mask[:, None].float())[:, 0].bool() if n is not None and n_mask is not None else None
+            )
             q_local = q_all[rank * B : (rank + 1) * B]  # this rank's queries, taken from the gathered tensor
         else:
             q_all, p_all, n_all, q_local = q, p, n, q
         cands = p_all if n_all is None else torch.cat([p_all, n_all], dim=0)  # (W*B + W*N, H)
         sims = q_local @ cands.T  # (B, C)
         if n_all is not None and n_mask is not None:
-            valid = torch.cat([torch.ones(p_all.shape[0], dtype=torch.bool, device=sims.device), n_mask])  # (C,)
+            valid = torch.cat(
+                [torch.ones(p_all.shape[0], dtype=torch.bool, device=sims.device), n_mask]
+            )  # (C,)
             sims = sims.masked_fill(~valid, float("-inf"))
         target = torch.arange(B, device=q.device) + rank * B  # positive i of this rank
         loss = F.cross_entropy(self.scale * sims, target)

@@ -37,7 +37,9 @@ class StageModule(L.LightningModule):
         self.optim_cfg = optim
         self.lr_horizon = lr_horizon  # optimizer steps the LR decay is sized for (builders.lr_horizon)
         self.on_nonfinite = on_nonfinite
-        self.skipped_nonfinite = 0  # optimizer steps skipped for a non-finite loss/gradient (on_nonfinite=skip)
+        self.skipped_nonfinite = (
+            0  # optimizer steps skipped for a non-finite loss/gradient (on_nonfinite=skip)
+        )
         self._sources: set[str] = set()  # source datasets of the micro-batches since the last optimizer step
         self._loss_finite: torch.Tensor | None = None
         self._rng_to_restore: dict | None = None
@@ -48,13 +50,17 @@ class StageModule(L.LightningModule):
         self.truncated: Counter = Counter()  # texts cut to the max length so far, per kind (query / document)
         # rotary frequencies as loaded (fp32): a precision plugin's module.to(bf16) would round them too, so training
         # would see other positions than evaluation and export, which load them in fp32 (restored in on_fit_start)
-        self._rotary_fp32 = {n: b.detach().float().clone() for n, b in backbone.named_buffers() if n.endswith("inv_freq")}
+        self._rotary_fp32 = {
+            n: b.detach().float().clone() for n, b in backbone.named_buffers() if n.endswith("inv_freq")
+        }
 
     def on_fit_start(self):
         restore_buffers(self.backbone, self._rotary_fp32)
 
     def configure_optimizers(self):
-        opt = build_optimizer(self.trainer.model.parameters() if self._trainer else self.parameters(), self.optim_cfg)
+        opt = build_optimizer(
+            self.trainer.model.parameters() if self._trainer else self.parameters(), self.optim_cfg
+        )
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.optim_cfg, self.lr_horizon)}
 
     def count_throughput(self, pairs: int, *sides: dict) -> None:
@@ -101,7 +107,9 @@ class StageModule(L.LightningModule):
         if gradient_clip_val and is_fsdp(self.trainer.strategy):
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
             return
-        self.clip_gradients(optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm)
+        self.clip_gradients(
+            optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm
+        )
 
     def _sharded(self) -> bool:
         from bireco.strategies import is_sharded
@@ -137,7 +145,9 @@ class StageModule(L.LightningModule):
         without one untouched) and count the step in train/skipped_nonfinite."""
         sources, self._sources = sorted(self._sources), set()
         loss_ok, self._loss_finite = self._loss_finite, None
-        checks = [t for t in (loss_ok, None if total_norm is None else torch.isfinite(total_norm)) if t is not None]
+        checks = [
+            t for t in (loss_ok, None if total_norm is None else torch.isfinite(total_norm)) if t is not None
+        ]
         if not checks:
             return
         bad = (~torch.stack(checks).all()).float()
@@ -145,7 +155,11 @@ class StageModule(L.LightningModule):
             bad = self.trainer.strategy.reduce(bad, reduce_op="sum")
         if not bool(bad):
             return
-        what = "loss" if loss_ok is not None and not bool(loss_ok) else f"gradient (norm {float(total_norm) if total_norm is not None else 'n/a'})"
+        what = (
+            "loss"
+            if loss_ok is not None and not bool(loss_ok)
+            else f"gradient (norm {float(total_norm) if total_norm is not None else 'n/a'})"
+        )
         if self.on_nonfinite == "raise":
             raise FloatingPointError(
                 f"non-finite {what} at step {self.global_step} on batch(es) from dataset(s) {sources}; the optimizer "
@@ -156,7 +170,13 @@ class StageModule(L.LightningModule):
             for p in group["params"]:
                 p.grad = None
         self.skipped_nonfinite += 1
-        log.warning("step %d: non-finite %s on dataset(s) %s; step skipped (%d so far)", self.global_step, what, sources, self.skipped_nonfinite)
+        log.warning(
+            "step %d: non-finite %s on dataset(s) %s; step skipped (%d so far)",
+            self.global_step,
+            what,
+            sources,
+            self.skipped_nonfinite,
+        )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         for logger in self.trainer.loggers:  # rows up to this step reach the disk before the checkpoint does

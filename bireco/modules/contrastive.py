@@ -55,7 +55,9 @@ class ContrastiveModule(StageModule):
 
             ddp = self.trainer.strategy.model
             if not isinstance(ddp, DistributedDataParallel):
-                raise RuntimeError(f"stage.grad_cache_chunk_size with several devices needs ddp, got {type(ddp).__name__}")
+                raise RuntimeError(
+                    f"stage.grad_cache_chunk_size with several devices needs ddp, got {type(ddp).__name__}"
+                )
             ddp.require_backward_grad_sync = False
 
     def on_before_optimizer_step(self, optimizer):
@@ -101,7 +103,9 @@ class ContrastiveModule(StageModule):
         out = self.step_loss(batch)
         self.check_finite(out.loss, batch)
         B = batch["query"]["input_ids"].shape[0]
-        sync = self.trainer.world_size > 1  # every rank holds B queries: the mean over ranks is the global mean
+        sync = (
+            self.trainer.world_size > 1
+        )  # every rank holds B queries: the mean over ranks is the global mean
         self.log("train/loss", out.loss.detach(), on_step=True, prog_bar=True, batch_size=B, sync_dist=sync)
         self.log("train/acc", out.accuracy, on_step=True, prog_bar=True, batch_size=B, sync_dist=sync)
         self.log("train/pos_sim", out.pos_sim, on_step=True, batch_size=B, sync_dist=sync)

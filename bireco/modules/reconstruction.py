@@ -86,7 +86,9 @@ class ReconstructionModule(StageModule):
 
     def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
         labels = target_labels(target, self.labels_mode, self.reconstruct_instruction)
-        return self.backbone.reconstruction_loss(anchor, target["input_ids"], target["attention_mask"], labels)
+        return self.backbone.reconstruction_loss(
+            anchor, target["input_ids"], target["attention_mask"], labels
+        )
 
     def q2d(self, batch: dict) -> ReconstructionOutput:
         return self.decode(self.anchor(batch["query"]), batch["positive"])
@@ -102,25 +104,45 @@ class ReconstructionModule(StageModule):
         if world == 1:
             return out.loss, out.loss.detach(), out.accuracy
         n = torch.tensor([float(out.n_tokens)], device=out.loss.device)
-        stats = self.trainer.strategy.reduce(torch.cat([n, (out.loss.detach() * out.n_tokens)[None], out.n_correct.float()[None]]), reduce_op="sum")
+        stats = self.trainer.strategy.reduce(
+            torch.cat([n, (out.loss.detach() * out.n_tokens)[None], out.n_correct.float()[None]]),
+            reduce_op="sum",
+        )
         n_global = stats[0]
         return out.loss * (out.n_tokens * world / n_global), stats[1] / n_global, stats[2] / n_global
 
     def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         logs: dict[str, float | torch.Tensor] = {}
-        if self.schedule == "joint" and self.alpha in (0.0, 1.0):  # one direction has weight 0: skip its passes
+        if self.schedule == "joint" and self.alpha in (
+            0.0,
+            1.0,
+        ):  # one direction has weight 0: skip its passes
             direction = Q2D if self.alpha == 1.0 else D2Q
             loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
-            logs.update({f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged})
+            logs.update(
+                {f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged}
+            )
         elif self.schedule == "joint":
-            (q, q_log, q_acc), (d, d_log, d_acc) = self.global_mean(self.q2d(batch)), self.global_mean(self.d2q(batch))
+            (q, q_log, q_acc), (d, d_log, d_acc) = (
+                self.global_mean(self.q2d(batch)),
+                self.global_mean(self.d2q(batch)),
+            )
             loss = self.alpha * q + (1 - self.alpha) * d
-            logs.update({"train/loss_q2d": q_log, "train/acc_q2d": q_acc, "train/loss_d2q": d_log, "train/acc_d2q": d_acc})
+            logs.update(
+                {
+                    "train/loss_q2d": q_log,
+                    "train/acc_q2d": q_acc,
+                    "train/loss_d2q": d_log,
+                    "train/acc_d2q": d_acc,
+                }
+            )
             logs["train/loss"] = self.alpha * q_log + (1 - self.alpha) * d_log
         else:
             direction = direction_at(self.micro_step, self.alpha)
             loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
-            logs.update({f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged})
+            logs.update(
+                {f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged}
+            )
         return loss, logs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

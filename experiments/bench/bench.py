@@ -64,8 +64,12 @@ class Setup:
     warmup: int
     steps: int
     device: str
-    precision: str  # Lightning precision for bireco's Trainer; *-mixed runs the plain loops under the same autocast
-    model: str | None = None  # an offline LM (bireco.offline_lm) instead of a random `arch`; `arch` then only gives the vocab
+    precision: (
+        str  # Lightning precision for bireco's Trainer; *-mixed runs the plain loops under the same autocast
+    )
+    model: str | None = (
+        None  # an offline LM (bireco.offline_lm) instead of a random `arch`; `arch` then only gives the vocab
+    )
 
 
 SETUPS = {
@@ -73,9 +77,21 @@ SETUPS = {
     "gpu": Setup(LLAMA_1B, torch.bfloat16, 32, 64, 256, 3, 10, "cuda", "bf16-true"),
     # the real offline LLM with bireco's CPU default precision (bf16-mixed where the CPU has native bf16), WordNet-like
     # lengths at the demo's batch size
-    "smollm2": Setup({"vocab_size": 49152}, torch.float32, 16, 16, 48, 2, 6, "cpu", "auto", model="smollm2-135m-instruct"),
+    "smollm2": Setup(
+        {"vocab_size": 49152}, torch.float32, 16, 16, 48, 2, 6, "cpu", "auto", model="smollm2-135m-instruct"
+    ),
     # every code path of the gpu mode (bf16, all groups) at toy size on CPU: the test suite runs it
-    "smoke": Setup(dict(TINY, hidden_size=64, intermediate_size=128, num_hidden_layers=2), torch.bfloat16, 4, 16, 32, 1, 2, "cpu", "bf16-true"),
+    "smoke": Setup(
+        dict(TINY, hidden_size=64, intermediate_size=128, num_hidden_layers=2),
+        torch.bfloat16,
+        4,
+        16,
+        32,
+        1,
+        2,
+        "cpu",
+        "bf16-true",
+    ),
 }
 
 
@@ -102,16 +118,26 @@ def make_side(lengths: list[int], vocab: int, eos: int, pad: int, side: str, g: 
         row[-1] = eos
         sl = slice(T - n, T) if side == "left" else slice(0, n)
         ids[i, sl], attn[i, sl] = row, 1
-    return {"input_ids": ids, "attention_mask": attn, "embed_mask": attn.bool(), "instruction_mask": torch.zeros_like(attn, dtype=torch.bool)}
+    return {
+        "input_ids": ids,
+        "attention_mask": attn,
+        "embed_mask": attn.bool(),
+        "instruction_mask": torch.zeros_like(attn, dtype=torch.bool),
+    }
 
 
-def make_batches(n: int, setup: Setup, eos: int, pad: int, negatives: bool, lengths=None, seed: int = 0) -> list[dict]:
+def make_batches(
+    n: int, setup: Setup, eos: int, pad: int, negatives: bool, lengths=None, seed: int = 0
+) -> list[dict]:
     g = torch.Generator().manual_seed(seed)
     vocab = setup.arch["vocab_size"]
     out = []
     for b in range(n):
         ql, dl = lengths[b] if lengths else ([setup.q_len] * setup.batch, [setup.d_len] * setup.batch)
-        batch = {"query": make_side(ql, vocab, eos, pad, "left", g), "positive": make_side(dl, vocab, eos, pad, "left", g)}
+        batch = {
+            "query": make_side(ql, vocab, eos, pad, "left", g),
+            "positive": make_side(dl, vocab, eos, pad, "left", g),
+        }
         if negatives:
             batch["negatives"] = make_side(dl, vocab, eos, pad, "left", g)
             batch["negative_owner"] = torch.arange(len(dl))
@@ -120,7 +146,9 @@ def make_batches(n: int, setup: Setup, eos: int, pad: int, negatives: bool, leng
     return out
 
 
-def e5_like_lengths(n_batches: int, batch: int, q_max: int, d_max: int, seed: int = 0) -> list[tuple[list[int], list[int]]]:
+def e5_like_lengths(
+    n_batches: int, batch: int, q_max: int, d_max: int, seed: int = 0
+) -> list[tuple[list[int], list[int]]]:
     """Records with short queries (median ~q_max/5) and long-tailed documents (median ~d_max/5, capped at d_max)."""
     g = torch.Generator().manual_seed(seed)
     n = n_batches * batch
@@ -130,7 +158,12 @@ def e5_like_lengths(n_batches: int, batch: int, q_max: int, d_max: int, seed: in
 
 
 def to_device(batch: dict, device: str) -> dict:
-    return {k: to_device(v, device) if isinstance(v, dict) else (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+    return {
+        k: to_device(v, device)
+        if isinstance(v, dict)
+        else (v.to(device, non_blocking=True) if torch.is_tensor(v) else v)
+        for k, v in batch.items()
+    }
 
 
 def real_tokens(batch: dict, sides=("query", "positive", "negatives")) -> int:
@@ -151,7 +184,11 @@ def model_cfg(setup: Setup, ckpt: bool, compile: bool = False) -> dict:
         "attn_implementation": "sdpa",
         "gradient_checkpointing": ckpt,
         "compile": compile,
-        "text_format": {"add_bos": True, "prefix": "<|start_header_id|>user<|end_header_id|>\n\n", "eos_token": "<|eot_id|>"},
+        "text_format": {
+            "add_bos": True,
+            "prefix": "<|start_header_id|>user<|end_header_id|>\n\n",
+            "eos_token": "<|eot_id|>",
+        },
         "lora_target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
     }
 
@@ -215,7 +252,9 @@ def right_pad(side: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def plain_stage1_loss(model, batch: dict, direction: str) -> torch.Tensor:
     """Released-code style: encoder [EOS] state as a one-vector prefix, HF causal-LM loss over full logits."""
-    src, tgt = (batch["query"], batch["positive"]) if direction == "q2d" else (batch["positive"], batch["query"])
+    src, tgt = (
+        (batch["query"], batch["positive"]) if direction == "q2d" else (batch["positive"], batch["query"])
+    )
     hidden = model.model(input_ids=src["input_ids"], attention_mask=src["attention_mask"]).last_hidden_state
     anchor = hidden[:, -1]  # left padding: the last column is every row's EOS
     ids, mask = right_pad(tgt)
@@ -228,7 +267,12 @@ def plain_stage1_loss(model, batch: dict, direction: str) -> torch.Tensor:
 
 def plain_stage2_loss(decoder, batch: dict, scale: float = 50.0) -> torch.Tensor:
     def emb(side):
-        return F.normalize(decoder(input_ids=side["input_ids"], attention_mask=side["attention_mask"]).last_hidden_state[:, -1].float(), dim=-1)
+        return F.normalize(
+            decoder(input_ids=side["input_ids"], attention_mask=side["attention_mask"])
+            .last_hidden_state[:, -1]
+            .float(),
+            dim=-1,
+        )
 
     q, p, n = emb(batch["query"]), emb(batch["positive"]), emb(batch["negatives"])
     scores = scale * q @ torch.cat([p, n]).T
@@ -293,7 +337,16 @@ def run_bireco(name, setup, batches, module, flops_per_token, n, token_sides) ->
 def optim_cfg(lr: float):
     from types import SimpleNamespace
 
-    return SimpleNamespace(lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=None, schedule="constant", warmup_steps=0, schedule_steps=None)
+    return SimpleNamespace(
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+        weight_decay=0.0,
+        fused=None,
+        schedule="constant",
+        warmup_steps=0,
+        schedule_steps=None,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -310,25 +363,42 @@ def stage1_variants(setup: Setup, ckpt: bool) -> list:
             backbone = build_backbone(setup, ckpt)
             model = backbone.causal_lm
             model.train()
-            bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False)
+            bb = make_batches(
+                n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False
+            )
 
             def loss_fn(batch, i):
                 if both:
-                    return 0.2 * plain_stage1_loss(model, batch, "q2d") + 0.8 * plain_stage1_loss(model, batch, "d2q")
+                    return 0.2 * plain_stage1_loss(model, batch, "q2d") + 0.8 * plain_stage1_loss(
+                        model, batch, "d2q"
+                    )
                 return plain_stage1_loss(model, batch, "q2d" if i % 5 == 0 else "d2q")
 
             name = f"plain Stage I, {'both directions' if both else 'one direction'} ({tag})"
-            return run_plain(name, setup, bb, loss_fn, model.parameters(), k * (2 if both else 1), n_params(backbone), sides)
+            return run_plain(
+                name,
+                setup,
+                bb,
+                loss_fn,
+                model.parameters(),
+                k * (2 if both else 1),
+                n_params(backbone),
+                sides,
+            )
 
         return go
 
     def bireco(schedule: str):
         def go():
             backbone = build_backbone(setup, ckpt)
-            bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False)
+            bb = make_batches(
+                n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False
+            )
             module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule=schedule)
             name = f"bireco Stage I, {schedule} ({tag})"
-            return run_bireco(name, setup, bb, module, k * (2 if schedule == "joint" else 1), n_params(backbone), sides)
+            return run_bireco(
+                name, setup, bb, module, k * (2 if schedule == "joint" else 1), n_params(backbone), sides
+            )
 
         return go
 
@@ -346,14 +416,27 @@ def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
     def plain():
         backbone = build_backbone(setup, ckpt, lora=True)
         backbone.model.train()
-        bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True)
+        bb = make_batches(
+            n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True
+        )
         params = [p for p in backbone.model.parameters() if p.requires_grad]
-        return run_plain(f"plain Stage II, {tag}", setup, bb, lambda b, i: plain_stage2_loss(backbone.decoder, b), params, k, n_params(backbone), sides)
+        return run_plain(
+            f"plain Stage II, {tag}",
+            setup,
+            bb,
+            lambda b, i: plain_stage2_loss(backbone.decoder, b),
+            params,
+            k,
+            n_params(backbone),
+            sides,
+        )
 
     def bireco(compile: bool):
         def go():
             backbone = build_backbone(setup, ckpt, lora=True, compile=compile)
-            bb = make_batches(n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True)
+            bb = make_batches(
+                n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True
+            )
             module = ContrastiveModule(backbone, optim_cfg(2e-4), len(bb), scale=50.0)
             name = f"bireco Stage II, {tag}" + (", compiled" if compile else "")
             return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
@@ -374,12 +457,26 @@ def varlen_variants(setup: Setup) -> list:
 
     def go(bucketed: bool):
         def inner():
-            sampler = PairBatchSampler(["e5"] * len(records), setup.batch, seed=0, lengths=[q + d for q, d in records] if bucketed else None)
+            sampler = PairBatchSampler(
+                ["e5"] * len(records),
+                setup.batch,
+                seed=0,
+                lengths=[q + d for q, d in records] if bucketed else None,
+            )
             order = list(sampler)
             lengths = [([records[i][0] for i in b], [records[i][1] for i in b]) for b in order]
             backbone = build_backbone(setup, ckpt=setup.device == "cuda")
-            bb = make_batches(len(order), setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False, lengths)
-            module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate", on_nonfinite="skip")
+            bb = make_batches(
+                len(order),
+                setup,
+                backbone.text_format.eos_id(backbone.tokenizer),
+                backbone.pad_id,
+                False,
+                lengths,
+            )
+            module = ReconstructionModule(
+                backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate", on_nonfinite="skip"
+            )
             name = f"bireco Stage I, E5-like lengths, {'length-bucketed' if bucketed else 'random'} batches"
             r = run_bireco(name, setup, bb, module, 8, n_params(backbone), ("query", "positive"))
             r.extra["nonfinite_skipped"] = module.skipped_nonfinite
@@ -424,7 +521,9 @@ def table(results: list[Result]) -> str:
         else:
             skipped = r.extra.get("nonfinite_skipped")
             name = r.name + (f" ({skipped} non-finite steps skipped)" if skipped else "")
-            rows.append(f"| {name} | {r.step_s:.3f} | {r.pairs_per_s:.1f} | {r.tokens_per_s:,.0f} | {fmt(r.mfu, '.2f')} | {fmt(r.peak_gb, '.1f')} |")
+            rows.append(
+                f"| {name} | {r.step_s:.3f} | {r.pairs_per_s:.1f} | {r.tokens_per_s:,.0f} | {fmt(r.mfu, '.2f')} | {fmt(r.peak_gb, '.1f')} |"
+            )
     return "\n".join(rows)
 
 
@@ -438,23 +537,59 @@ def ratios(results: list[Result]) -> list[str]:
             if x is None or y is None:
                 return
             v = x / y
-            ok = "" if target is None else (" ✔" if (v >= target if higher else v <= target) else " ✘") + f" (target {'≥' if higher else '≤'} {target})"
+            ok = (
+                ""
+                if target is None
+                else (" ✔" if (v >= target if higher else v <= target) else " ✘")
+                + f" (target {'≥' if higher else '≤'} {target})"
+            )
             out.append(f"- {label}: **{v:.2f}×**{ok}")
 
     for tag in ("ckpt", "no ckpt"):
-        ratio(f"Stage I step time, bireco alternate / plain one direction ({tag}) — framework overhead",
-              f"bireco Stage I, alternate ({tag})", f"plain Stage I, one direction ({tag})", "step_s", 1.10, higher=False)
-        ratio(f"Stage I pairs/s, bireco alternate / plain both directions ({tag})",
-              f"bireco Stage I, alternate ({tag})", f"plain Stage I, both directions ({tag})", "pairs_per_s", 2.0)
-        ratio(f"Stage I peak memory, bireco alternate / plain both directions ({tag})",
-              f"bireco Stage I, alternate ({tag})", f"plain Stage I, both directions ({tag})", "peak_gb", 0.6, higher=False)
-        ratio(f"Stage I peak memory, bireco joint / plain both directions ({tag})",
-              f"bireco Stage I, joint ({tag})", f"plain Stage I, both directions ({tag})", "peak_gb")
+        ratio(
+            f"Stage I step time, bireco alternate / plain one direction ({tag}) — framework overhead",
+            f"bireco Stage I, alternate ({tag})",
+            f"plain Stage I, one direction ({tag})",
+            "step_s",
+            1.10,
+            higher=False,
+        )
+        ratio(
+            f"Stage I pairs/s, bireco alternate / plain both directions ({tag})",
+            f"bireco Stage I, alternate ({tag})",
+            f"plain Stage I, both directions ({tag})",
+            "pairs_per_s",
+            2.0,
+        )
+        ratio(
+            f"Stage I peak memory, bireco alternate / plain both directions ({tag})",
+            f"bireco Stage I, alternate ({tag})",
+            f"plain Stage I, both directions ({tag})",
+            "peak_gb",
+            0.6,
+            higher=False,
+        )
+        ratio(
+            f"Stage I peak memory, bireco joint / plain both directions ({tag})",
+            f"bireco Stage I, joint ({tag})",
+            f"plain Stage I, both directions ({tag})",
+            "peak_gb",
+        )
     for s2 in ("LoRA r16, ckpt", "LoRA r16"):
-        ratio(f"Stage II step time, bireco / plain ({s2}) — framework overhead",
-              f"bireco Stage II, {s2}", f"plain Stage II, {s2}", "step_s", 1.10, higher=False)
-        ratio(f"Stage II pairs/s, bireco compiled / plain ({s2})",
-              f"bireco Stage II, {s2}, compiled", f"plain Stage II, {s2}", "pairs_per_s")
+        ratio(
+            f"Stage II step time, bireco / plain ({s2}) — framework overhead",
+            f"bireco Stage II, {s2}",
+            f"plain Stage II, {s2}",
+            "step_s",
+            1.10,
+            higher=False,
+        )
+        ratio(
+            f"Stage II pairs/s, bireco compiled / plain ({s2})",
+            f"bireco Stage II, {s2}, compiled",
+            f"plain Stage II, {s2}",
+            "pairs_per_s",
+        )
     ratio("Variable lengths, real tokens/s, bucketed / random batches",
           "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
     return out
@@ -464,7 +599,11 @@ def machine() -> str:
     import lightning
     import transformers
 
-    dev = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    dev = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     return f"{dev}; Python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}, lightning {lightning.__version__}"
 
 
@@ -473,8 +612,13 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--mode", choices=sorted(SETUPS), default="cpu")
     ap.add_argument("--only", default=None, help=f"comma-separated groups: {', '.join(GROUPS)}")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per variant")
-    ap.add_argument("--repeats", type=int, default=None, help="run each group N times in turn and keep each variant's "
-                    "fastest median (shared CPUs are noisy); default 2 on cpu, 1 on gpu")
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="run each group N times in turn and keep each variant's "
+        "fastest median (shared CPUs are noisy); default 2 on cpu, 1 on gpu",
+    )
     ap.add_argument("--out", default=None, help="directory for bench-<mode>.md / .json")
     args = ap.parse_args(argv)
     setup = SETUPS[args.mode]
@@ -491,25 +635,44 @@ def main(argv=None) -> list[Result]:
     repeats = args.repeats or (2 if setup.device == "cpu" and args.mode != "smoke" else 1)
     best: dict[str, Result] = {}
     for g in groups:
-        for variant in [v for _ in range(repeats) for v in GROUPS[g](setup)]:  # A B A B: drift hits both alike
+        for variant in [
+            v for _ in range(repeats) for v in GROUPS[g](setup)
+        ]:  # A B A B: drift hits both alike
             reset_memory(setup.device)
             t0 = time.perf_counter()
             try:
                 r = variant()
             except Exception as e:  # one failing variant (e.g. out of memory) must not lose the others
-                r = Result(getattr(variant, "__qualname__", "?"), math.nan, math.nan, math.nan, None, None, error=f"{type(e).__name__}: {str(e)[:160]}")
-            print(f"[bench] {r.name}: {'failed ' + r.error if r.error else f'{r.step_s:.3f} s/step'} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                r = Result(
+                    getattr(variant, "__qualname__", "?"),
+                    math.nan,
+                    math.nan,
+                    math.nan,
+                    None,
+                    None,
+                    error=f"{type(e).__name__}: {str(e)[:160]}",
+                )
+            print(
+                f"[bench] {r.name}: {'failed ' + r.error if r.error else f'{r.step_s:.3f} s/step'} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
             if r.name not in best or best[r.name].error or (not r.error and r.step_s < best[r.name].step_s):
                 best[r.name] = r
             gc.collect()
     results = list(best.values())
-    report = f"Machine: {machine()}; mode {args.mode}, precision {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}\n\n{table(results)}\n\n" + "\n".join(ratios(results)) + "\n"
+    report = (
+        f"Machine: {machine()}; mode {args.mode}, precision {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}\n\n{table(results)}\n\n"
+        + "\n".join(ratios(results))
+        + "\n"
+    )
     print("\n" + report)
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"bench-{args.mode}.md").write_text(report)
-        (out / f"bench-{args.mode}.json").write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+        (out / f"bench-{args.mode}.json").write_text(
+            json.dumps([r.__dict__ for r in results], indent=1, default=str)
+        )
     return results
 
 

@@ -109,7 +109,9 @@ def main() -> None:
     ap.add_argument("--out", default="outputs/scale")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--trainers", default="gpu,fsdp")
-    ap.add_argument("--cpu-check", action="store_true", help="dry run of this script on CPU (trainer=cpu, tiny model)")
+    ap.add_argument(
+        "--cpu-check", action="store_true", help="dry run of this script on CPU (trainer=cpu, tiny model)"
+    )
     args = ap.parse_args()
     import logging
     import warnings
@@ -138,7 +140,9 @@ def main() -> None:
         if "error" in r:
             print(f"| {r['trainer']} | {r['stage']} | failed: {r['error'][:80]} | | |")
         else:
-            print(f"| {r['trainer']} | {r['stage']} | {r['median_step_s']:.3f} | {r['pairs_per_s']:.1f} | {r['peak_mem_gb']:.1f} |")
+            print(
+                f"| {r['trainer']} | {r['stage']} | {r['median_step_s']:.3f} | {r['pairs_per_s']:.1f} | {r['peak_mem_gb']:.1f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -57,7 +57,9 @@ def worker(rank, world, path):
         ref_loss, ref = loss_grads(bb, coll(recs))
         diff = max(float((a - b).abs().max()) for a, b in zip(grads, ref))
         with open(path, "w") as f:
-            json.dump({"max_abs_grad_diff": diff, "loss_diff": float(loss - ref_loss), "n_params": len(ref)}, f)
+            json.dump(
+                {"max_abs_grad_diff": diff, "loss_diff": float(loss - ref_loss), "n_params": len(ref)}, f
+            )
     dist.destroy_process_group()
 
 
