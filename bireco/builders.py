@@ -168,9 +168,7 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
         id_file = run_dir / "wandb_run_id"
         resumed = resuming and id_file.is_file()
         run_id = id_file.read_text().strip() if resumed else uuid.uuid4().hex[:12]
-        mode = cfg.logger.mode
-        if mode == "auto":
-            mode = os.environ.get("WANDB_MODE") or ("online" if _wandb_key_available() else "offline")
+        mode = wandb_mode(cfg.logger.mode)
         loggers.append(
             WandbLogger(
                 project=cfg.logger.project,
@@ -187,6 +185,13 @@ def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> lis
         if not resumed and rank_zero_only.rank == 0:
             id_file.write_text(run_id)
     return loggers
+
+
+def wandb_mode(mode: str) -> str:
+    """logger.mode=auto: WANDB_MODE if set, else online with an API key, offline without."""
+    if mode == "auto":
+        return os.environ.get("WANDB_MODE") or ("online" if _wandb_key_available() else "offline")
+    return mode
 
 
 def _wandb_key_available() -> bool:
@@ -222,7 +227,11 @@ def build_trainer(
         default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        **OmegaConf.to_container(
-            t.get("lightning") or {}, resolve=True
-        ),  # names checked in bireco.config.validate
+        **lightning_passthrough(t),
     )
+
+
+def lightning_passthrough(trainer_cfg: DictConfig) -> dict:
+    """trainer.lightning as Trainer keyword arguments (names checked in bireco.config.validate)."""
+    extra = trainer_cfg.get("lightning")
+    return OmegaConf.to_container(extra, resolve=True) if extra else {}

@@ -100,7 +100,8 @@ def markdown_table(summaries: dict[str, dict]) -> str:
 
 def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchmark: str | None = None,
                         output_dir: str | None = None, batch_size: int = 64, max_length: int = 512,
-                        max_queries: int | None = None, progress: bool = True, max_docs: int | None = None) -> dict:  # fmt: skip
+                        max_queries: int | None = None, progress: bool = True, max_docs: int | None = None,
+                        wandb: bool = True) -> dict:  # fmt: skip
     import mteb
     import torch
 
@@ -125,7 +126,37 @@ def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchma
     summary["checkpoint"] = str(checkpoint)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "results.md").write_text(markdown_table({Path(checkpoint).parent.name: summary}))
+    if wandb:
+        log_to_training_run(Path(checkpoint), summary)
     return summary
+
+
+def log_to_training_run(checkpoint: Path, summary: dict) -> bool:
+    """Add the scores to the wandb run that trained `checkpoint` (same run id, resumed), as eval/<task> and
+    eval/<category> summary metrics, so a sweep's wandb table shows them next to the losses. Only for runs that
+    logged to wandb (their run directory holds wandb_run_id); returns whether it logged."""
+    from omegaconf import OmegaConf
+
+    from bireco.builders import wandb_mode
+
+    run_dir = checkpoint.parent
+    id_file, cfg_file = run_dir / "wandb_run_id", run_dir / "config.yaml"
+    if not (id_file.is_file() and cfg_file.is_file()):
+        return False
+    import wandb
+
+    cfg = OmegaConf.load(cfg_file)
+    run = wandb.init(project=cfg.logger.project, id=id_file.read_text().strip(), resume="allow", dir=str(run_dir),
+                     mode=wandb_mode(cfg.logger.mode), group=cfg.experiment_name, job_type=cfg.stage.run_name,
+                     name=f"{cfg.experiment_name}/{cfg.variant}/{cfg.stage.run_name}")  # fmt: skip
+    scores = {f"eval/{t}": v["main_score"] for t, v in summary["tasks"].items()}
+    scores.update({f"eval/{c}": v for c, v in summary["categories"].items()})
+    for key in scores:
+        run.define_metric(key, summary="last")
+    run.log(scores)
+    run.summary.update(scores)
+    run.finish()
+    return True
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
@@ -133,7 +164,7 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         summary = evaluate_checkpoint(
             cfg.checkpoint, list(cfg.tasks or []), cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
-            cfg.max_queries, cfg.progress, cfg.max_docs,
+            cfg.max_queries, cfg.progress, cfg.max_docs, cfg.wandb,
         )  # fmt: skip
     except Exception as err:
         if user_error(err) is None:

@@ -179,6 +179,9 @@ def test_paper_presets_match_paper_spec(preset):
             and cfg.model.dtype == "bfloat16"
         )
         assert cfg.trainer.gradient_clip_val == 1.0 and cfg.seed == 42 and cfg.data.max_doc_length == 512
+        assert (
+            cfg.trainer.checkpoint_every_n_steps == 250
+        )  # long runs checkpoint by default (last.ckpt, resume=auto)
         assert cfg.model.gradient_checkpointing and cfg.data.format == "e5"
         assert cfg.data.max_query_length == 512 and cfg.data.num_hard_negatives == 1
         s = cfg.stage

@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,29 @@ def test_beir_directory_errors_name_file_line_field_before_any_model_loads(tmp_p
     (root / "queries.jsonl").unlink()
     with pytest.raises(DataError, match="queries.jsonl:0: field '-': file missing"):
         evaluate_checkpoint(str(tmp_path / "no-such-checkpoint"), [f"beir:{root}"], progress=False)
+
+
+def test_evaluation_reaches_the_training_runs_wandb(cfg_factory, tmp_path, monkeypatch):
+    """A run trained with logger=wandb gets its evaluation scores as eval/<task> and eval/<category> in the same
+    wandb run (offline here: a second offline run directory with the same run id)."""
+    from bireco.train import run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = cfg_factory(
+        "stage=baseline",
+        "trainer.max_steps=1",
+        "logger=wandb",
+        "data.global_batch_size=4",
+        "data.max_train_records=16",
+    )
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    run_id = (run_dir / "wandb_run_id").read_text().strip()
+    evaluate_checkpoint(
+        str(run_dir / "final"), ["WordNetExamplesRetrieval"], max_queries=10, max_docs=50, progress=False
+    )
+    runs = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 2, runs  # training, then the evaluation resuming the same id
+    records = (runs[-1] / f"run-{run_id}.wandb").read_bytes()  # offline: the run's protobuf record log
+    assert b"eval/WordNetExamplesRetrieval" in records and b"eval/Average" in records
+    assert b"eval/Average" not in (runs[0] / f"run-{run_id}.wandb").read_bytes()
