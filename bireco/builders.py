@@ -105,7 +105,10 @@ def build_datamodule(cfg: DictConfig, backbone: Backbone) -> PairDataModule:
         num_hard_negatives=cfg.data.num_hard_negatives,
         pad_id=backbone.pad_id,
     )
-    return PairDataModule(cfg.data, collator, seed=cfg.seed)
+    dev_pairs = (
+        cfg.data.dev_queries if cfg.trainer.dev_check_every_n_steps and cfg.data.format != "wordnet" else 0
+    )
+    return PairDataModule(cfg.data, collator, seed=cfg.seed, dev_pairs=dev_pairs)
 
 
 def lr_horizon(cfg: DictConfig, batches_per_epoch: int | None = None) -> int:

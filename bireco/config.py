@@ -116,7 +116,9 @@ class DataConfig:
     bucket_by_length: bool = False
     on_bad_record: str = "error"  # error | skip
     max_train_records: int | None = None
-    dev_queries: int = 200  # in-training retrieval check size: queries ...
+    dev_queries: int = (
+        200  # in-training retrieval check size: queries (non-WordNet data: pairs held out of training) ...
+    )
     dev_corpus_size: int = 2000  # ... and documents (their positives and hard negatives, then random glosses)
     num_workers: int = 0
 
@@ -151,7 +153,9 @@ class TrainerConfig:
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = 1.0
     log_every_n_steps: int = 10
-    val_check_interval: int | None = None  # steps between dev retrieval checks; None = off
+    dev_check_every_n_steps: int | None = (
+        None  # optimizer steps between dev retrieval checks (val/ndcg@10); None = off
+    )
     checkpoint_every_n_steps: int | None = None
     deterministic: bool = False
     enable_progress_bar: bool = True

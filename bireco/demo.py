@@ -35,7 +35,9 @@ class DemoPreset:
     model: list[str]  # overrides that pick the base model (tiny: name_or_path is added after pretraining)
     data: list[str]
     stage1: list[str]  # besides trainer.max_steps
-    stage2: list[str]  # besides trainer.max_steps / val_check_interval; LoRA unless stage.lora.enabled=false
+    stage2: list[
+        str
+    ]  # besides trainer.max_steps / dev_check_every_n_steps; LoRA unless stage.lora.enabled=false
     stage1_steps: int
     stage2_steps: int
     eval_every: int
@@ -119,7 +121,11 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
         "logger=wandb" if wandb else "logger=csv", f"trainer.enable_progress_bar={str(progress).lower()}",
         "trainer.log_every_n_steps=5", *preset.data, *(overrides or []),
     ]  # fmt: skip
-    stage2 = [f"trainer.max_steps={stage2_steps}", f"trainer.val_check_interval={eval_every}", *preset.stage2]
+    stage2 = [
+        f"trainer.max_steps={stage2_steps}",
+        f"trainer.dev_check_every_n_steps={eval_every}",
+        *preset.stage2,
+    ]
     stage1 = [f"trainer.max_steps={stage1_steps}", *preset.stage1]
     timings = {}
     for name, stage_overrides in (

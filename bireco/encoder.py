@@ -28,22 +28,26 @@ QUERY_ONLY_TYPES = {"Retrieval", "Reranking", "InstructionRetrieval", "Instructi
 def encode_texts(
     backbone: Backbone,
     texts: list[str],
-    instruction: str | None = None,
+    instruction: str | list[str | None] | None = None,
     max_length: int = 512,
     batch_size: int = 64,
     normalize: bool = True,
     progress: bool = False,
     bf16: bool | None = None,
 ) -> torch.Tensor:
-    """(N, H) fp32 embeddings; length-sorted batches (less padding), input order restored. `bf16`: run under bf16
-    autocast (None = the hardware default, bireco.precision.bf16_for)."""
+    """(N, H) fp32 embeddings; length-sorted batches (less padding), input order restored. `instruction`: one for
+    every text or one per text. `bf16`: run under bf16 autocast (None = the hardware default, bireco.precision)."""
     from tqdm.auto import tqdm
 
-    fmt = backbone.text_format.for_instruction(instruction)
+    instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
+    fmt = backbone.text_format
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
-    sides = [encode_side(backbone.tokenizer, fmt, t, max_length, instruction) for t in texts]
+    sides = [
+        encode_side(backbone.tokenizer, fmt.for_instruction(i), t, max_length, i)
+        for t, i in zip(texts, instructions)
+    ]
     order = sorted(range(len(texts)), key=lambda i: -sides[i].length)
     out = torch.empty(len(texts), backbone.hidden_size)
     for start in tqdm(range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False):

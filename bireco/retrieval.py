@@ -18,9 +18,38 @@ from bireco.data.instructions import instruction_for, load_table
 @dataclass
 class RetrievalSet:
     queries: list[str]
-    instruction: str | None
+    instruction: str | list[str] | None  # one for every query, or one per query
     corpus: list[str]
     relevant: list[int]  # corpus index of each query's positive
+
+
+def records_retrieval_set(
+    dev: list[dict], others: list[str], corpus_size: int = 2000, seed: int = 0
+) -> RetrievalSet:
+    """Held-out pairs of a run's own data as a retrieval set: their queries (each with its own instruction) against
+    their positives and hard negatives, then `others` (e.g. training documents) drawn at random up to corpus_size."""
+    corpus: list[str] = []
+    index: dict[str, int] = {}
+
+    def add(text: str) -> int:
+        if text not in index:
+            index[text] = len(corpus)
+            corpus.append(text)
+        return index[text]
+
+    relevant = [add(r["positive"]) for r in dev]
+    for r in dev:
+        for n in r.get("negatives") or []:
+            add(n)
+    pool = list(others)
+    random.Random(seed).shuffle(pool)
+    for text in pool:
+        if len(corpus) >= corpus_size:
+            break
+        add(text)
+    return RetrievalSet(
+        [r["query"] for r in dev], [r.get("instruction") or None for r in dev], corpus, relevant
+    )
 
 
 def wordnet_retrieval_set(split: str = "dev", dataset: str = wordnet.DEFINITIONS, n_queries: int = 200,
@@ -70,5 +99,10 @@ def evaluate(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_len
 
     q = encode_texts(backbone, rs.queries, rs.instruction, max_query_length, bf16=bf16)
     d = encode_texts(backbone, rs.corpus, None, max_doc_length, bf16=bf16)
-    ndcg, mrr = ndcg_mrr_at_10((q @ d.T).numpy(), rs.relevant)
+    return scores_of(q, d, rs.relevant)
+
+
+def scores_of(q, d, relevant: list[int]) -> dict[str, float]:
+    """nDCG@10 and MRR@10 from (Q, H) query and (D, H) document embeddings (L2-normalised)."""
+    ndcg, mrr = ndcg_mrr_at_10((q @ d.T).numpy(), relevant)
     return {"ndcg@10": ndcg, "mrr@10": mrr}

@@ -129,7 +129,7 @@ def run(cfg: DictConfig) -> dict:
     else:
         keep_previous_metrics(run_dir / "logs" / "metrics.csv")
     trainer = build_trainer(
-        cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None, backbone=backbone
+        cfg, run_dir, build_callbacks(cfg, run_dir, datamodule), resuming=ckpt is not None, backbone=backbone
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

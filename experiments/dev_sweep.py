@@ -84,7 +84,7 @@ def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
         "trainer.enable_progress_bar=false",
         *d["data"],
     ]
-    stage2 = [f"trainer.val_check_interval={eval_every}", *d["stage2"]]
+    stage2 = [f"trainer.dev_check_every_n_steps={eval_every}", *d["stage2"]]
     # designs that share data + Stage II settings share one baseline run
     base_variant = (
         "baseline-" + hashlib.sha1(json.dumps([d["data"], d["stage2"], seed]).encode()).hexdigest()[:8]

@@ -31,25 +31,36 @@ CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
 ZERO_ANCHOR = "Stage I with a zero anchor + Stage II (control)"
 
 
-def run_seed(
-    out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, zero_anchor: bool = False
-) -> dict:
-    from bireco.demo import compose_train, logged_curve, run_demo
-    from bireco.evaluate import evaluate_checkpoint
-    from bireco.train import run
+def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, control: bool = True,
+             zero_anchor: bool = False) -> dict:  # fmt: skip
+    from bireco.demo import run_demo
 
     t0 = time.perf_counter()
     res = run_demo(out, "smollm2", stage1_steps, stage2_steps, wandb=False, progress=False, seed=seed)
+    if control:
+        run_control(out, res)
+    if zero_anchor:
+        run_zero_anchor(out, res)
+    res["seed_seconds"] = time.perf_counter() - t0
+    return res
+
+
+def run_control(out: Path, res: dict) -> None:
+    """The compute-matched control (paper-spec 7.6): Stage II alone from the base, for Stage I + Stage II steps."""
+    from bireco.demo import compose_train, logged_curve
+    from bireco.evaluate import evaluate_checkpoint
+    from bireco.train import run
+
     steps = res["stage1_steps"] + res["stage2_steps"]
     t = time.perf_counter()
     # dev checks every 20 steps (not 10): the control's curve is context, and its 120 steps would otherwise check 13 times
     stage2 = [
         o
         for o in res["stage2_overrides"]
-        if not o.startswith(("trainer.max_steps=", "trainer.val_check_interval="))
+        if not o.startswith(("trainer.max_steps=", "trainer.dev_check_every_n_steps="))
     ]
     run(compose_train([*res["overrides"], "variant=control", "stage=baseline", *stage2, f"trainer.max_steps={steps}",
-                       "trainer.val_check_interval=20"]))  # fmt: skip
+                       "trainer.dev_check_every_n_steps=20"]))  # fmt: skip
     res["train_seconds"]["control"] = time.perf_counter() - t
     ckpt = out / "demo" / "control" / "baseline" / "final"
     res["summaries"][CONTROL] = evaluate_checkpoint(
@@ -57,10 +68,6 @@ def run_seed(
         max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
     )  # fmt: skip
     res["dev_curves"]["Control"] = logged_curve(ckpt.parent)
-    if zero_anchor:
-        run_zero_anchor(out, res)
-    res["seed_seconds"] = time.perf_counter() - t0
-    return res
 
 
 def run_zero_anchor(out: Path, res: dict) -> None:
@@ -73,6 +80,11 @@ def run_zero_anchor(out: Path, res: dict) -> None:
     from bireco.train import run
 
     common = [*res["overrides"], "variant=zero_anchor"]
+    renamed = (
+        "trainer.val_check_interval=",
+        "trainer.dev_check_every_n_steps=",
+    )  # key renamed after seed 42 ran
+    res = {**res, "stage2_overrides": [o.replace(*renamed) for o in res["stage2_overrides"]]}
     # the schedule the seed's own Stage I ran with (its default changed to joint after seed 42 ran)
     schedule = OmegaConf.load(out / "demo" / "default" / "stage1" / "config.yaml").stage.schedule
     t = time.perf_counter()
@@ -163,7 +175,12 @@ def main() -> None:
     for seed in args.seeds:
         if seed not in results:
             results[seed] = run_seed(
-                args.out / f"seed-{seed}", seed, args.stage1_steps, args.stage2_steps, args.zero_anchor
+                args.out / f"seed-{seed}",
+                seed,
+                args.stage1_steps,
+                args.stage2_steps,
+                not args.no_control,
+                args.zero_anchor,
             )
         elif args.zero_anchor and ZERO_ANCHOR not in results[seed]["summaries"]:
             t = time.perf_counter()

@@ -123,7 +123,7 @@ def test_short_run_raises_held_out_ndcg(pretrained_lm, cfg_factory, tmp_path):
         "trainer.precision=32-true",
     ]
     cfg = cfg_factory("stage=baseline", "trainer.max_steps=150", "stage.optim.lr=5e-4", "stage.optim.warmup_steps=10",
-                      "trainer.val_check_interval=75", "data.dev_queries=100", *common)  # fmt: skip
+                      "trainer.dev_check_every_n_steps=75", "data.dev_queries=100", *common)  # fmt: skip
     run(cfg)
     rs = wordnet_retrieval_set("test", "wordnet_examples", n_queries=300, corpus_size=2000)
     untrained = Backbone.from_config(cfg_factory(*common).model)

@@ -53,10 +53,43 @@ def test_dev_check_uses_the_configured_corpus_size(tmp_path):
     sizes = {}
     for n in (300, 1000):
         cfg = compose_train(
-            ["trainer.val_check_interval=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"]
+            ["trainer.dev_check_every_n_steps=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"]
         )
         (cb,) = [c for c in build_callbacks(cfg, tmp_path) if isinstance(c, DevRetrievalCallback)]
         sizes[n] = len(cb.rs.corpus)
         assert len(cb.rs.queries) == 50 and max(cb.rs.relevant) < sizes[n]
     assert sizes == {300: 300, 1000: 1000}
     assert "data.dev_corpus_size=1000" in PRESETS["smollm2"].data
+
+
+def test_dev_check_on_other_data_holds_pairs_out_and_is_monitorable(tmp_path):
+    """data=jsonl: the dev check scores pairs held out of the run's own training data (never trained on), and
+    its val/ndcg@10 reaches Lightning's callback metrics (what ModelCheckpoint / EarlyStopping monitor)."""
+    import json
+
+    from bireco.builders import build_backbone, build_datamodule
+    from bireco.callbacks import DevRetrievalCallback, build_callbacks
+    from bireco.data import wordnet
+    from bireco.data.instructions import load_table
+    from bireco.demo import compose_train
+    from bireco.train import run
+
+    path = tmp_path / "pairs.jsonl"
+    table = load_table("wordnet")
+    with open(path, "w") as f:
+        for r in wordnet.pair_records("train")[:80]:
+            row = {"query": r["query"], "positive": r["positive"], "negatives": r["negatives"]}
+            f.write(json.dumps({**row, "instruction": table[r["dataset"]]}) + "\n")
+    common = [f"output_root={tmp_path / 'out'}", "data=jsonl", f"data.path={path}", "data.dev_queries=20",
+              "data.dev_corpus_size=60", "trainer.dev_check_every_n_steps=2", "trainer.max_steps=2",
+              "data.global_batch_size=4", "data.max_query_length=48", "data.max_doc_length=48",
+              "stage=baseline", "trainer.enable_progress_bar=false"]  # fmt: skip
+    cfg = compose_train(common)
+    dm = build_datamodule(cfg, build_backbone(cfg))
+    dm.load()
+    held = {r["query"] for r in dm.dev_records}
+    assert len(held) == 20 and len(dm.train) == 60 and not held & set(dm.train["query"])
+    (cb,) = [c for c in build_callbacks(cfg, tmp_path, dm) if isinstance(c, DevRetrievalCallback)]
+    assert cb.rs.queries == [r["query"] for r in dm.dev_records] and len(cb.rs.corpus) == 60
+    metrics = run(cfg)
+    assert "val/ndcg@10" in metrics and 0 <= metrics["val/ndcg@10"] <= 1

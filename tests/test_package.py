@@ -1,6 +1,7 @@
 """bireco as an installed package: a wheel carries its configs, and the console scripts run from any directory."""
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -12,6 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_install_has_configs_and_console_scripts(tmp_path):
+    # build from a copy of the sources: an in-tree build/ would be reused and could carry stale modules
+    src = tmp_path / "src"
+    junk = shutil.ignore_patterns(
+        ".git", "outputs", "build", "*.egg-info", "__pycache__", "wandb", ".ruff_cache", ".venv"
+    )
+    shutil.copytree(ROOT, src, ignore=junk)
     dist = tmp_path / "dist"
     build = [
         sys.executable,
@@ -23,7 +30,7 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
         "-q",
         "-w",
         str(dist),
-        str(ROOT),
+        str(src),
     ]
     r = subprocess.run(build, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -15,11 +15,14 @@ log = logging.getLogger(__name__)
 
 
 class PairDataModule(L.LightningDataModule):
-    def __init__(self, cfg: Any, collator: PairCollator, seed: int = 42):
+    def __init__(self, cfg: Any, collator: PairCollator, seed: int = 42, dev_pairs: int = 0):
+        """`dev_pairs`: records to hold out of training for the dev check (non-WordNet data; WordNet has a dev split)."""
         super().__init__()
         self.cfg = cfg
         self.collator = collator
         self.seed = seed
+        self.dev_pairs = dev_pairs
+        self.dev_records: list[dict] = []
         self.train = None
         self.sampler: PairBatchSampler | None = None
         self._resume_state: dict | None = None
@@ -33,6 +36,15 @@ class PairDataModule(L.LightningDataModule):
             ds = load_pairs(self.cfg, "train")
             if self.cfg.max_train_records:
                 ds = ds.select(range(min(self.cfg.max_train_records, len(ds))))
+            if (
+                self.dev_pairs
+            ):  # seeded; removed from training, so the dev check scores pairs the model never saw
+                import random
+
+                held = set(random.Random(self.seed).sample(range(len(ds)), min(self.dev_pairs, len(ds) // 2)))
+                self.dev_records = [ds[i] for i in sorted(held)]
+                ds = ds.select([i for i in range(len(ds)) if i not in held])
+                log.info("dev check: %d pairs held out of training", len(held))
             self.train = ds
             log.info("training records: %d", len(ds))
 
