@@ -23,41 +23,9 @@ class RetrievalSet:
     relevant: list[int]  # corpus index of each query's positive
 
 
-def records_retrieval_set(
-    dev: list[dict], others: list[str], corpus_size: int = 2000, seed: int = 0
-) -> RetrievalSet:
-    """Held-out pairs of a run's own data as a retrieval set: their queries (each with its own instruction) against
-    their positives and hard negatives, then `others` (e.g. training documents) drawn at random up to corpus_size."""
-    corpus: list[str] = []
-    index: dict[str, int] = {}
-
-    def add(text: str) -> int:
-        if text not in index:
-            index[text] = len(corpus)
-            corpus.append(text)
-        return index[text]
-
-    relevant = [add(r["positive"]) for r in dev]
-    for r in dev:
-        for n in r.get("negatives") or []:
-            add(n)
-    pool = list(others)
-    random.Random(seed).shuffle(pool)
-    for text in pool:
-        if len(corpus) >= corpus_size:
-            break
-        add(text)
-    return RetrievalSet(
-        [r["query"] for r in dev], [r.get("instruction") or None for r in dev], corpus, relevant
-    )
-
-
-def wordnet_retrieval_set(split: str = "dev", dataset: str = wordnet.DEFINITIONS, n_queries: int = 200,
-                          corpus_size: int = 2000, seed: int = 0) -> RetrievalSet:  # fmt: skip
-    """Queries of one WordNet dataset; corpus = their positives + hard negatives + random glosses of the split."""
-    records = [r for r in wordnet.pair_records(split) if r["dataset"] == dataset]
-    rng = random.Random(seed)
-    picked = rng.sample(records, min(n_queries, len(records)))
+def _retrieval_set(picked: list[dict], pool: list[str], corpus_size: int, instruction) -> RetrievalSet:
+    """Queries of `picked` against their positives and hard negatives, then `pool` (already shuffled) as
+    distractors up to corpus_size."""
     corpus: list[str] = []
     index: dict[str, int] = {}
 
@@ -69,16 +37,34 @@ def wordnet_retrieval_set(split: str = "dev", dataset: str = wordnet.DEFINITIONS
 
     relevant = [add(r["positive"]) for r in picked]
     for r in picked:
-        for n in r["negatives"]:
+        for n in r.get("negatives") or []:
             add(n)
-    others = [r["positive"] for r in records]
-    rng.shuffle(others)
-    for text in others:
+    for text in pool:
         if len(corpus) >= corpus_size:
             break
         add(text)
-    instr = instruction_for(load_table("wordnet"), dataset, 0)
-    return RetrievalSet([r["query"] for r in picked], instr, corpus, relevant)
+    return RetrievalSet([r["query"] for r in picked], instruction, corpus, relevant)
+
+
+def records_retrieval_set(
+    dev: list[dict], others: list[str], corpus_size: int = 2000, seed: int = 0
+) -> RetrievalSet:
+    """Held-out pairs of a run's own data as a retrieval set: their queries (each with its own instruction) against
+    their positives and hard negatives, then `others` (e.g. training documents) drawn at random up to corpus_size."""
+    pool = list(others)
+    random.Random(seed).shuffle(pool)
+    return _retrieval_set(dev, pool, corpus_size, [r.get("instruction") or None for r in dev])
+
+
+def wordnet_retrieval_set(split: str = "dev", dataset: str = wordnet.DEFINITIONS, n_queries: int = 200,
+                          corpus_size: int = 2000, seed: int = 0) -> RetrievalSet:  # fmt: skip
+    """Queries of one WordNet dataset; corpus = their positives + hard negatives + random glosses of the split."""
+    records = [r for r in wordnet.pair_records(split) if r["dataset"] == dataset]
+    rng = random.Random(seed)
+    picked = rng.sample(records, min(n_queries, len(records)))
+    others = [r["positive"] for r in records]
+    rng.shuffle(others)  # the same generator as the sample: the dev sets of earlier runs stay the same
+    return _retrieval_set(picked, others, corpus_size, instruction_for(load_table("wordnet"), dataset, 0))
 
 
 def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, float]:

@@ -15,18 +15,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
-CATEGORIES = (
-    "Retrieval",
-    "Reranking",
-    "Clustering",
-    "PairClassification",
-    "Classification",
-    "STS",
-    "Summarization",
-    "Average",
-)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bireco.evaluate import CATEGORIES as PAPER_CATEGORIES  # noqa: E402
+
+CATEGORIES = (*PAPER_CATEGORIES, "Average")
 
 
 def collect(root: Path) -> dict[tuple[str, str], dict[str, dict]]:

@@ -38,21 +38,30 @@ def test_ddp_two_processes_match_one_process_loss_curve(tmp_path, case):
         "trainer.log_every_n_steps=1", "data.global_batch_size=8", "data.max_train_records=96", *CASES[case],
         "trainer.precision=32-true",  # the equivalence is exact math; bf16 (trainer=cpu's auto on bf16 CPUs) differs by ~1e-3
     ]  # fmt: skip
-    single = compose_cfg(common + ["variant=single"])
-    run(single)
+    ddp_dir = assert_ddp_matches_one_process(common, STEPS)
+    assert (ddp_dir / "final" / "bireco.json").is_file()  # rank 0 exported one HF directory
+
+
+def run_ddp(args: list[str], timeout: int = 600) -> None:
+    """`python -m bireco.train trainer=ddp_cpu ...` in a subprocess (Lightning DDP must not re-run pytest)."""
     env = subprocess_env(OMP_NUM_THREADS="1")
     env.pop("MASTER_PORT", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bireco.train", "trainer=ddp_cpu", "variant=ddp", *common],
-        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
-    )  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "bireco.train", "trainer=ddp_cpu", *args], env=env,
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def assert_ddp_matches_one_process(common: list[str], steps: int, timeout: int = 600) -> Path:
+    """Train once in this process and once as 2 gloo processes; the logged loss curves agree to 1e-4."""
+    single = compose_cfg(common + ["variant=single"])
+    run(single)
+    run_ddp(["variant=ddp", *common], timeout)
     ddp_dir = Path(compose_cfg(common + ["variant=ddp", "trainer=ddp_cpu"]).run_dir)
     ref, got = logged_losses(Path(single.run_dir)), logged_losses(ddp_dir)
-    assert sorted(ref) == sorted(got) == list(range(STEPS))
-    for step in range(STEPS):
+    assert sorted(ref) == sorted(got) == list(range(steps))
+    for step in range(steps):
         assert got[step] == pytest.approx(ref[step], abs=1e-4), (step, got, ref)
-    assert (ddp_dir / "final" / "bireco.json").is_file()  # rank 0 exported one HF directory
+    return ddp_dir
 
 
 def test_ddp_with_hard_negatives_on_one_rank_only_matches_one_process(tmp_path):
@@ -82,20 +91,7 @@ def test_ddp_with_hard_negatives_on_one_rank_only_matches_one_process(tmp_path):
         "data.max_query_length=64", "data.max_doc_length=48", "stage=baseline", "stage.lora.dropout=0",
         "stage.optim.warmup_steps=1", "trainer.precision=32-true",
     ]  # fmt: skip
-    single = compose_cfg(common + ["variant=single"])
-    run(single)
-    env = subprocess_env(OMP_NUM_THREADS="1")
-    env.pop("MASTER_PORT", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "bireco.train", "trainer=ddp_cpu", "variant=ddp", *common],
-        env=env, capture_output=True, text=True, timeout=300, cwd=ROOT,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ref = logged_losses(Path(single.run_dir))
-    got = logged_losses(Path(compose_cfg(common + ["variant=ddp", "trainer=ddp_cpu"]).run_dir))
-    assert sorted(got) == list(range(4))
-    for step in range(4):
-        assert got[step] == pytest.approx(ref[step], abs=1e-4), (step, got, ref)
+    assert_ddp_matches_one_process(common, 4, timeout=300)
 
 
 def test_ddp_stage2_full_fine_tuning_of_an_untied_head_model(tmp_path):
@@ -108,11 +104,7 @@ def test_ddp_stage2_full_fine_tuning_of_an_untied_head_model(tmp_path):
         "data.global_batch_size=4", "data.max_train_records=32", "stage=baseline", "stage.lora.enabled=false",
         "model.architecture.tie_word_embeddings=false", "trainer.precision=32-true",
     ]  # fmt: skip
-    env = subprocess_env(OMP_NUM_THREADS="1")
-    env.pop("MASTER_PORT", None)
-    proc = subprocess.run([sys.executable, "-m", "bireco.train", "trainer=ddp_cpu", *common], env=env,
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_ddp(common, timeout=300)
     assert (Path(compose_cfg(common + ["trainer=ddp_cpu"]).run_dir) / "final" / "bireco.json").is_file()
     for tied in (False, True):
         cfg = compose_cfg([*common, f"model.architecture.tie_word_embeddings={str(tied).lower()}"])
