@@ -161,7 +161,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/seeds"))
     ap.add_argument("--stage1-steps", type=int, default=None)
     ap.add_argument("--stage2-steps", type=int, default=None)
-    ap.add_argument("--no-control", action="store_true", help="skip the compute-matched control (about 20 min a seed)")
+    ap.add_argument(
+        "--no-control", action="store_true", help="skip the compute-matched control (about 20 min a seed)"
+    )
     ap.add_argument(
         "--zero-anchor",
         action="store_true",

@@ -110,7 +110,11 @@ def test_multirun_jobs_get_their_own_run_dirs_and_stage2_finds_its_stage1(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "preset,values", [("ablation_alpha", (0.2, 0.5, 0.8)), ("ablation_direction", (0.0, 1.0))]
+    "preset,values",
+    [
+        pytest.param("ablation_alpha", (0.2, 0.5, 0.8), marks=pytest.mark.slow),
+        ("ablation_direction", (0.0, 1.0)),
+    ],
 )
 def test_ablation_presets_run_both_stages(tmp_path, preset, values):
     """The README's commands, on the tiny model: Stage I then Stage II of every swept value, one step each."""

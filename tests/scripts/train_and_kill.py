@@ -60,7 +60,7 @@ def main() -> None:
     assert sep == "--" and mode in ("after-step", "during-save"), __doc__
     extra = KillAfterStep(int(step)) if mode == "after-step" else kill_during_save(int(step))
     build = bireco.callbacks.build_callbacks
-    bireco.callbacks.build_callbacks = lambda cfg, run_dir: [*build(cfg, run_dir), extra]
+    bireco.callbacks.build_callbacks = lambda *args, **kwargs: [*build(*args, **kwargs), extra]
     sys.argv = [sys.argv[0], *overrides]
     train.main()
 
