@@ -47,8 +47,7 @@ def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int |
 
 def run_control(out: Path, res: dict) -> None:
     """The compute-matched control (paper-spec 7.6): Stage II alone from the base, for Stage I + Stage II steps."""
-    from bireco.demo import compose_train, logged_curve
-    from bireco.evaluate import evaluate_checkpoint
+    from bireco.demo import compose_train
     from bireco.train import run
 
     steps = res["stage1_steps"] + res["stage2_steps"]
@@ -63,11 +62,19 @@ def run_control(out: Path, res: dict) -> None:
                        "trainer.dev_check_every_n_steps=20"]))  # fmt: skip
     res["train_seconds"]["control"] = time.perf_counter() - t
     ckpt = out / "demo" / "control" / "baseline" / "final"
-    res["summaries"][CONTROL] = evaluate_checkpoint(
+    add_row(res, CONTROL, "Control", ckpt)
+
+
+def add_row(res: dict, label: str, curve: str, ckpt: Path) -> None:
+    """Evaluate one extra run on the demo's test subsample and record its dev curve."""
+    from bireco.demo import logged_curve
+    from bireco.evaluate import evaluate_checkpoint
+
+    res["summaries"][label] = evaluate_checkpoint(
         str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"], output_dir=str(ckpt.parent / "eval"),
         max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
     )  # fmt: skip
-    res["dev_curves"]["Control"] = logged_curve(ckpt.parent)
+    res["dev_curves"][curve] = logged_curve(ckpt.parent)
 
 
 def run_zero_anchor(out: Path, res: dict) -> None:
@@ -75,8 +82,7 @@ def run_zero_anchor(out: Path, res: dict) -> None:
     Stage II: if this row matches Anchor, the gain comes from LM training on the pairs' text, not from the anchor."""
     from omegaconf import OmegaConf
 
-    from bireco.demo import compose_train, logged_curve
-    from bireco.evaluate import evaluate_checkpoint
+    from bireco.demo import compose_train
     from bireco.train import run
 
     common = [*res["overrides"], "variant=zero_anchor"]
@@ -84,20 +90,16 @@ def run_zero_anchor(out: Path, res: dict) -> None:
         "trainer.val_check_interval=",
         "trainer.dev_check_every_n_steps=",
     )  # key renamed after seed 42 ran
-    res = {**res, "stage2_overrides": [o.replace(*renamed) for o in res["stage2_overrides"]]}
+    stage2 = [o.replace(*renamed) for o in res["stage2_overrides"]]
     # the schedule the seed's own Stage I ran with (its default changed to joint after seed 42 ran)
     schedule = OmegaConf.load(out / "demo" / "default" / "stage1" / "config.yaml").stage.schedule
     t = time.perf_counter()
     run(compose_train([*common, "stage=reconstruction", *res["stage1_overrides"], f"stage.schedule={schedule}",
                        "stage.anchor=zeros"]))  # fmt: skip
-    run(compose_train([*common, "stage=contrastive", *res["stage2_overrides"]]))
+    run(compose_train([*common, "stage=contrastive", *stage2]))
     res["train_seconds"]["zero_anchor"] = time.perf_counter() - t
     ckpt = out / "demo" / "zero_anchor" / "stage2" / "final"
-    res["summaries"][ZERO_ANCHOR] = evaluate_checkpoint(
-        str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"], output_dir=str(ckpt.parent / "eval"),
-        max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
-    )  # fmt: skip
-    res["dev_curves"]["Zero-anchor Stage I + Stage II"] = logged_curve(ckpt.parent)
+    add_row(res, ZERO_ANCHOR, "Zero-anchor Stage I + Stage II", ckpt)
 
 
 def mean_sd(values: list[float]) -> str:
