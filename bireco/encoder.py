@@ -74,7 +74,7 @@ def checkpoint_revision(path: str | Path) -> str:
 
 def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> str | None:
     """Instruction of an mteb task for this input side (None for retrieval/reranking documents): the MTEB table,
-    or for bireco's built-in tasks the instruction their training data uses."""
+    or for bireco's built-in tasks the instruction their training data uses (WordNet) or builtin_tasks.yaml."""
     from mteb.types import PromptType
 
     from bireco.mteb_tasks import BEIR_INSTRUCTIONS, TASK_DATASET
@@ -85,7 +85,7 @@ def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> st
         return BEIR_INSTRUCTIONS[task_name]
     if task_name in TASK_DATASET:
         return load_table("wordnet").get(TASK_DATASET[task_name])
-    return load_table("mteb").get(task_name)
+    return load_table("builtin_tasks").get(task_name) or load_table("mteb").get(task_name)
 
 
 def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: int = 512, batch_size: int = 64,

@@ -1,11 +1,15 @@
 """Evaluate a checkpoint with mteb: `python -m bireco.evaluate checkpoint=outputs/default/default/stage2/final`.
 
-    python -m bireco.evaluate checkpoint=PATH                                  # built-in offline WordNet tasks
+    python -m bireco.evaluate checkpoint=PATH                                  # the built-in offline suite (builtin)
     python -m bireco.evaluate checkpoint=PATH 'tasks=[STS12,SciFact]'           # named MTEB tasks (needs the hub)
     python -m bireco.evaluate checkpoint=PATH benchmark='MTEB(eng, v1)'         # a whole benchmark
     python -m bireco.evaluate checkpoint=PATH 'tasks=[beir:/data/my-set]'      # your own set (bireco/data/beir.py)
+    python -m bireco.evaluate reference=bm25                                    # reference rows on the same tasks:
+    python -m bireco.evaluate reference=minilm                                  #   BM25, all-MiniLM-L6-v2 (offline
+    python -m bireco.evaluate reference=st:PATH                                 #   wheel), any sentence-transformers model
 
-Writes <output_dir>/mteb/<task>.json (raw mteb results), summary.json and results.md (the paper's categories).
+Writes <output_dir>/mteb/<task>.json (raw mteb results) as each task finishes, then summary.json and results.md (the
+paper's categories and the average). A rerun with the same model and subsample skips the tasks already written.
 """
 
 from __future__ import annotations
@@ -38,19 +42,35 @@ class TaskUnavailable(RuntimeError):
     """A named MTEB task whose data cannot be loaded (e.g. offline)."""
 
 
+def expand_suite(names: list[str] | None) -> list[str]:
+    """`builtin` stands for every built-in task (WordNet test and the out-of-domain sets), in a fixed order."""
+    from bireco.mteb_tasks import BUILTIN_SUITE, BUILTIN_TASKS
+
+    out: list[str] = []
+    for name in names or []:
+        for n in BUILTIN_TASKS if name == BUILTIN_SUITE else [name]:
+            if n not in out:
+                out.append(n)
+    return out
+
+
 def resolve_tasks(names: list[str] | None, benchmark: str | None, max_queries: int | None = None,
                   max_docs: int | None = None) -> list:  # fmt: skip
+    """mteb task objects with their data loaded (fails fast, naming the task). Built-in tasks use the fixed
+    subsample BUILTIN_QUERIES / BUILTIN_DOCS unless max_queries / max_docs say otherwise; BEIR directories are
+    read in full unless they say so."""
     import mteb
 
-    from bireco.mteb_tasks import BUILTIN_TASKS, beir_dir_task
+    from bireco.mteb_tasks import BUILTIN_DOCS, BUILTIN_QUERIES, BUILTIN_TASKS, beir_dir_task
 
     tasks = []
-    for name in names or []:
+    for name in expand_suite(names):
         if name.startswith("beir:"):
             tasks.append(beir_dir_task(name[len("beir:") :], max_queries, max_docs))
         elif name in BUILTIN_TASKS:
             task = BUILTIN_TASKS[name]()
-            task.max_queries, task.max_docs = max_queries, max_docs
+            task.max_queries = max_queries or BUILTIN_QUERIES
+            task.max_docs = max_docs or BUILTIN_DOCS
             tasks.append(task)
         else:
             tasks.extend(mteb.get_tasks(tasks=[name]))
@@ -102,7 +122,6 @@ def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchma
                         output_dir: str | None = None, batch_size: int = 64, max_length: int = 512,
                         max_queries: int | None = None, progress: bool = True, max_docs: int | None = None,
                         wandb: bool = True) -> dict:  # fmt: skip
-    import mteb
     import torch
 
     from bireco.backbone import Backbone
@@ -115,26 +134,85 @@ def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchma
     encoder = make_mteb_encoder(
         backbone, checkpoint, max_length=max_length, batch_size=batch_size, progress=progress
     )
-    results = mteb.evaluate(
-        encoder, task_objs, cache=None, show_progress_bar=progress, encode_kwargs={"batch_size": batch_size}
-    )
     out = Path(output_dir or Path(checkpoint).parent / "eval")
-    (out / "mteb").mkdir(parents=True, exist_ok=True)
-    for r in results:
-        (out / "mteb" / f"{r.task_name}.json").write_text(json.dumps(r.to_dict(), indent=2, default=str))
-    summary = summarise(results, {t.metadata.name: t.metadata.type for t in task_objs})
+    summary = evaluate_model(encoder, encoder.mteb_model_meta.name, task_objs, out, batch_size, progress)
     summary["checkpoint"] = str(checkpoint)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "results.md").write_text(markdown_table({Path(checkpoint).parent.name: summary}))
+    write_summary(out, Path(checkpoint).parent.name, summary)
     if wandb:
-        log_to_training_run(Path(checkpoint), summary)
+        log_to_training_run(Path(checkpoint), summary, out)
     return summary
 
 
-def log_to_training_run(checkpoint: Path, summary: dict) -> bool:
+def evaluate_reference(reference: str, tasks: list[str] | None = None, benchmark: str | None = None,
+                       output_dir: str | None = None, batch_size: int = 64, max_queries: int | None = None,
+                       progress: bool = True, max_docs: int | None = None) -> dict:  # fmt: skip
+    """A reference row (bireco.references: bm25, minilm, st:PATH) on the same tasks and subsample as a checkpoint."""
+    from bireco.references import load_reference
+
+    task_objs = resolve_tasks(tasks, benchmark, max_queries, max_docs)
+    model, key, label = load_reference(reference)
+    out = Path(output_dir or Path("outputs") / "references" / label / "eval")
+    summary = evaluate_model(model, key, task_objs, out, batch_size, progress)
+    summary["reference"] = reference
+    write_summary(out, label, summary)
+    return summary
+
+
+def evaluate_model(
+    model, model_key: str, task_objs: list, out: Path, batch_size: int, progress: bool
+) -> dict:
+    """Run mteb task by task, writing <out>/mteb/<task>.json as each finishes; a task whose file was written for
+    the same model and the same queries and documents is read back instead of run again."""
+    import mteb
+    from mteb.results import TaskResult
+
+    (out / "mteb").mkdir(parents=True, exist_ok=True)
+    results = []
+    for task in task_objs:
+        path = out / "mteb" / f"{task.metadata.name}.json"
+        key = {"model": model_key, "data": task_fingerprint(task)}
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("bireco_key") == key:
+                log.info("%s: reusing %s", task.metadata.name, path)
+                results.append(TaskResult.from_dict({k: v for k, v in saved.items() if k != "bireco_key"}))
+                continue
+        (result,) = mteb.evaluate(
+            model, [task], cache=None, show_progress_bar=progress, encode_kwargs={"batch_size": batch_size}
+        )
+        atomic_write(path, json.dumps({**result.to_dict(), "bireco_key": key}, indent=2, default=str))
+        results.append(result)
+    return summarise(results, {t.metadata.name: t.metadata.type for t in task_objs})
+
+
+def task_fingerprint(task) -> str:
+    """What was evaluated: the task's revision and, for local tasks, a hash of the queries / documents kept."""
+    import hashlib
+
+    h = hashlib.sha256(json.dumps(task.metadata.dataset, sort_keys=True, default=str).encode())
+    for split in (getattr(task, "dataset", None) or {}).get("default", {}).values():
+        for part in ("queries", "corpus"):
+            h.update(" ".join(map(str, split[part]["id"])).encode())
+    return h.hexdigest()[:16]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_summary(out: Path, label: str, summary: dict) -> None:
+    atomic_write(out / "summary.json", json.dumps(summary, indent=2))
+    atomic_write(out / "results.md", markdown_table({label: summary}))
+
+
+def log_to_training_run(checkpoint: Path, summary: dict, local_dir: Path | None = None) -> bool:
     """Add the scores to the wandb run that trained `checkpoint` (same run id, resumed), as eval/<task> and
     eval/<category> summary metrics, so a sweep's wandb table shows them next to the losses. Only for runs that
-    logged to wandb (their run directory holds wandb_run_id); returns whether it logged."""
+    logged to wandb (their run directory holds wandb_run_id); returns whether it logged. wandb's local files go to
+    `local_dir` (the evaluation's output directory): beside the training run's own, two offline runs started in
+    the same second would share one directory name."""
     from omegaconf import OmegaConf
 
     from bireco.builders import wandb_mode
@@ -146,7 +224,7 @@ def log_to_training_run(checkpoint: Path, summary: dict) -> bool:
     import wandb
 
     cfg = OmegaConf.load(cfg_file)
-    run = wandb.init(project=cfg.logger.project, id=id_file.read_text().strip(), resume="allow", dir=str(run_dir),
+    run = wandb.init(project=cfg.logger.project, id=id_file.read_text().strip(), resume="allow", dir=str(local_dir or run_dir),
                      mode=wandb_mode(cfg.logger.mode), group=cfg.experiment_name, job_type=cfg.stage.run_name,
                      name=f"{cfg.experiment_name}/{cfg.variant}/{cfg.stage.run_name}")  # fmt: skip
     scores = {f"eval/{t}": v["main_score"] for t, v in summary["tasks"].items()}
@@ -161,16 +239,31 @@ def log_to_training_run(checkpoint: Path, summary: dict) -> bool:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
 def _hydra_main(cfg: DictConfig) -> float:
+    from bireco.config import ConfigError
+
     try:
-        summary = evaluate_checkpoint(
-            cfg.checkpoint, list(cfg.tasks or []), cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
-            cfg.max_queries, cfg.progress, cfg.max_docs, cfg.wandb,
-        )  # fmt: skip
+        if (cfg.checkpoint is None) == (cfg.reference is None):
+            raise ConfigError(
+                "set exactly one of checkpoint=PATH (a bireco model) or reference=bm25|minilm|st:PATH"
+            )
+        tasks = list(cfg.tasks or [])
+        if cfg.reference is not None:
+            summary = evaluate_reference(
+                cfg.reference, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_queries, cfg.progress,
+                cfg.max_docs,
+            )  # fmt: skip
+            label = cfg.reference
+        else:
+            summary = evaluate_checkpoint(
+                cfg.checkpoint, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
+                cfg.max_queries, cfg.progress, cfg.max_docs, cfg.wandb,
+            )  # fmt: skip
+            label = Path(cfg.checkpoint).parent.name
     except Exception as err:
         if user_error(err) is None:
             raise
         sys.exit(f"Error: {user_error(err)}")
-    print(markdown_table({Path(cfg.checkpoint).parent.name: summary}))
+    print(markdown_table({label: summary}))
     return summary["categories"]["Average"]
 
 

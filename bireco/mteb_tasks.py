@@ -1,4 +1,6 @@
-"""The built-in offline evaluation tasks: WordNet test split as mteb retrieval tasks (local load_data)."""
+"""The built-in offline evaluation tasks as mteb retrieval tasks (local load_data): the WordNet test split (the same
+source as the training data) and the out-of-domain sets shipped in bireco/assets (Debian package descriptions, Python
+API documentation), which no training data of bireco comes from. `tasks=builtin` names all of them."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from mteb.abstasks.retrieval import AbsTaskRetrieval
 from mteb.abstasks.retrieval_dataset_loaders import RetrievalSplitData
 from mteb.abstasks.task_metadata import TaskMetadata
 
-from bireco.data import wordnet
+from bireco.data import debian_packages, python_api, wordnet
+from bireco.data.shipped_pairs import read_pairs
 
 _COMMON = {
     "reference": "https://wordnet.princeton.edu/",
@@ -96,8 +99,70 @@ class WordNetExamplesRetrieval(_WordNetRetrieval):
     )
 
 
-BUILTIN_TASKS = {t.metadata.name: t for t in (WordNetDefinitionsRetrieval, WordNetExamplesRetrieval)}
-TASK_DATASET = {name: t.dataset_name for name, t in BUILTIN_TASKS.items()}
+class _ShippedPairsRetrieval(AbsTaskRetrieval):
+    """A shipped out-of-domain pair set (bireco.data.shipped_pairs): each query has its one document relevant."""
+
+    asset: str = ""
+    max_queries: int | None = None
+    max_docs: int | None = None
+
+    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
+        if self.data_loaded:
+            return
+        _, pairs = read_pairs(self.asset)
+        corpus = {p["id"]: p["document"] for p in pairs}
+        queries = [{"id": f"q-{p['id']}", "text": p["query"]} for p in pairs]
+        qrels = {f"q-{p['id']}": {p["id"]: 1} for p in pairs}
+        queries, corpus, qrels = subsample(queries, corpus, qrels, self.max_queries, self.max_docs)
+        self.dataset = {"default": {"test": split_data(queries, corpus, qrels)}}
+        self.data_loaded = True
+
+
+_SHIPPED = {**_COMMON, "annotations_creators": "derived", "sample_creation": "found", "task_subtypes": []}
+
+
+class DebianPackagesRetrieval(_ShippedPairsRetrieval):
+    asset = debian_packages.NAME
+    metadata = TaskMetadata(
+        **{**_SHIPPED, "name": "DebianPackagesRetrieval",
+           "description": "Given the one-line synopsis of a Debian package, retrieve its long description among "
+                          "2,000 Debian 12 main packages (bireco built-in, out of domain: bireco/data/debian_packages.py).",
+           "reference": "https://www.debian.org/distrib/packages",
+           "dataset": {"path": "bireco/debian-bookworm-descriptions", "revision": f"pairs-{debian_packages.SEED}"},
+           "date": ("2023-06-10", "2026-11-29"), "domains": ["Programming", "Written"],
+           "license": "https://www.debian.org/social_contract#guidelines",
+           "bibtex_citation": ""},
+    )  # fmt: skip
+
+
+class PythonAPIRetrieval(_ShippedPairsRetrieval):
+    asset = python_api.NAME
+    metadata = TaskMetadata(
+        **{**_SHIPPED, "name": "PythonAPIRetrieval",
+           "description": "Given the qualified name of a Python standard-library function, class or method, retrieve "
+                          "its docstring among 2,000 (bireco built-in, out of domain: bireco/data/python_api.py).",
+           "reference": "https://docs.python.org/3.11/library/",
+           "dataset": {"path": "bireco/cpython-3.11-docstrings", "revision": f"pairs-{python_api.SEED}"},
+           "date": ("2023-12-04", "2023-12-04"), "domains": ["Programming"],
+           "license": "https://docs.python.org/3/license.html", "bibtex_citation": ""},
+    )  # fmt: skip
+
+
+BUILTIN_TASKS = {
+    t.metadata.name: t
+    for t in (
+        WordNetDefinitionsRetrieval,
+        WordNetExamplesRetrieval,
+        DebianPackagesRetrieval,
+        PythonAPIRetrieval,
+    )
+}
+# the fixed subsample every model in a table is evaluated on (seeded; the relevant documents of kept queries stay)
+BUILTIN_QUERIES, BUILTIN_DOCS = 300, 1000
+BUILTIN_SUITE = (
+    "builtin"  # `tasks=builtin` (or a list holding it): every built-in task, reported with their average
+)
+TASK_DATASET = {name: t.dataset_name for name, t in BUILTIN_TASKS.items() if hasattr(t, "dataset_name")}
 
 
 # instructions of the BEIR-directory tasks made in this process (read by bireco.encoder.instruction_for_task)

@@ -215,7 +215,7 @@ def test_beir_directory_errors_name_file_line_field_before_any_model_loads(tmp_p
 
 def test_evaluation_reaches_the_training_runs_wandb(cfg_factory, tmp_path, monkeypatch):
     """A run trained with logger=wandb gets its evaluation scores as eval/<task> and eval/<category> in the same
-    wandb run (offline here: a second offline run directory with the same run id)."""
+    wandb run (offline here: a second offline run directory, beside the evaluation's results, with the same run id)."""
     from bireco.train import run
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -232,8 +232,8 @@ def test_evaluation_reaches_the_training_runs_wandb(cfg_factory, tmp_path, monke
     evaluate_checkpoint(
         str(run_dir / "final"), ["WordNetExamplesRetrieval"], max_queries=10, max_docs=50, progress=False
     )
-    runs = sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))
-    assert len(runs) == 2, runs  # training, then the evaluation resuming the same id
-    records = (runs[-1] / f"run-{run_id}.wandb").read_bytes()  # offline: the run's protobuf record log
+    (trained,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
+    (evaluated,) = (run_dir / "eval" / "wandb").glob(f"offline-run-*-{run_id}")  # the same id, resumed
+    records = (evaluated / f"run-{run_id}.wandb").read_bytes()  # offline: the run's protobuf record log
     assert b"eval/WordNetExamplesRetrieval" in records and b"eval/Average" in records
-    assert b"eval/Average" not in (runs[0] / f"run-{run_id}.wandb").read_bytes()
+    assert b"eval/Average" not in (trained / f"run-{run_id}.wandb").read_bytes()

@@ -1,0 +1,65 @@
+"""Query -> document pair sets shipped in the package for evaluation only (bireco/assets/<name>/pairs.jsonl.xz).
+
+Each out-of-domain built-in task (bireco.data.debian_packages, bireco.data.python_api) is one such file, written by its
+module's rebuild command and read here. One JSON object per line: `id`, `query`, `document`; the first line is a
+header object (`source`, `built_with`, `licence`) so the file says where its text came from.
+"""
+
+from __future__ import annotations
+
+import json
+import lzma
+import os
+import random
+import tempfile
+from functools import cache
+from importlib import resources
+from pathlib import Path
+
+MAX_MB = 5.0  # shipped assets stay small (issue #16)
+
+
+def asset_path(name: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "assets" / name / "pairs.jsonl.xz"
+
+
+def write_pairs(out: Path, header: dict, pairs: list[dict]) -> None:
+    """Atomically write the header and pairs (ids, queries and documents unique, none empty)."""
+    for key in ("id", "query", "document"):
+        values = [p[key] for p in pairs]
+        if len(set(values)) != len(values) or not all(v.strip() for v in values):
+            raise ValueError(f"{out}: field {key!r} must be unique and non-empty in every pair")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        with lzma.open(tmp, "wt", encoding="utf-8", preset=9) as f:
+            f.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
+            for p in pairs:
+                f.write(json.dumps({k: p[k] for k in ("id", "query", "document")}, ensure_ascii=False) + "\n")
+        size_mb = os.path.getsize(tmp) / 1e6
+        if size_mb > MAX_MB:
+            raise ValueError(f"{out}: {size_mb:.1f} MB is over the {MAX_MB} MB budget for a shipped task")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+@cache
+def read_pairs(name: str) -> tuple[dict, tuple[dict, ...]]:
+    """(header, pairs) of the shipped set `name` (a folder of bireco/assets)."""
+    with (
+        resources.files("bireco.assets").joinpath(name, "pairs.jsonl.xz").open("rb") as raw,
+        lzma.open(raw, "rt", encoding="utf-8") as f,
+    ):
+        header = json.loads(f.readline())["header"]
+        return header, tuple(json.loads(line) for line in f)
+
+
+def sample(items: list, n: int, seed: int) -> list:
+    """A seeded sample of `n` items in their original order (all of them when there are fewer)."""
+    if len(items) <= n:
+        return list(items)
+    keep = sorted(random.Random(seed).sample(range(len(items)), n))
+    return [items[i] for i in keep]
