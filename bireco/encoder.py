@@ -30,13 +30,14 @@ def encode_texts(
     texts: list[str],
     instruction: str | list[str | None] | None = None,
     max_length: int = 512,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     normalize: bool = True,
     progress: bool = False,
     bf16: bool | None = None,
 ) -> torch.Tensor:
     """(N, H) fp32 embeddings; length-sorted batches (less padding), input order restored. `instruction`: one for
-    every text or one per text. `bf16`: run under bf16 autocast (None = the hardware default, bireco.precision)."""
+    every text or one per text. `bf16`: run under bf16 autocast (None = the hardware default, bireco.precision).
+    `batch_size`: None = default_batch_size(device)."""
     from tqdm.auto import tqdm
 
     instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
@@ -44,6 +45,7 @@ def encode_texts(
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
+    batch_size = batch_size or default_batch_size(device)
     sides = [
         encode_side(backbone.tokenizer, fmt.for_instruction(i), t, max_length, i)
         for t, i in zip(texts, instructions)
@@ -61,6 +63,12 @@ def encode_texts(
         out[idx] = (torch.nn.functional.normalize(emb, dim=-1) if normalize else emb).cpu()
     backbone.train(was_training)
     return out
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """Sequences per forward when encoding: 64 on an accelerator; 16 on a CPU, where batches of 64 took 1.5x as long
+    (cache-bound; experiments/bench/encode_batch.py)."""
+    return 16 if torch.device(device).type == "cpu" else 64
 
 
 def checkpoint_revision(path: str | Path) -> str:
@@ -88,7 +96,7 @@ def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> st
     return load_table("builtin_tasks").get(task_name) or load_table("mteb").get(task_name)
 
 
-def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: int = 512, batch_size: int = 64,
+def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: int = 512, batch_size: int | None = None,
                       progress: bool = True):  # fmt: skip
     """An mteb 2.x encoder around a loaded backbone, with a ModelMeta unique to `checkpoint`."""
     from mteb.models.abs_encoder import AbsEncoder
@@ -120,7 +128,7 @@ def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: in
     return BirecoEncoder()
 
 
-def encode(texts: list[str], checkpoint: str | Path, instruction: str | None = None, batch_size: int = 64,
+def encode(texts: list[str], checkpoint: str | Path, instruction: str | None = None, batch_size: int | None = None,
            max_length: int = 512, device: str | None = None) -> np.ndarray:  # fmt: skip
     """Embed `texts` with a bireco checkpoint (L2-normalised). Queries take an `instruction`, documents none."""
     backbone = Backbone.load(checkpoint)

@@ -103,23 +103,37 @@ def summarise(results, task_types: dict[str, str]) -> dict[str, Any]:
             cats[cat] = sum(scores) / len(scores)
     allscores = [v["main_score"] for v in per_task.values()]
     cats["Average"] = sum(allscores) / len(allscores)
-    return {"tasks": per_task, "categories": cats}
+    from bireco.mteb_tasks import TASK_GROUPS
+
+    groups = {
+        g: sum(per_task[t]["main_score"] for t in members) / len(members)
+        for g, members in TASK_GROUPS.items()
+        if all(t in per_task for t in members)
+    }
+    return {"tasks": per_task, "categories": cats, "groups": groups}
 
 
 def markdown_table(summaries: dict[str, dict]) -> str:
-    """Rows = runs, columns = the paper's categories present in any run, then Average."""
+    """Rows = runs, columns = the paper's categories present in any run, Average, the built-in suite's halves
+    (WordNet / out-of-domain averages), then each task."""
     present = [c for c in (*CATEGORIES, "Average") if any(c in s["categories"] for s in summaries.values())]
+    groups = list(dict.fromkeys(g for s in summaries.values() for g in s.get("groups", {})))
     tasks = sorted({t for s in summaries.values() for t in s["tasks"]})
-    cols = present + [t for t in tasks if len(tasks) > 1]
+    cols = present + groups + [t for t in tasks if len(tasks) > 1]
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for run, s in summaries.items():
-        vals = [s["categories"].get(c, s["tasks"].get(c, {}).get("main_score")) for c in cols]
+        scores = {
+            **{t: v["main_score"] for t, v in s["tasks"].items()},
+            **s.get("groups", {}),
+            **s["categories"],
+        }
+        vals = [scores.get(c) for c in cols]
         lines.append(f"| {run} | " + " | ".join("—" if v is None else f"{v:.2f}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
 
 
 def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchmark: str | None = None,
-                        output_dir: str | None = None, batch_size: int = 64, max_length: int = 512,
+                        output_dir: str | None = None, batch_size: int | None = None, max_length: int = 512,
                         max_queries: int | None = None, progress: bool = True, max_docs: int | None = None,
                         wandb: bool = True) -> dict:  # fmt: skip
     import torch
@@ -144,7 +158,7 @@ def evaluate_checkpoint(checkpoint: str, tasks: list[str] | None = None, benchma
 
 
 def evaluate_reference(reference: str, tasks: list[str] | None = None, benchmark: str | None = None,
-                       output_dir: str | None = None, batch_size: int = 64, max_queries: int | None = None,
+                       output_dir: str | None = None, batch_size: int | None = None, max_queries: int | None = None,
                        progress: bool = True, max_docs: int | None = None) -> dict:  # fmt: skip
     """A reference row (bireco.references: bm25, minilm, st:PATH) on the same tasks and subsample as a checkpoint."""
     from bireco.references import load_reference
@@ -178,7 +192,11 @@ def evaluate_model(
                 results.append(TaskResult.from_dict({k: v for k, v in saved.items() if k != "bireco_key"}))
                 continue
         (result,) = mteb.evaluate(
-            model, [task], cache=None, show_progress_bar=progress, encode_kwargs={"batch_size": batch_size}
+            model,
+            [task],
+            cache=None,
+            show_progress_bar=progress,
+            encode_kwargs={"batch_size": batch_size or 64},
         )
         atomic_write(path, json.dumps({**result.to_dict(), "bireco_key": key}, indent=2, default=str))
         results.append(result)

