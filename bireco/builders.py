@@ -210,6 +210,15 @@ def build_trainer(
     from bireco.strategies import build_strategy
 
     t = cfg.trainer
+    every = t.dev_check_every_n_steps
+    # the dev check (bireco.dev_check) is the validation loop: every N optimizer steps (Lightning counts
+    # micro-batches), and over the whole dev set before the first step (the sanity check); trainer.lightning overrides
+    validation = (
+        {"val_check_interval": every * t.accumulate_grad_batches, "check_val_every_n_epoch": None,
+         "num_sanity_val_steps": -1, "limit_val_batches": 1.0}
+        if every
+        else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
+    )  # fmt: skip
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
@@ -228,9 +237,7 @@ def build_trainer(
         logger=build_loggers(cfg, run_dir, resuming),
         callbacks=callbacks,
         default_root_dir=str(run_dir),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        **lightning_passthrough(t),
+        **{**validation, **lightning_passthrough(t)},
     )
 
 

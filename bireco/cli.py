@@ -24,11 +24,34 @@ def quote_free_text(args: list[str], keys: tuple[str, ...]) -> list[str]:
     return out
 
 
+# Hydra's flags that take the next argument, and those that make the command do something other than run the job
+VALUE_FLAGS = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun"}
+NOT_A_RUN = {
+    "-sc",
+    "--shell-completion",
+    "-h",
+    "--help",
+    "-hh",
+    "--hydra-help",
+    "-i",
+    "--info",
+    "-c",
+    "--cfg",
+}
+
+
 def first_values(args: list[str]) -> list[str] | None:
     """Overrides with every sweep reduced to its first value (enough to check keys); None if unparsable."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    plain = [a for a in args if not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra")]
+    plain, skip = [], False
+    for a in args:
+        if skip:  # the value of a Hydra flag (--config-name NAME ...), not an override
+            skip = False
+        elif a in VALUE_FLAGS:
+            skip = True
+        elif not a.startswith("-") and "=" in a and not a.lstrip("+~").startswith("hydra"):
+            plain.append(a)
     try:
         parsed = OverridesParser.create().parse_overrides(plain)
     except Exception:
@@ -53,6 +76,8 @@ def check_overrides(config_name: str, args: list[str]) -> None:
 
     from bireco.config import register_configs, suggest_key
 
+    if NOT_A_RUN & set(args):  # tab completion (`-sc query=bash`), --help, --cfg: Hydra handles them itself
+        return
     overrides = first_values(args)
     if overrides is None:
         return

@@ -128,8 +128,14 @@ def run(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     else:
         keep_previous_metrics(run_dir / "logs" / "metrics.csv")
+    if cfg.trainer.dev_check_every_n_steps:
+        from bireco.dev_check import DevCheckData, dev_retrieval_set
+
+        datamodule.dev_check = DevCheckData(
+            dev_retrieval_set(cfg, datamodule), backbone, cfg.data.max_query_length, cfg.data.max_doc_length
+        )
     trainer = build_trainer(
-        cfg, run_dir, build_callbacks(cfg, run_dir, datamodule), resuming=ckpt is not None, backbone=backbone
+        cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None, backbone=backbone
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -149,7 +149,9 @@ def report(results: dict[int, dict]) -> str:
             )
     first = results[seeds[0]]
     minutes = sum(r["seed_seconds"] for r in results.values()) / 60
-    tasks = sorted({t for r in results.values() for summary in r["summaries"].values() for t in summary["tasks"]})
+    tasks = sorted(
+        {t for r in results.values() for summary in r["summaries"].values() for t in summary["tasks"]}
+    )
     head = (
         f"Average nDCG@10 × 100 of {', '.join(tasks)} (held-out test splits; {first['eval_queries']} queries, {first['eval_docs']} documents per task). Stage I {first['stage1_steps']} steps, "
         f"Stage II {first['stage2_steps']} steps; settings: bireco/demo.py PRESETS['smollm2']. Machine: "

@@ -60,17 +60,17 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
 
 def test_dev_check_uses_the_configured_corpus_size(tmp_path):
     """data.dev_corpus_size reaches the in-training dev check (the SmolLM2 demo halves it to stay within budget)."""
-    from bireco.callbacks import DevRetrievalCallback, build_callbacks
     from bireco.demo import PRESETS, compose_train
+    from bireco.dev_check import dev_retrieval_set
 
     sizes = {}
     for n in (300, 1000):
         cfg = compose_train(
             ["trainer.dev_check_every_n_steps=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"]
         )
-        (cb,) = [c for c in build_callbacks(cfg, tmp_path) if isinstance(c, DevRetrievalCallback)]
-        sizes[n] = len(cb.rs.corpus)
-        assert len(cb.rs.queries) == 50 and max(cb.rs.relevant) < sizes[n]
+        rs = dev_retrieval_set(cfg)
+        sizes[n] = len(rs.corpus)
+        assert len(rs.queries) == 50 and max(rs.relevant) < sizes[n]
     assert sizes == {300: 300, 1000: 1000}
     assert "data.dev_corpus_size=1000" in PRESETS["smollm2"].data
 
@@ -81,10 +81,10 @@ def test_dev_check_on_other_data_holds_pairs_out_and_is_monitorable(tmp_path):
     import json
 
     from bireco.builders import build_backbone, build_datamodule
-    from bireco.callbacks import DevRetrievalCallback, build_callbacks
     from bireco.data import wordnet
     from bireco.data.instructions import load_table
     from bireco.demo import compose_train
+    from bireco.dev_check import dev_retrieval_set
     from bireco.train import run
 
     path = tmp_path / "pairs.jsonl"
@@ -102,7 +102,54 @@ def test_dev_check_on_other_data_holds_pairs_out_and_is_monitorable(tmp_path):
     dm.load()
     held = {r["query"] for r in dm.dev_records}
     assert len(held) == 20 and len(dm.train) == 60 and not held & set(dm.train["query"])
-    (cb,) = [c for c in build_callbacks(cfg, tmp_path, dm) if isinstance(c, DevRetrievalCallback)]
-    assert cb.rs.queries == [r["query"] for r in dm.dev_records] and len(cb.rs.corpus) == 60
+    rs = dev_retrieval_set(cfg, dm)
+    assert rs.queries == [r["query"] for r in dm.dev_records] and len(rs.corpus) == 60
     metrics = run(cfg)
     assert "val/ndcg@10" in metrics and 0 <= metrics["val/ndcg@10"] <= 1
+
+
+def test_dev_check_is_lightnings_validation_loop_leaves_training_alone_and_drives_early_stopping(tmp_path):
+    """The dev check runs as Lightning validation (at step 0 and every N optimizer steps, with gradient
+    accumulation too), gives the scores encoding gives, never changes what is trained (LoRA dropout draws the
+    same random numbers with and without it), and EarlyStopping can stop a run on val/ndcg@10."""
+    import pandas as pd
+    import torch
+
+    from bireco.backbone import Backbone
+    from bireco.demo import compose_train
+    from bireco.dev_check import dev_retrieval_set
+    from bireco.retrieval import evaluate
+    from bireco.train import run
+
+    common = ["stage=baseline", "data.global_batch_size=4", "trainer.max_steps=4", "data.dev_queries=30",
+              "data.dev_corpus_size=80", "trainer.enable_progress_bar=false", "stage.lora.dropout=0.2",
+              "data.max_query_length=48", "data.max_doc_length=48"]  # fmt: skip
+    runs = {}
+    for name, extra in (("plain", []), ("checked", ["trainer.dev_check_every_n_steps=2"]),
+                        ("accum", ["trainer.dev_check_every_n_steps=2", "trainer.accumulate_grad_batches=2",
+                                   "data.global_batch_size=2"])):  # fmt: skip
+        cfg = compose_train([f"output_root={tmp_path / name}", *common, *extra])
+        run(cfg)
+        runs[name] = cfg
+    weights = {n: Backbone.load(f"{c.run_dir}/final", dtype="float32").state_dict() for n, c in runs.items()}
+    for k, v in weights["plain"].items():
+        assert torch.equal(v, weights["checked"][k]), k  # the check moved no RNG stream
+    for name in ("checked", "accum"):
+        df = pd.read_csv(f"{runs[name].run_dir}/logs/metrics.csv")
+        assert df[["step", "val/ndcg@10"]].dropna()["step"].tolist() == [0, 2, 4], name
+    # the logged final score is what encoding the final model gives on the same dev set
+    cfg = runs["checked"]
+    final = Backbone.load(f"{cfg.run_dir}/final")
+    want = evaluate(final, dev_retrieval_set(cfg), cfg.data.max_query_length, cfg.data.max_doc_length)[
+        "ndcg@10"
+    ]
+    got = pd.read_csv(f"{cfg.run_dir}/logs/metrics.csv")["val/ndcg@10"].dropna().tolist()[-1]
+    assert abs(got - want) < 0.02, (got, want)
+
+    # EarlyStopping on the dev score: patience 1 at a learning rate of 0 stops at the second check
+    cfg = compose_train([f"output_root={tmp_path / 'stop'}", *common, "trainer.max_steps=20", "stage.optim.lr=0",
+                         "trainer.dev_check_every_n_steps=2", "callbacks=early_stopping_dev",
+                         "callbacks.early_stopping_dev.patience=1"])  # fmt: skip
+    run(cfg)
+    steps = pd.read_csv(f"{cfg.run_dir}/logs/metrics.csv")[["step", "val/ndcg@10"]].dropna()["step"].tolist()
+    assert steps == [0, 2, 4], steps

@@ -40,7 +40,14 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
         "bireco/conf/train.yaml",
         "bireco/conf/experiment/paper_llama32_1b.yaml",
         "bireco/conf/model/smollm2.yaml",
+        "bireco/assets/debian_packages/pairs.jsonl.xz",
+        "bireco/assets/python_api/LICENSE",
+        "bireco/data/tables/builtin_tasks.yaml",
     } <= names
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    for field in ("Classifier: Intended Audience :: Science/Research", "Project-URL: Paper, https://arxiv.org/abs/2509.03020",
+                  "Keywords:", "Author:"):  # fmt: skip
+        assert field in meta, field
     # a fresh environment holding the wheel (its dependencies come from this one's site-packages)
     venv = tmp_path / "venv"
     subprocess.run(
@@ -65,6 +72,16 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
         r = sh(script, "--help")
         assert r.returncode == 0 and "== Configuration groups ==" in r.stdout, (script, r.stderr[-2000:])
     assert sh("bireco-demo", "--help").returncode == 0
+    # Hydra tab completion through the console scripts (bash: `eval "$(bireco-train -sc install=bash)"`)
+    assert (
+        "complete -o nospace -o default -F hydra_bash_completion bireco-train"
+        in sh("bireco-train", "-sc", "install=bash").stdout
+    )
+    env["COMP_LINE"] = "bireco-train stage=re"
+    assert "stage=reconstruction" in sh("bireco-train", "-sc", "query=bash").stdout.split()
+    env["COMP_LINE"] = "bireco-eval refe"
+    assert "reference=" in sh("bireco-eval", "-sc", "query=bash").stdout.split()
+    del env["COMP_LINE"]
     r = sh("bireco-train", "stage=reconstruction", "trainer.max_steps=2", "data.global_batch_size=4",
            "data.max_train_records=32", "trainer.enable_progress_bar=false")  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]

@@ -26,6 +26,9 @@ class PairDataModule(L.LightningDataModule):
         self.train = None
         self.sampler: PairBatchSampler | None = None
         self._resume_state: dict | None = None
+        self.dev_check = (
+            None  # bireco.dev_check.DevCheckData: the validation loaders (trainer.dev_check_every_n_steps)
+        )
 
     def load(self) -> None:
         """Load and validate the training records (called before any output is written)."""
@@ -82,6 +85,17 @@ class PairDataModule(L.LightningDataModule):
             collate_fn=self.collator,
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,
+        )
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """The dev check's [queries, documents] loaders, this rank's share (bireco.dev_check); none without it."""
+        if self.dev_check is None:
+            return []
+        from bireco.encoder import default_batch_size
+
+        trainer = self.trainer
+        return self.dev_check.loaders(
+            trainer.global_rank, trainer.world_size, default_batch_size(trainer.strategy.root_device)
         )
 
     def state_dict(self) -> dict:

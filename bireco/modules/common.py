@@ -57,6 +57,34 @@ class StageModule(L.LightningModule):
     def on_fit_start(self):
         restore_buffers(self.backbone, self._rotary_fp32)
 
+    # ---- the dev retrieval check (bireco.dev_check): Lightning's validation loop over dev queries and documents
+    def on_validation_epoch_start(self):
+        self._dev_parts: tuple[list, list] = ([], [])
+
+    def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
+        from bireco.precision import autocast, bf16_for
+
+        with autocast(self.device, bf16_for(self.device)):  # as bireco.encoder.encode_texts encodes
+            emb = self.backbone.embed(batch).float()
+        self._dev_parts[dataloader_idx].append((batch["index"], torch.nn.functional.normalize(emb, dim=-1)))
+
+    def on_validation_epoch_end(self):
+        from bireco.dev_check import score
+
+        metrics = score(self, *self._dev_parts, self.trainer.datamodule.dev_check.rs)
+        self._dev_parts = ([], [])
+        # to the loggers at the optimizer step the check ran after (Lightning would log a validation epoch one step
+        # earlier, and nothing from the sanity check, which is the check before the first step)
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                logger.log_metrics(metrics, step=self.trainer.global_step)
+        if not self.trainer.sanity_checking:  # callback metrics: what ModelCheckpoint / EarlyStopping monitor
+            for (
+                name,
+                value,
+            ) in metrics.items():  # every rank scored the same gathered embeddings: no reduction
+                self.log(name, value, on_step=False, on_epoch=True, logger=False, rank_zero_only=False)
+
     def configure_optimizers(self):
         opt = build_optimizer(
             self.trainer.model.parameters() if self._trainer else self.parameters(), self.optim_cfg
