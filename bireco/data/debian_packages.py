@@ -20,7 +20,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from bireco.data.shipped_pairs import asset_path, sample, write_pairs
+from bireco.data.shipped_pairs import asset_path, write_sample
 
 NAME = "debian_packages"
 N_PAIRS = 2000
@@ -107,13 +107,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=asset_path(NAME))
     args = ap.parse_args()
     candidates = build_pairs(parse_descriptions(read_index(args.source)))
-    pairs = sample(candidates, N_PAIRS, SEED)
-    header = {"source": f"Debian 12 bookworm main, {args.source.name}", "candidates": len(candidates),
-              "seed": SEED, "licence": "each description under its package's DFSG-free licence (see LICENSE)"}  # fmt: skip
-    write_pairs(args.out, header, pairs)
-    print(
-        f"wrote {len(pairs)} of {len(candidates)} pairs to {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)"
-    )
+    write_sample(args.out, candidates, N_PAIRS, SEED, f"Debian 12 bookworm main, {args.source.name}",
+                 "each description under its package's DFSG-free licence (see LICENSE)")  # fmt: skip
 
 
 if __name__ == "__main__":

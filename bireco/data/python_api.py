@@ -21,7 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from bireco.data.shipped_pairs import asset_path, sample, write_pairs
+from bireco.data.shipped_pairs import asset_path, write_sample
 
 NAME = "python_api"
 N_PAIRS = 2000
@@ -106,14 +106,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=asset_path(NAME))
     args = ap.parse_args()
-    candidates = build_pairs()
-    pairs = sample(candidates, N_PAIRS, SEED)
-    header = {"source": f"CPython {platform.python_version()} standard-library docstrings", "candidates": len(candidates),
-              "seed": SEED, "licence": "PSF License Version 2 (see LICENSE)"}  # fmt: skip
-    write_pairs(args.out, header, pairs)
-    print(
-        f"wrote {len(pairs)} of {len(candidates)} pairs to {args.out} ({args.out.stat().st_size / 1e6:.2f} MB)"
-    )
+    source = f"CPython {platform.python_version()} standard-library docstrings"
+    write_sample(args.out, build_pairs(), N_PAIRS, SEED, source, "PSF License Version 2 (see LICENSE)")
 
 
 if __name__ == "__main__":

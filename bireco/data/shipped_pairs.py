@@ -57,6 +57,14 @@ def read_pairs(name: str) -> tuple[dict, tuple[dict, ...]]:
         return header, tuple(json.loads(line) for line in f)
 
 
+def write_sample(out: Path, candidates: list[dict], n: int, seed: int, source: str, licence: str) -> None:
+    """What a rebuild command writes: a seeded sample of `n` candidates, with a header saying where they came from."""
+    pairs = sample(candidates, n, seed)
+    header = {"source": source, "candidates": len(candidates), "seed": seed, "licence": licence}
+    write_pairs(out, header, pairs)
+    print(f"wrote {len(pairs)} of {len(candidates)} pairs to {out} ({out.stat().st_size / 1e6:.2f} MB)")
+
+
 def sample(items: list, n: int, seed: int) -> list:
     """A seeded sample of `n` items in their original order (all of them when there are fewer)."""
     if len(items) <= n:
