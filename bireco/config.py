@@ -78,8 +78,9 @@ class ReconstructionStageConfig:
     )
     labels: str = "paper"  # paper | released_code (targets incl. BOS/template/instruction, final EOS masked)
     reconstruct_instruction: bool = False
-    # embedding: the method. zeros: a control, the decoder gets a zero vector instead of the other side's [EOS]
-    # state, so Stage I is LM fine-tuning on the same text, steps and schedule without any reconstruction signal
+    # embedding: the method. constant: a control, the decoder gets one fixed vector (the mean input-token embedding)
+    # instead of the other side's [EOS] state, so Stage I is LM fine-tuning on the same text, steps and schedule
+    # without any reconstruction signal
     anchor: str = "embedding"
     init_from: str = "base"
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -293,7 +294,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"stage.alpha={s.alpha} must be in [0, 1] (weight of EBQ2D; paper: 0.2)")
         _choice(s.schedule, ("alternate", "joint"), "stage.schedule")
         _choice(s.labels, ("paper", "released_code"), "stage.labels")
-        _choice(s.anchor, ("embedding", "zeros"), "stage.anchor")
+        _choice(s.anchor, ("embedding", "constant"), "stage.anchor")
     elif s.name == "contrastive":
         if s.scale <= 0:
             raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")

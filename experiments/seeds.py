@@ -7,7 +7,7 @@ with every seed's numbers, mean ± sd per row, Anchor − baseline per seed, and
 
     python experiments/seeds.py                       # seeds 1 2 3 -> outputs/seeds/results.{md,json}
     python experiments/seeds.py --seeds 1 --stage2-steps 20
-    python experiments/seeds.py --seeds 42 --zero-anchor  # add the zero-anchor Stage I control to a finished seed
+    python experiments/seeds.py --seeds 42 --constant-anchor  # add the constant-anchor Stage I control to a finished seed
 
 Takes about 50 minutes a seed on a 2-core CPU (minutes on a GPU). Finished seeds are skipped when rerun.
 """
@@ -28,19 +28,19 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
-ZERO_ANCHOR = "Stage I with a zero anchor + Stage II (control)"
+CONSTANT_ANCHOR = "Stage I with a constant anchor + Stage II (control)"
 
 
 def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, control: bool = True,
-             zero_anchor: bool = False) -> dict:  # fmt: skip
+             constant_anchor: bool = False) -> dict:  # fmt: skip
     from bireco.demo import run_demo
 
     t0 = time.perf_counter()
     res = run_demo(out, "smollm2", stage1_steps, stage2_steps, wandb=False, progress=False, seed=seed)
     if control:
         run_control(out, res)
-    if zero_anchor:
-        run_zero_anchor(out, res)
+    if constant_anchor:
+        run_constant_anchor(out, res)
     res["seed_seconds"] = time.perf_counter() - t0
     return res
 
@@ -78,15 +78,15 @@ def add_row(res: dict, label: str, curve: str, ckpt: Path) -> None:
     res["dev_curves"][curve] = logged_curve(ckpt.parent)
 
 
-def run_zero_anchor(out: Path, res: dict) -> None:
-    """Stage I with `stage.anchor=zeros` (same steps, text and schedule, no reconstruction signal), then the same
+def run_constant_anchor(out: Path, res: dict) -> None:
+    """Stage I with `stage.anchor=constant` (one fixed vector for every pair; same steps, text and schedule, no reconstruction signal), then the same
     Stage II: if this row matches Anchor, the gain comes from LM training on the pairs' text, not from the anchor."""
     from omegaconf import OmegaConf
 
     from bireco.demo import compose_train
     from bireco.train import run
 
-    common = [*res["overrides"], "variant=zero_anchor"]
+    common = [*res["overrides"], "variant=constant_anchor"]
     renamed = (
         "trainer.val_check_interval=",
         "trainer.dev_check_every_n_steps=",
@@ -96,11 +96,11 @@ def run_zero_anchor(out: Path, res: dict) -> None:
     schedule = OmegaConf.load(out / "demo" / "default" / "stage1" / "config.yaml").stage.schedule
     t = time.perf_counter()
     run(compose_train([*common, "stage=reconstruction", *res["stage1_overrides"], f"stage.schedule={schedule}",
-                       "stage.anchor=zeros"]))  # fmt: skip
+                       "stage.anchor=constant"]))  # fmt: skip
     run(compose_train([*common, "stage=contrastive", *stage2]))
-    res["train_seconds"]["zero_anchor"] = time.perf_counter() - t
-    ckpt = out / "demo" / "zero_anchor" / "stage2" / "final"
-    add_row(res, ZERO_ANCHOR, "Zero-anchor Stage I + Stage II", ckpt)
+    res["train_seconds"]["constant_anchor"] = time.perf_counter() - t
+    ckpt = out / "demo" / "constant_anchor" / "stage2" / "final"
+    add_row(res, CONSTANT_ANCHOR, "Constant-anchor Stage I + Stage II", ckpt)
 
 
 def mean_sd(values: list[float]) -> str:
@@ -170,9 +170,9 @@ def main() -> None:
         "--no-control", action="store_true", help="skip the compute-matched control (about 20 min a seed)"
     )
     ap.add_argument(
-        "--zero-anchor",
+        "--constant-anchor",
         action="store_true",
-        help="also run the zero-anchor Stage I control (stage.anchor=zeros), for finished seeds too",
+        help="also run the constant-anchor Stage I control (stage.anchor=constant), for finished seeds too",
     )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bireco] %(message)s")
@@ -188,11 +188,11 @@ def main() -> None:
                 args.stage1_steps,
                 args.stage2_steps,
                 not args.no_control,
-                args.zero_anchor,
+                args.constant_anchor,
             )
-        elif args.zero_anchor and ZERO_ANCHOR not in results[seed]["summaries"]:
+        elif args.constant_anchor and CONSTANT_ANCHOR not in results[seed]["summaries"]:
             t = time.perf_counter()
-            run_zero_anchor(args.out / f"seed-{seed}", results[seed])
+            run_constant_anchor(args.out / f"seed-{seed}", results[seed])
             results[seed]["seed_seconds"] += time.perf_counter() - t
         else:
             continue

@@ -103,3 +103,22 @@ def test_family_format_is_the_real_chat_template_and_pools_the_eos(smollm2):
     long = encode_side(tok, fmt, " ".join(["water"] * 200), 16, instruction="Retrieve the word")
     assert long.truncated and len(long.input_ids) == 16 and long.input_ids[-1] == tok.eos_token_id
     assert tok.pad_token_id == smollm2.pad_id
+
+
+def test_constant_anchor_control_trains_the_real_model_with_finite_gradients(smollm2):
+    """stage.anchor=constant on SmolLM2: finite loss and gradients (an all-zero prefix, the control's first form,
+    stays zero through every layer and gave NaN gradients on this model)."""
+    import torch
+
+    from bireco.modules.reconstruction import ReconstructionModule
+
+    backbone = smollm2
+    ids = backbone.tokenizer(["a large body of salt water", "a small dog"], return_tensors="pt", padding=True)
+    side = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"]}
+    labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
+    m = ReconstructionModule(backbone, optim=None, lr_horizon=1, anchor="constant")
+    out = backbone.reconstruction_loss(m.anchor(side), ids["input_ids"], ids["attention_mask"], labels)
+    out.loss.backward()
+    grads = [p.grad for p in backbone.parameters() if p.grad is not None]
+    assert grads and torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in grads)
+    backbone.zero_grad(set_to_none=True)

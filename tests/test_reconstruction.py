@@ -64,17 +64,17 @@ def test_joint_skips_a_direction_of_weight_zero(backbone):
         assert set(logs) == {f"train/loss_{direction}", f"train/acc_{direction}", "train/loss"}
 
 
-def test_zero_anchor_control_decodes_without_the_other_side(backbone):
-    """stage.anchor=zeros: the Q2D loss no longer depends on the query (no encoder pass), the method's does."""
+def test_constant_anchor_control_decodes_without_the_other_side(backbone):
+    """stage.anchor=constant: the Q2D loss no longer depends on the query (no encoder pass), the method's does."""
     batch = make_batch(backbone)
     other = copy.deepcopy(batch)
     other["query"] = make_batch(backbone)["query"]
     other["query"]["input_ids"] = other["query"]["input_ids"].flip(0)
     other["query"]["attention_mask"] = other["query"]["attention_mask"].flip(0)
-    zero, method = module(backbone, anchor="zeros"), module(backbone)
-    torch.testing.assert_close(zero.q2d(batch).loss, zero.q2d(other).loss)
+    const, method = module(backbone, anchor="constant"), module(backbone)
+    torch.testing.assert_close(const.q2d(batch).loss, const.q2d(other).loss)
     assert not torch.allclose(method.q2d(batch).loss, method.q2d(other).loss)
-    with pytest.raises(ValueError, match="valid: embedding, zeros"):
+    with pytest.raises(ValueError, match="valid: embedding, constant"):
         module(backbone, anchor="none")
 
 

@@ -64,8 +64,8 @@ class ReconstructionModule(StageModule):
         anchor: str = "embedding",
     ):
         super().__init__(backbone, optim, lr_horizon, on_nonfinite)
-        if anchor not in ("embedding", "zeros"):
-            raise ValueError(f"stage.anchor={anchor!r}; valid: embedding, zeros")
+        if anchor not in ("embedding", "constant"):
+            raise ValueError(f"stage.anchor={anchor!r}; valid: embedding, constant")
         self.anchor_source = anchor
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"stage.alpha={alpha} must be in [0, 1]")
@@ -77,10 +77,12 @@ class ReconstructionModule(StageModule):
 
     def anchor(self, side: dict) -> torch.Tensor:
         """(B, H) last-token final-norm hidden state (Stage I always reads the [EOS], whatever model.pooling);
-        zeros under the `stage.anchor=zeros` control (no encoder pass: the decoder learns the text alone)."""
-        if self.anchor_source == "zeros":
-            emb = self.backbone.causal_lm.get_input_embeddings().weight
-            return emb.new_zeros(side["input_ids"].shape[0], self.backbone.hidden_size)
+        under the `stage.anchor=constant` control, one fixed vector for every pair, the mean input-token embedding
+        (no encoder pass: the decoder learns the text alone). Not an all-zero vector: on SmolLM2 an exact zero
+        prefix stays zero through every layer and its backward pass gives NaN gradients."""
+        if self.anchor_source == "constant":
+            table = self.backbone.causal_lm.get_input_embeddings().weight.detach()
+            return table.mean(0).expand(side["input_ids"].shape[0], -1)
         hidden = self.backbone.hidden_states(side["input_ids"], side["attention_mask"])  # (B, T, H)
         return last_token(hidden, side["attention_mask"])
 
