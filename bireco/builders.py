@@ -215,7 +215,7 @@ def build_trainer(
     # micro-batches), and over the whole dev set before the first step (the sanity check); trainer.lightning overrides
     validation = (
         {"val_check_interval": every * t.accumulate_grad_batches, "check_val_every_n_epoch": None,
-         "num_sanity_val_steps": -1, "limit_val_batches": 1.0}
+         "num_sanity_val_steps": -1}
         if every
         else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     )  # fmt: skip

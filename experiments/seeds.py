@@ -58,11 +58,11 @@ def run_control(out: Path, res: dict) -> None:
         for o in res["stage2_overrides"]
         if not o.startswith(("trainer.max_steps=", "trainer.dev_check_every_n_steps="))
     ]
-    run(compose_train([*res["overrides"], "variant=control", "stage=baseline", *stage2, f"trainer.max_steps={steps}",
-                       "trainer.dev_check_every_n_steps=20"]))  # fmt: skip
+    cfg = compose_train([*res["overrides"], "variant=control", "stage=baseline", *stage2, f"trainer.max_steps={steps}",
+                         "trainer.dev_check_every_n_steps=20"])  # fmt: skip
+    run(cfg)
     res["train_seconds"]["control"] = time.perf_counter() - t
-    ckpt = out / "demo" / "control" / "baseline" / "final"
-    add_row(res, CONTROL, "Control", ckpt)
+    add_row(res, CONTROL, "Control", Path(cfg.run_dir) / "final")  # output_root may be relative: where it ran
 
 
 def add_row(res: dict, label: str, curve: str, ckpt: Path) -> None:
@@ -97,10 +97,10 @@ def run_constant_anchor(out: Path, res: dict) -> None:
     t = time.perf_counter()
     run(compose_train([*common, "stage=reconstruction", *res["stage1_overrides"], f"stage.schedule={schedule}",
                        "stage.anchor=constant"]))  # fmt: skip
-    run(compose_train([*common, "stage=contrastive", *stage2]))
+    cfg = compose_train([*common, "stage=contrastive", *stage2])
+    run(cfg)
     res["train_seconds"]["constant_anchor"] = time.perf_counter() - t
-    ckpt = out / "demo" / "constant_anchor" / "stage2" / "final"
-    add_row(res, CONSTANT_ANCHOR, "Constant-anchor Stage I + Stage II", ckpt)
+    add_row(res, CONSTANT_ANCHOR, "Constant-anchor Stage I + Stage II", Path(cfg.run_dir) / "final")
 
 
 def mean_sd(values: list[float]) -> str:
