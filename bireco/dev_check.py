@@ -16,10 +16,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from bireco.encoder import encode_sides
 from bireco.retrieval import RetrievalSet, records_retrieval_set, scores_of, wordnet_retrieval_set
-from bireco.text_format import encode_side, pad_sides
-
-METRICS = ("val/ndcg@10", "val/mrr@10")
+from bireco.text_format import pad_sides
 
 
 def dev_retrieval_set(cfg, datamodule=None) -> RetrievalSet:
@@ -61,15 +60,8 @@ class DevCheckData:
     def __init__(self, rs: RetrievalSet, backbone, max_query_length: int, max_doc_length: int):
         self.rs = rs
         self.pad_id, self.padding_side = backbone.pad_id, backbone.padding_side
-        fmt, tok = backbone.text_format, backbone.tokenizer
-        instr = rs.instruction if isinstance(rs.instruction, list) else [rs.instruction] * len(rs.queries)
-        self.queries = [
-            encode_side(tok, fmt.for_instruction(i), t, max_query_length, i)
-            for t, i in zip(rs.queries, instr)
-        ]
-        self.corpus = [
-            encode_side(tok, fmt.for_instruction(None), t, max_doc_length, None) for t in rs.corpus
-        ]
+        self.queries = encode_sides(backbone, rs.queries, rs.instruction, max_query_length)
+        self.corpus = encode_sides(backbone, rs.corpus, None, max_doc_length)
 
     def _collate(self, items: list) -> dict:
         batch = pad_sides([side for _, side in items], self.pad_id, self.padding_side)

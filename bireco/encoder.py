@@ -24,6 +24,18 @@ log = logging.getLogger(__name__)
 QUERY_ONLY_TYPES = {"Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking"}
 
 
+def encode_sides(
+    backbone: Backbone, texts: list[str], instruction: str | list[str | None] | None, max_length: int
+) -> list:
+    """Each text tokenised in the backbone's format (with its instruction: one for every text or one per text)."""
+    instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
+    fmt = backbone.text_format
+    return [
+        encode_side(backbone.tokenizer, fmt.for_instruction(i), t, max_length, i)
+        for t, i in zip(texts, instructions)
+    ]
+
+
 @torch.no_grad()
 def encode_texts(
     backbone: Backbone,
@@ -40,16 +52,11 @@ def encode_texts(
     `batch_size`: None = default_batch_size(device)."""
     from tqdm.auto import tqdm
 
-    instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
-    fmt = backbone.text_format
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
     batch_size = batch_size or default_batch_size(device)
-    sides = [
-        encode_side(backbone.tokenizer, fmt.for_instruction(i), t, max_length, i)
-        for t, i in zip(texts, instructions)
-    ]
+    sides = encode_sides(backbone, texts, instruction, max_length)
     order = sorted(range(len(texts)), key=lambda i: -sides[i].length)
     out = torch.empty(len(texts), backbone.hidden_size)
     for start in tqdm(range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False):
