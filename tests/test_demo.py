@@ -59,7 +59,7 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
 
 
 def test_dev_check_uses_the_configured_corpus_size(tmp_path):
-    """data.dev_corpus_size reaches the in-training dev check (the SmolLM2 demo halves it to stay within budget)."""
+    """data.dev_corpus_size reaches the in-training dev check (the SmolLM2 demo uses 500 to stay within budget)."""
     from bireco.demo import PRESETS, compose_train
     from bireco.dev_check import dev_retrieval_set
 
@@ -72,7 +72,7 @@ def test_dev_check_uses_the_configured_corpus_size(tmp_path):
         sizes[n] = len(rs.corpus)
         assert len(rs.queries) == 50 and max(rs.relevant) < sizes[n]
     assert sizes == {300: 300, 1000: 1000}
-    assert "data.dev_corpus_size=1000" in PRESETS["smollm2"].data
+    assert "data.dev_corpus_size=500" in PRESETS["smollm2"].data
 
 
 def test_dev_check_on_other_data_holds_pairs_out_and_is_monitorable(tmp_path):
