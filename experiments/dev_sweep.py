@@ -68,10 +68,23 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
         ],
         "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
     },
+    # the demo's design with four times the Stage I steps: does the decoder start reading the anchor with budget?
+    "s1x4": {
+        "data": ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48"],
+        "stage1": [
+            "stage.schedule=alternate",
+            "trainer.max_steps=320",
+            "stage.optim.lr=3e-4",
+            "stage.optim.warmup_steps=32",
+        ],
+        "stage2": ["trainer.max_steps=40", "stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
+    },
 }
 
 
-def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
+def run_design(name: str, out: Path, eval_every: int, seed: int, stage1_only: bool = False) -> dict:
+    """Baseline (shared between designs with the same data + Stage II), Stage I, Anchor; `stage1_only`: Stage I and
+    its anchor use alone (the cheap question: does the decoder read the embedding at all?)."""
     from bireco.demo import compose_train, logged_curve
     from bireco.train import run
 
@@ -95,6 +108,8 @@ def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
                              ("stage1", ["stage=reconstruction", *d["stage1"]]), ("anchor", ["stage=contrastive", *stage2])):  # fmt: skip
         if label == "baseline" and (base_dir / "final" / "bireco.json").is_file():
             continue
+        if stage1_only and label != "stage1":
+            continue
         t0 = time.perf_counter()
         run(compose_train(common + overrides))
         t[label] = round(time.perf_counter() - t0)
@@ -103,7 +118,8 @@ def run_design(name: str, out: Path, eval_every: int, seed: int) -> dict:
     use = {"untrained": anchor_use_of(None), "stage1": anchor_use_of(runs / "stage1" / "final")}
     return {
         "design": name, "seed": seed, **d, "seconds": t,
-        "baseline_dev": logged_curve(base_dir, "val/ndcg@10"), "anchor_dev": logged_curve(runs / "stage2", "val/ndcg@10"),
+        "baseline_dev": [] if stage1_only else logged_curve(base_dir, "val/ndcg@10"),
+        "anchor_dev": [] if stage1_only else logged_curve(runs / "stage2", "val/ndcg@10"),
         "stage1_acc_last": {k: (v[-1][1] if v else None) for k, v in acc.items()}, "anchor_use": use,
     }  # fmt: skip
 
@@ -133,7 +149,7 @@ def write_table(results: dict, out: Path) -> None:
     lines = ["| design | seed | Stage I acc d2q / q2d (last log) | anchor gain d2q / q2d, nats/token: untrained -> Stage I | "
              "dev nDCG@10 x100 by Stage II step: baseline | Anchor | s |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results.values():
-        fmt = lambda c: ", ".join(f"{s}: {100 * v:.1f}" for s, v in c)  # noqa: E731
+        fmt = lambda c: ", ".join(f"{s}: {100 * v:.1f}" for s, v in c) or "— (Stage I only)"  # noqa: E731
         a = r["stage1_acc_last"]
         acc = " / ".join("—" if a[k] is None else f"{a[k]:.2f}" for k in ("d2q", "q2d"))
         u = r.get("anchor_use") or {}
@@ -159,6 +175,9 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--list", action="store_true")
+    ap.add_argument(
+        "--stage1-only", action="store_true", help="train Stage I and measure its anchor use, no Stage II"
+    )
     args = ap.parse_args()
     if args.list:
         print(json.dumps(DESIGNS, indent=2))
@@ -169,10 +188,10 @@ def main() -> None:
     path = args.out / "dev_sweep.json"
     results = json.loads(path.read_text()) if path.is_file() else {}
     for name in args.designs:
-        key = f"{name}-seed{args.seed}"
+        key = f"{name}-seed{args.seed}" + ("-stage1" if args.stage1_only else "")
         if key in results:
             continue
-        results[key] = run_design(name, args.out, args.eval_every, args.seed)
+        results[key] = run_design(name, args.out, args.eval_every, args.seed, args.stage1_only)
         path.write_text(json.dumps(results, indent=2))
         write_table(results, args.out)
         print(
