@@ -283,3 +283,26 @@ def test_inspect_cli_takes_ordinary_text(backbone, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"document: {text!r}" in r.stdout
+
+
+def test_stage1_learns_to_read_its_anchor_where_the_text_alone_cannot_say_which_pair(backbone):
+    """Eight pairs trained over and over (experiments/anchor_memorise.py): only the anchor says which of the eight
+    targets to write, so with real anchors the decoder must read them (CE with another pair's anchor rises: gain), and
+    with `anchor=constant` it cannot. Guards the anchor path end to end (position, mask, gradient into the encoder)."""
+    import sys
+    from pathlib import Path
+
+    from bireco.inspect import anchor_use
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    from anchor_memorise import RECORDS, train_pairs
+
+    torch.manual_seed(0)
+    after = {}
+    for anchor in ("embedding", "constant"):
+        b = copy.deepcopy(backbone)
+        train_pairs(b, anchor, steps=200, lr=1e-3)
+        after[anchor] = anchor_use(b, RECORDS, batch_size=8, bf16=False)
+    real, constant = after["embedding"], after["constant"]
+    assert real["gain_d2q"] > 0.3 and abs(constant["gain_d2q"]) < 0.05, after
+    assert real["ce_d2q"] < constant["ce_d2q"] - 0.3 and real["ce_q2d"] < constant["ce_q2d"], after
