@@ -268,28 +268,39 @@ class Backbone(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        lead_token_id: int | None = None,
     ) -> ReconstructionOutput:
         """Decode `input_ids` from `[anchor; tokens]` (causal), CE on positions whose label is not -100.
 
         Args:
             anchor: (B, H) embeddings of the other side; gradients flow through it.
             input_ids / attention_mask / labels: (B, T) target side, any padding side; labels -100 = ignore.
+            lead_token_id: analysis only (experiments/anchor_sink.py): one real token placed before the anchor,
+                `[token; anchor; tokens]`, so the anchor no longer fills the attention-sink position. Stage I never
+                sets it (the paper's decoder input starts with the anchor).
         Position j of the decoder input predicts target token j: the anchor slot predicts the first token of
         the target side, token t predicts token t+1 (template / instruction tokens are context, not targets,
         under the paper labels; so with a chat template the first *text* token sees the anchor through them).
         """
         ids, labels, mask = to_right_padding(input_ids, labels, attention_mask=attention_mask)  # (B, T) each
         B, T = ids.shape
-        tok = self.causal_lm.get_input_embeddings()(ids)  # (B, T, H)
-        inputs = torch.cat([anchor.to(tok.dtype).unsqueeze(1), tok], dim=1)  # (B, 1 + T, H)
-        full_mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)  # (B, 1 + T)
+        table = self.causal_lm.get_input_embeddings()
+        tok = table(ids)  # (B, T, H)
+        prefix = [anchor.to(tok.dtype).unsqueeze(1)]
+        if lead_token_id is not None:
+            prefix.insert(0, table(ids.new_full((B, 1), lead_token_id)))
+        lead = len(prefix) - 1  # positions before the anchor
+        inputs = torch.cat([*prefix, tok], dim=1)  # (B, lead + 1 + T, H)
+        full_mask = torch.cat([mask.new_ones(B, lead + 1), mask], dim=1)
         out = self.decoder(
             inputs_embeds=inputs,
             attention_mask=full_mask,
             position_ids=position_ids_from_mask(full_mask),
             use_cache=False,
         )
-        hidden = out.last_hidden_state[:, :T]  # (B, T, H): position j predicts target token j
+        hidden = out.last_hidden_state[
+            :, lead : lead + T
+        ]  # (B, T, H): the anchor slot predicts target token 0
         keep = labels != -100  # (B, T)
         n = int(keep.sum())
         if n == 0:

@@ -19,36 +19,20 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @contextmanager
 def sink_before_anchor(token: str = "<|im_start|>"):
-    """Backbone.reconstruction_loss with `[sink token, anchor, target...]` as the decoder input (analysis only)."""
-    from bireco.backbone import Backbone, ReconstructionOutput, position_ids_from_mask, to_right_padding
-    from bireco.losses.chunked_ce import chunked_cross_entropy
-
-    def loss(self, anchor, input_ids, attention_mask, labels):
-        ids, labels, mask = to_right_padding(input_ids, labels, attention_mask=attention_mask)  # (B, T)
-        b, t = ids.shape
-        table = self.causal_lm.get_input_embeddings()
-        sink = table(torch.full((b, 1), self.tokenizer.convert_tokens_to_ids(token), device=ids.device))
-        inputs = torch.cat([sink, anchor.to(sink.dtype).unsqueeze(1), table(ids)], dim=1)  # (B, 2 + T, H)
-        full_mask = torch.cat([mask.new_ones(b, 2), mask], dim=1)
-        out = self.decoder(inputs_embeds=inputs, attention_mask=full_mask,
-                           position_ids=position_ids_from_mask(full_mask), use_cache=False)  # fmt: skip
-        hidden = out.last_hidden_state[:, 1 : t + 1]  # the anchor slot predicts target token 0, as in Stage I
-        keep = labels != -100
-        n = int(keep.sum())
-        loss_sum, correct = chunked_cross_entropy(
-            hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size
-        )
-        return ReconstructionOutput(loss=loss_sum / n, n_tokens=n, n_correct=correct)
+    """Every Backbone.reconstruction_loss call decodes `[sink token, anchor, target...]` (analysis only)."""
+    from bireco.backbone import Backbone
 
     original = Backbone.reconstruction_loss
-    Backbone.reconstruction_loss = loss
+
+    def with_sink(self, *args, **kwargs):
+        return original(self, *args, lead_token_id=self.tokenizer.convert_tokens_to_ids(token), **kwargs)
+
+    Backbone.reconstruction_loss = with_sink
     try:
         yield
     finally:

@@ -78,11 +78,10 @@ class StageModule(L.LightningModule):
         if self.trainer.is_global_zero:
             for logger in self.trainer.loggers:
                 logger.log_metrics(metrics, step=self.trainer.global_step)
-        if not self.trainer.sanity_checking:  # callback metrics: what ModelCheckpoint / EarlyStopping monitor
-            for (
-                name,
-                value,
-            ) in metrics.items():  # every rank scored the same gathered embeddings: no reduction
+        # callback metrics, what ModelCheckpoint / EarlyStopping monitor; every rank scored the same gathered
+        # embeddings, so no reduction
+        if not self.trainer.sanity_checking:
+            for name, value in metrics.items():
                 self.log(name, value, on_step=False, on_epoch=True, logger=False, rank_zero_only=False)
 
     def configure_optimizers(self):
