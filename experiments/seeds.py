@@ -8,6 +8,8 @@ with every seed's numbers, mean ± sd per row, Anchor − baseline per seed, and
     python experiments/seeds.py                       # seeds 1 2 3 -> outputs/seeds/results.{md,json}
     python experiments/seeds.py --seeds 1 --stage2-steps 20
     python experiments/seeds.py --seeds 42 --constant-anchor  # add the constant-anchor Stage I control to a finished seed
+    python experiments/seeds.py --seeds 1 2 42 --full-ft-baseline  # add Stage II alone with full fine-tuning
+    python experiments/seeds.py --seeds 1 2 42 --suite  # every row again on the demo's built-in suite (out of domain)
 
 Takes about 50 minutes a seed on a 2-core CPU (minutes on a GPU). Finished seeds are skipped when rerun.
 """
@@ -29,10 +31,21 @@ sys.path.insert(0, str(ROOT))
 
 CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
 CONSTANT_ANCHOR = "Stage I with a constant anchor + Stage II (control)"
+FULL_FT = "Stage II alone, full fine-tuning (no LoRA)"
+# where each row's final checkpoint lies under a seed's directory (the same layout for every seed)
+ROW_CHECKPOINTS = {
+    "Untrained base (last pooling)": "demo/default/untrained/final",
+    "Only Stage I (reconstruction)": "demo/default/stage1/final",
+    "Only Stage II (baseline)": "demo/default/baseline/final",
+    "Stage I + Stage II (Anchor)": "demo/default/stage2/final",
+    CONTROL: "demo/control/baseline/final",
+    CONSTANT_ANCHOR: "demo/constant_anchor/stage2/final",
+    FULL_FT: "demo/full_ft/baseline/final",
+}
 
 
 def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, control: bool = True,
-             constant_anchor: bool = False) -> dict:  # fmt: skip
+             constant_anchor: bool = False, full_ft_baseline: bool = False) -> dict:  # fmt: skip
     from bireco.demo import run_demo
 
     t0 = time.perf_counter()
@@ -41,6 +54,8 @@ def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int |
         run_control(out, res)
     if constant_anchor:
         run_constant_anchor(out, res)
+    if full_ft_baseline:
+        run_full_ft_baseline(out, res)
     res["seed_seconds"] = time.perf_counter() - t0
     return res
 
@@ -87,11 +102,7 @@ def run_constant_anchor(out: Path, res: dict) -> None:
     from bireco.train import run
 
     common = [*res["overrides"], "variant=constant_anchor"]
-    renamed = (
-        "trainer.val_check_interval=",
-        "trainer.dev_check_every_n_steps=",
-    )  # key renamed after seed 42 ran
-    stage2 = [o.replace(*renamed) for o in res["stage2_overrides"]]
+    stage2 = stage2_overrides(res)
     # the schedule the seed's own Stage I ran with (its default changed to joint after seed 42 ran)
     schedule = OmegaConf.load(out / "demo" / "default" / "stage1" / "config.yaml").stage.schedule
     t = time.perf_counter()
@@ -101,6 +112,76 @@ def run_constant_anchor(out: Path, res: dict) -> None:
     run(cfg)
     res["train_seconds"]["constant_anchor"] = time.perf_counter() - t
     add_row(res, CONSTANT_ANCHOR, "Constant-anchor Stage I + Stage II", Path(cfg.run_dir) / "final")
+
+
+def stage2_overrides(res: dict) -> list[str]:
+    """The seed's recorded Stage II overrides, with the dev-check key under its current name (renamed after seed 42 ran)."""
+    return [
+        o.replace("trainer.val_check_interval=", "trainer.dev_check_every_n_steps=")
+        for o in res["stage2_overrides"]
+    ]
+
+
+def run_full_ft_baseline(out: Path, res: dict) -> None:
+    """Stage II alone from the base with every weight trained (`stage.lora.enabled=false`), the same steps and data.
+
+    The capacity control: Anchor's Stage I updates every weight, the LoRA baseline never does. Its learning rate is
+    the one bireco's demo already uses for full-parameter training of this model (Stage I's), not Stage II's LoRA
+    rate, which is far too large for every weight; nothing was tuned for it."""
+    from bireco.demo import compose_train
+    from bireco.train import run
+
+    full_ft_lr = next(o for o in res["stage1_overrides"] if o.startswith("stage.optim.lr="))
+    t = time.perf_counter()
+    cfg = compose_train([*res["overrides"], "variant=full_ft", "stage=baseline", *stage2_overrides(res),
+                         "stage.lora.enabled=false", full_ft_lr])  # fmt: skip
+    run(cfg)
+    res["train_seconds"]["full_ft"] = time.perf_counter() - t
+    add_row(res, FULL_FT, "Stage II alone, full fine-tuning", Path(cfg.run_dir) / "final")
+
+
+def evaluate_suite(out: Path, results: dict[int, dict]) -> dict[int, dict]:
+    """Every row of every finished seed on the demo's current evaluation (the built-in suite: WordNet test and the
+    out-of-domain tasks, the demo's subsample). The seeds ran when their table held WordNet alone; this adds the
+    out-of-domain half for all of them. Written to suite.json (reused on rerun) and suite.md."""
+    from bireco.demo import EVAL_TASKS, PRESETS
+    from bireco.evaluate import evaluate_checkpoint
+
+    preset = PRESETS["smollm2"]
+    path = out / "suite.json"
+    suite = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
+    for seed in sorted(results):
+        rows = suite.setdefault(seed, {})
+        for label, rel in ROW_CHECKPOINTS.items():
+            ckpt = out / f"seed-{seed}" / rel
+            if label in rows or not (ckpt / "bireco.json").is_file():
+                continue
+            rows[label] = evaluate_checkpoint(str(ckpt), EVAL_TASKS, output_dir=str(ckpt.parent / "eval-suite"),
+                                              max_queries=preset.eval_queries, max_docs=preset.eval_docs,
+                                              progress=False)  # fmt: skip
+            path.write_text(json.dumps({str(k): v for k, v in suite.items()}, indent=1))
+    (out / "suite.md").write_text(suite_report(suite, preset.eval_queries, preset.eval_docs))
+    return suite
+
+
+def suite_report(suite: dict[int, dict], queries: int, docs: int) -> str:
+    """One table per score (average, WordNet, out of domain): rows = runs, columns = seeds and mean ± sd."""
+    seeds = sorted(suite)
+    labels = [label for label in ROW_CHECKPOINTS if any(label in suite[s] for s in seeds)]
+    parts = [
+        f"nDCG@10 × 100 on the built-in suite ({queries} queries, {docs} documents per task; the demo's subsample).\n"
+    ]
+    for title, score in (("Average of the four tasks", lambda r: r["categories"]["Average"]),
+                         ("WordNet avg (test split)", lambda r: r["groups"]["WordNet avg"]),
+                         ("Out-of-domain avg (Debian packages, Python API)", lambda r: r["groups"]["Out-of-domain avg"])):  # fmt: skip
+        lines = [f"\n{title}:\n", "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+                 "|---" * (len(seeds) + 2) + "|"]  # fmt: skip
+        for label in labels:
+            vals = {s: score(suite[s][label]) for s in seeds if label in suite[s]}
+            cells = [f"{vals[s]:.2f}" if s in vals else "–" for s in seeds]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean_sd(list(vals.values()))} |")
+        parts.append("\n".join(lines) + "\n")
+    return "".join(parts)
 
 
 def mean_sd(values: list[float]) -> str:
@@ -174,6 +255,16 @@ def main() -> None:
         action="store_true",
         help="also run the constant-anchor Stage I control (stage.anchor=constant), for finished seeds too",
     )
+    ap.add_argument(
+        "--full-ft-baseline",
+        action="store_true",
+        help="also run Stage II alone with full fine-tuning (the capacity control), for finished seeds too",
+    )
+    ap.add_argument(
+        "--suite",
+        action="store_true",
+        help="then evaluate every row of the finished seeds on the demo's built-in suite (writes suite.md)",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="[bireco] %(message)s")
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -189,17 +280,25 @@ def main() -> None:
                 args.stage2_steps,
                 not args.no_control,
                 args.constant_anchor,
+                args.full_ft_baseline,
             )
-        elif args.constant_anchor and CONSTANT_ANCHOR not in results[seed]["summaries"]:
-            t = time.perf_counter()
-            run_constant_anchor(args.out / f"seed-{seed}", results[seed])
-            results[seed]["seed_seconds"] += time.perf_counter() - t
         else:
-            continue
+            extras = [(run_constant_anchor, CONSTANT_ANCHOR, args.constant_anchor),
+                      (run_full_ft_baseline, FULL_FT, args.full_ft_baseline)]  # fmt: skip
+            todo = [fn for fn, row, wanted in extras if wanted and row not in results[seed]["summaries"]]
+            if not todo:
+                continue
+            t = time.perf_counter()
+            for fn in todo:
+                fn(args.out / f"seed-{seed}", results[seed])
+            results[seed]["seed_seconds"] += time.perf_counter() - t
         path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
         (args.out / "results.md").write_text(report(results))
         print(report(results), flush=True)
     print(f"wrote {args.out / 'results.md'} ({platform.node()})")
+    if args.suite:
+        evaluate_suite(args.out, {s: results[s] for s in args.seeds if s in results})
+        print((args.out / "suite.md").read_text())
 
 
 if __name__ == "__main__":
