@@ -11,7 +11,8 @@ with every seed's numbers, mean ± sd per row, Anchor − baseline per seed, and
     python experiments/seeds.py --seeds 1 2 42 --full-ft-baseline  # add Stage II alone with full fine-tuning
     python experiments/seeds.py --seeds 1 2 42 --suite  # every row again on the demo's built-in suite (out of domain)
 
-Takes about 50 minutes a seed on a 2-core CPU (minutes on a GPU). Finished seeds are skipped when rerun.
+Takes about 50 minutes a seed on a 2-core CPU (minutes on a GPU). A rerun skips what a seed has and adds the rows asked
+for that it lacks (the compute-matched control unless --no-control).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ def run_control(out: Path, res: dict) -> None:
     # dev checks every 20 steps (not 10): the control's curve is context, and its 120 steps would otherwise check 13 times
     stage2 = [
         o
-        for o in res["stage2_overrides"]
+        for o in stage2_overrides(res)
         if not o.startswith(("trainer.max_steps=", "trainer.dev_check_every_n_steps="))
     ]
     cfg = compose_train([*res["overrides"], "variant=control", "stage=baseline", *stage2, f"trainer.max_steps={steps}",
@@ -283,7 +284,8 @@ def main() -> None:
                 args.full_ft_baseline,
             )
         else:
-            extras = [(run_constant_anchor, CONSTANT_ANCHOR, args.constant_anchor),
+            extras = [(run_control, CONTROL, not args.no_control),
+                      (run_constant_anchor, CONSTANT_ANCHOR, args.constant_anchor),
                       (run_full_ft_baseline, FULL_FT, args.full_ft_baseline)]  # fmt: skip
             todo = [fn for fn, row, wanted in extras if wanted and row not in results[seed]["summaries"]]
             if not todo:
