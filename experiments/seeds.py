@@ -3,7 +3,8 @@
 For each seed this runs the demo (`bireco.demo`, the smollm2 preset: untrained / Stage I only / baseline / Anchor,
 evaluated on the held-out built-in tasks) and the paper's compute-matched control (paper-spec 7.6): Stage II alone,
 from the base model, given Stage I's steps on top of its own (stage1_steps + stage2_steps). It writes one table
-with every seed's numbers, mean ± sd per row, Anchor − baseline per seed, and the Stage II dev curves.
+with every seed's numbers, mean ± sd per row, Anchor − baseline and Anchor − control per seed, and the Stage II
+dev curves.
 
     python experiments/seeds.py                       # seeds 1 2 3 -> outputs/seeds/results.{md,json}
     python experiments/seeds.py --seeds 1 --stage2-steps 20
@@ -216,11 +217,15 @@ def report(results: dict[int, dict]) -> str:
         }
         cells = [f"{vals[s]:.2f}" if s in vals else "–" for s in seeds]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean_sd(list(vals.values()))} |")
-    delta = [results[s]["summaries"]["Stage I + Stage II (Anchor)"]["categories"]["Average"]
-             - results[s]["summaries"]["Only Stage II (baseline)"]["categories"]["Average"] for s in seeds]  # fmt: skip
-    lines.append(
-        "| **Anchor − baseline** | " + " | ".join(f"{d:+.2f}" for d in delta) + f" | {mean_sd(delta)} |"
-    )
+    for label, other in (("baseline", "Only Stage II (baseline)"), ("compute-matched", CONTROL)):
+        score = lambda s, row: results[s]["summaries"][row]["categories"]["Average"]  # noqa: E731
+        delta = {s: score(s, "Stage I + Stage II (Anchor)") - score(s, other)
+                 for s in seeds if other in results[s]["summaries"]}  # fmt: skip
+        if delta:
+            cells = [f"{delta[s]:+.2f}" if s in delta else "–" for s in seeds]
+            lines.append(
+                f"| **Anchor − {label}** | " + " | ".join(cells) + f" | {mean_sd(list(delta.values()))} |"
+            )
     curves = ["", "Stage II dev nDCG@10 × 100 (200 WordNet dev queries) by step:", ""]
     for s in seeds:
         docs = dev_corpus_size(results[s]["overrides"])
