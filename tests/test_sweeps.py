@@ -113,7 +113,8 @@ def test_multirun_jobs_get_their_own_run_dirs_and_stage2_finds_its_stage1(tmp_pa
     "preset,values",
     [
         pytest.param("ablation_alpha", (0.2, 0.5, 0.8), marks=pytest.mark.slow),
-        ("ablation_direction", (0.0, 1.0)),
+        # slow too: make test hit 12 min 39 s; the multirun test above keeps a 2-job sweep feeding Stage II in CI
+        pytest.param("ablation_direction", (0.0, 1.0), marks=pytest.mark.slow),
     ],
 )
 def test_ablation_presets_run_both_stages(tmp_path, preset, values):
