@@ -46,22 +46,6 @@ ROW_CHECKPOINTS = {
 }
 
 
-def run_seed(out: Path, seed: int, stage1_steps: int | None, stage2_steps: int | None, control: bool = True,
-             constant_anchor: bool = False, full_ft_baseline: bool = False) -> dict:  # fmt: skip
-    from bireco.demo import run_demo
-
-    t0 = time.perf_counter()
-    res = run_demo(out, "smollm2", stage1_steps, stage2_steps, wandb=False, progress=False, seed=seed)
-    if control:
-        run_control(out, res)
-    if constant_anchor:
-        run_constant_anchor(out, res)
-    if full_ft_baseline:
-        run_full_ft_baseline(out, res)
-    res["seed_seconds"] = time.perf_counter() - t0
-    return res
-
-
 def run_control(out: Path, res: dict) -> None:
     """The compute-matched control (paper-spec 7.6): Stage II alone from the base, for Stage I + Stage II steps."""
     from bireco.demo import compose_train
@@ -176,12 +160,11 @@ def suite_report(suite: dict[int, dict], queries: int, docs: int) -> str:
     for title, score in (("Average of the four tasks", lambda r: r["categories"]["Average"]),
                          ("WordNet avg (test split)", lambda r: r["groups"]["WordNet avg"]),
                          ("Out-of-domain avg (Debian packages, Python API)", lambda r: r["groups"]["Out-of-domain avg"])):  # fmt: skip
-        lines = [f"\n{title}:\n", "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
-                 "|---" * (len(seeds) + 2) + "|"]  # fmt: skip
+        lines = [f"\n{title}:\n", *table_head(seeds)]
         for label in labels:
-            vals = {s: score(suite[s][label]) for s in seeds if label in suite[s]}
-            cells = [f"{vals[s]:.2f}" if s in vals else "–" for s in seeds]
-            lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean_sd(list(vals.values()))} |")
+            lines.append(
+                table_row(label, {s: score(suite[s][label]) for s in seeds if label in suite[s]}, seeds)
+            )
         parts.append("\n".join(lines) + "\n")
     return "".join(parts)
 
@@ -200,32 +183,38 @@ def dev_corpus_size(overrides: list[str]) -> int:
     return sizes[-1] if sizes else DataConfig.dev_corpus_size
 
 
+def table_head(seeds: list[int]) -> list[str]:
+    return [
+        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+        "|---" * (len(seeds) + 2) + "|",
+    ]
+
+
+def table_row(label: str, values: dict[int, float], seeds: list[int], fmt: str = "{:.2f}") -> str:
+    """One run's cell per seed ("–" where a seed lacks it) and the mean ± sd of those it has."""
+    cells = [fmt.format(values[s]) if s in values else "–" for s in seeds]
+    return f"| {label} | " + " | ".join(cells) + f" | {mean_sd(list(values.values()))} |"
+
+
 def report(results: dict[int, dict]) -> str:
     seeds = sorted(results)
     rows = list(
         dict.fromkeys(row for s in seeds for row in results[s]["summaries"])
     )  # a control may miss seeds
-    lines = [
-        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
-        "|---" * (len(seeds) + 2) + "|",
-    ]
+
+    def score(seed: int, row: str) -> float:
+        return results[seed]["summaries"][row]["categories"]["Average"]
+
+    lines = table_head(seeds)
     for row in rows:
-        vals = {
-            s: results[s]["summaries"][row]["categories"]["Average"]
-            for s in seeds
-            if row in results[s]["summaries"]
-        }
-        cells = [f"{vals[s]:.2f}" if s in vals else "–" for s in seeds]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean_sd(list(vals.values()))} |")
+        lines.append(
+            table_row(row, {s: score(s, row) for s in seeds if row in results[s]["summaries"]}, seeds)
+        )
     for label, other in (("baseline", "Only Stage II (baseline)"), ("compute-matched", CONTROL)):
-        score = lambda s, row: results[s]["summaries"][row]["categories"]["Average"]  # noqa: E731
         delta = {s: score(s, "Stage I + Stage II (Anchor)") - score(s, other)
                  for s in seeds if other in results[s]["summaries"]}  # fmt: skip
         if delta:
-            cells = [f"{delta[s]:+.2f}" if s in delta else "–" for s in seeds]
-            lines.append(
-                f"| **Anchor − {label}** | " + " | ".join(cells) + f" | {mean_sd(list(delta.values()))} |"
-            )
+            lines.append(table_row(f"**Anchor − {label}**", delta, seeds, "{:+.2f}"))
     curves = ["", "Stage II dev nDCG@10 × 100 (200 WordNet dev queries) by step:", ""]
     for s in seeds:
         docs = dev_corpus_size(results[s]["overrides"])
@@ -278,27 +267,24 @@ def main() -> None:
     path = args.out / "results.json"
     results = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
     for seed in args.seeds:
-        if seed not in results:
-            results[seed] = run_seed(
-                args.out / f"seed-{seed}",
-                seed,
-                args.stage1_steps,
-                args.stage2_steps,
-                not args.no_control,
-                args.constant_anchor,
-                args.full_ft_baseline,
-            )
-        else:
-            extras = [(run_control, CONTROL, not args.no_control),
-                      (run_constant_anchor, CONSTANT_ANCHOR, args.constant_anchor),
-                      (run_full_ft_baseline, FULL_FT, args.full_ft_baseline)]  # fmt: skip
-            todo = [fn for fn, row, wanted in extras if wanted and row not in results[seed]["summaries"]]
-            if not todo:
-                continue
-            t = time.perf_counter()
-            for fn in todo:
-                fn(args.out / f"seed-{seed}", results[seed])
-            results[seed]["seed_seconds"] += time.perf_counter() - t
+        out = args.out / f"seed-{seed}"
+        t = time.perf_counter()
+        new = seed not in results
+        if new:
+            from bireco.demo import run_demo
+
+            results[seed] = run_demo(out, "smollm2", args.stage1_steps, args.stage2_steps, wandb=False,
+                                     progress=False, seed=seed)  # fmt: skip
+            results[seed]["seed_seconds"] = 0.0
+        extras = [(run_control, CONTROL, not args.no_control),
+                  (run_constant_anchor, CONSTANT_ANCHOR, args.constant_anchor),
+                  (run_full_ft_baseline, FULL_FT, args.full_ft_baseline)]  # fmt: skip
+        todo = [fn for fn, row, wanted in extras if wanted and row not in results[seed]["summaries"]]
+        if not (new or todo):
+            continue
+        for fn in todo:
+            fn(out, results[seed])
+        results[seed]["seed_seconds"] += time.perf_counter() - t
         path.write_text(json.dumps({str(k): v for k, v in results.items()}, indent=1))
         (args.out / "results.md").write_text(report(results))
         print(report(results), flush=True)
