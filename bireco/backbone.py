@@ -298,9 +298,8 @@ class Backbone(nn.Module):
             position_ids=position_ids_from_mask(full_mask),
             use_cache=False,
         )
-        hidden = out.last_hidden_state[
-            :, lead : lead + T
-        ]  # (B, T, H): the anchor slot predicts target token 0
+        # (B, T, H): the anchor slot predicts target token 0, token t predicts token t + 1
+        hidden = out.last_hidden_state[:, lead : lead + T]
         keep = labels != -100  # (B, T)
         n = int(keep.sum())
         if n == 0:

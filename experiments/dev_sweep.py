@@ -124,18 +124,23 @@ def run_design(name: str, out: Path, eval_every: int, seed: int, stage1_only: bo
     }  # fmt: skip
 
 
-def anchor_use_of(checkpoint: Path | None, n: int = 256) -> dict:
-    """Stage I's CE with own vs another pair's anchor on `n` WordNet dev pairs (bireco.inspect.anchor_use)."""
+def load_backbone(checkpoint: Path | str | None):
+    """A bireco checkpoint, or the untrained SmolLM2 (bireco's smollm2 family format) for None."""
     from bireco.backbone import Backbone
-    from bireco.data import wordnet
-    from bireco.data.instructions import instruction_for, load_table
     from bireco.demo import compose_train
-    from bireco.inspect import anchor_use
 
     if checkpoint is None:
-        backbone = Backbone.from_config(compose_train(["model=smollm2"]).model)
-    else:
-        backbone = Backbone.load(checkpoint)
+        return Backbone.from_config(compose_train(["model=smollm2"]).model)
+    return Backbone.load(checkpoint)
+
+
+def anchor_use_of(checkpoint: Path | None, n: int = 256) -> dict:
+    """Stage I's CE with own vs another pair's anchor on `n` WordNet dev pairs (bireco.inspect.anchor_use)."""
+    from bireco.data import wordnet
+    from bireco.data.instructions import instruction_for, load_table
+    from bireco.inspect import anchor_use
+
+    backbone = load_backbone(checkpoint)
     instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)
     records = [
         dict(r, instruction=instruction)

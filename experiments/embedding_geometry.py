@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def geometry(backbone, n_queries: int = 200, corpus_size: int = 500) -> dict[str, float]:
@@ -54,18 +55,13 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, help="also write the rows as JSON here")
     args = ap.parse_args()
-    from bireco.backbone import Backbone
-    from bireco.demo import compose_train
+    from dev_sweep import load_backbone
 
     rows = {}
     print("| checkpoint | anisotropy | cos(q, positive) | cos(q, corpus) | positive z | dev nDCG@10 × 100 |")
     print("|---|---|---|---|---|---|")
     for name in args.checkpoints:
-        backbone = (
-            Backbone.from_config(compose_train(["model=smollm2"]).model)
-            if name == "base"
-            else Backbone.load(name)
-        )
+        backbone = load_backbone(None if name == "base" else name)
         g = rows[name] = geometry(backbone)
         print(f"| {name} | {g['anisotropy']:.3f} | {g['cos_positive']:.3f} | {g['cos_corpus']:.3f} | "
               f"{g['positive_z']:.2f} | {100 * g['ndcg@10']:.1f} |", flush=True)  # fmt: skip
