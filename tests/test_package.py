@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import site
 import subprocess
 import sys
 import zipfile
@@ -48,16 +49,31 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
     for field in ("Classifier: Intended Audience :: Science/Research", "Project-URL: Paper, https://arxiv.org/abs/2509.03020",
                   "Keywords:", "Author:"):  # fmt: skip
         assert field in meta, field
-    # a fresh environment holding the wheel (its dependencies come from this one's site-packages)
+    # A fresh environment holding the wheel alone. Its dependencies come from the environment running the tests:
+    # a .pth file names this interpreter's site-packages. (`venv --system-site-packages` would give the *base*
+    # interpreter's, which on a new machine has none of them.) Plain path lines do not run that directory's own
+    # .pth files, so the editable bireco of the test environment stays invisible and the wheel's is imported.
     venv = tmp_path / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300
-    )
-    subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)],
-        check=True,
-        timeout=300,
-    )
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=300)
+    venv_python = venv / "bin" / "python"
+    venv_site = subprocess.run(
+        [str(venv_python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True, capture_output=True, text=True, timeout=60,
+    ).stdout.strip()  # fmt: skip
+    (Path(venv_site) / "bireco_test_deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # this environment's pip installs into the new one (it has none of its own)
+    install = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(venv_python),
+        "install",
+        "-q",
+        "--no-deps",
+        str(wheel),
+    ]
+    subprocess.run(install, check=True, timeout=300)
     empty = tmp_path / "empty"
     empty.mkdir()
     env = {k: v for k, v in subprocess_env().items() if k != "PYTHONPATH"}
