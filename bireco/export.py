@@ -42,6 +42,25 @@ def _add_special_tokens_processor(tokenizer_dir: Path, backbone: Backbone) -> No
     t.save(str(path))
 
 
+def _plain_text_kwargs(dtype: str) -> dict:
+    """Transformer(...) arguments that load the weights in `dtype` and pin the input to plain text, saved in the
+    module's config: the prompt is prepended to the text and tokenised as bireco tokenises it, never chat-rendered
+    (the `message` modality sentence-transformers >= 6 infers for a tokenizer with a chat template)."""
+    import inspect
+
+    import torch
+    from sentence_transformers.sentence_transformer.modules import Transformer
+
+    params = inspect.signature(Transformer.__init__).parameters
+    kwargs: dict = {
+        "model_kwargs" if "model_kwargs" in params else "model_args": {"dtype": getattr(torch, dtype)}
+    }
+    if "modality_config" in params:
+        kwargs["modality_config"] = {"text": {"method": "forward", "method_output_name": "last_hidden_state"}}
+        kwargs["module_output_name"] = "token_embeddings"
+    return kwargs
+
+
 def export_sentence_transformers(checkpoint: str | Path, output: str | Path, instruction: str | None = None,
                                  max_seq_length: int = 512, dtype: str = "bfloat16", overwrite: bool = False,
                                  push_to_hub: str | None = None) -> Path:  # fmt: skip
@@ -73,6 +92,9 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
     model = backbone.model.merge_and_unload() if backbone.is_lora else backbone.model
     model.to(getattr(torch, dtype)).save_pretrained(hf_dir)
     backbone.tokenizer.padding_side = "right"
+    # An embedder has no chat: with a chat template in the tokenizer, sentence-transformers >= 6 renders every
+    # input as a chat message (system prompt, a second header) and pools another token than bireco does.
+    backbone.tokenizer.chat_template = None
     backbone.tokenizer.save_pretrained(hf_dir)
     _add_special_tokens_processor(hf_dir, backbone)
     fmt = backbone.text_format.for_instruction(instruction)  # same separator rule as bireco's encoder
@@ -80,9 +102,7 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
         "document": fmt.prefix,
         "query": fmt.prefix + (instruction + fmt.instruction_separator if instruction else ""),
     }
-    transformer = Transformer(
-        str(hf_dir), max_seq_length=max_seq_length, model_args={"dtype": getattr(torch, dtype)}
-    )
+    transformer = Transformer(str(hf_dir), max_seq_length=max_seq_length, **_plain_text_kwargs(dtype))
     st = SentenceTransformer(
         modules=[transformer, Pooling(backbone.hidden_size, pooling_mode="lasttoken"), Normalize()],
         prompts=prompts,

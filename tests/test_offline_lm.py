@@ -122,3 +122,46 @@ def test_constant_anchor_control_trains_the_real_model_with_finite_gradients(smo
     grads = [p.grad for p in backbone.parameters() if p.grad is not None]
     assert grads and torch.isfinite(out.loss) and all(torch.isfinite(g).all() for g in grads)
     backbone.zero_grad(set_to_none=True)
+
+
+def test_export_of_a_chat_model_embeds_what_bireco_embeds(smollm2, tmp_path):
+    """A chat model's export (its tokenizer has a chat template) embeds documents, queries with their instruction and
+    over-long texts exactly as bireco does, through SentenceTransformer and through mteb's sentence-transformers
+    wrapper. sentence-transformers >= 6 chat-renders inputs when the tokenizer has a template (system prompt, a
+    second user header, the final newline pooled): cosine 0.4-0.7 with bireco before the export pinned plain text."""
+    import numpy as np
+    from datasets import Dataset
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.models.sentence_transformer_wrapper import SentenceTransformerEncoderWrapper
+    from mteb.types import PromptType
+    from sentence_transformers import SentenceTransformer
+    from torch.utils.data import DataLoader
+
+    from bireco.backbone import Backbone
+    from bireco.encoder import encode_texts
+    from bireco.export import export_sentence_transformers
+
+    checkpoint = smollm2.save(tmp_path / "run" / "final")
+    instruction = "Given a word, retrieve its definition:"
+    out = export_sentence_transformers(checkpoint, tmp_path / "st", instruction=instruction, max_seq_length=32,
+                                       dtype="float32")  # fmt: skip
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(out).chat_template is None  # an embedder has no chat
+    texts = ["ocean", "a large body of salt water", " ".join(["a domesticated carnivorous mammal"] * 20)]
+    bb = Backbone.load(checkpoint, dtype="float32")
+    want = {
+        "query": encode_texts(bb, texts, instruction, max_length=32, bf16=False),
+        "document": encode_texts(bb, texts, None, max_length=32, bf16=False),
+    }
+    st = SentenceTransformer(str(out), device="cpu")
+    wrapper = SentenceTransformerEncoderWrapper(st)
+    meta = TaskMetadata.model_construct(name="BirecoExportCheck", type="Retrieval", category="t2t")
+    loader = DataLoader(Dataset.from_dict({"text": texts}), batch_size=2)  # as mteb batches a task's texts
+    for prompt, prompt_type in (("query", PromptType.query), ("document", PromptType.document)):
+        got = torch.tensor(st.encode(texts, prompt_name=prompt))
+        assert (got * want[prompt]).sum(-1).min() >= 0.999, prompt
+        via_mteb = wrapper.encode(loader, task_metadata=meta, hf_split="test", hf_subset="default",
+                                  prompt_type=prompt_type)  # fmt: skip
+        via_mteb = torch.nn.functional.normalize(torch.tensor(np.asarray(via_mteb)), dim=-1)
+        assert (via_mteb * want[prompt]).sum(-1).min() >= 0.999, f"mteb {prompt}"
