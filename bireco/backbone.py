@@ -275,9 +275,9 @@ class Backbone(nn.Module):
         Args:
             anchor: (B, H) embeddings of the other side; gradients flow through it.
             input_ids / attention_mask / labels: (B, T) target side, any padding side; labels -100 = ignore.
-            lead_token_id: analysis only (experiments/anchor_sink.py): one real token placed before the anchor,
-                `[token; anchor; tokens]`, so the anchor no longer fills the attention-sink position. Stage I never
-                sets it (the paper's decoder input starts with the anchor).
+            lead_token_id: one real token placed before the anchor, `[token; anchor; tokens]`, so the anchor no
+                longer fills the attention-sink position (`stage.anchor_lead_token`, beyond the paper, off by
+                default: the paper's decoder input starts with the anchor).
         Position j of the decoder input predicts target token j: the anchor slot predicts the first token of
         the target side, token t predicts token t+1 (template / instruction tokens are context, not targets,
         under the paper labels; so with a chat template the first *text* token sees the anchor through them).

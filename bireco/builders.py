@@ -105,10 +105,13 @@ def build_datamodule(cfg: DictConfig, backbone: Backbone) -> PairDataModule:
         num_hard_negatives=cfg.data.num_hard_negatives,
         pad_id=backbone.pad_id,
     )
-    dev_pairs = (
-        cfg.data.dev_queries if cfg.trainer.dev_check_every_n_steps and cfg.data.format != "wordnet" else 0
-    )
-    return PairDataModule(cfg.data, collator, seed=cfg.seed, dev_pairs=dev_pairs)
+    # pairs held out of training for the dev check and the anchor probe (WordNet has its own dev split)
+    dev_pairs = probe_pairs = 0
+    if cfg.data.format != "wordnet":
+        dev_pairs = cfg.data.dev_queries if cfg.trainer.dev_check_every_n_steps else 0
+        if cfg.stage.name == "reconstruction" and cfg.stage.probe.every_n_steps:
+            probe_pairs = cfg.stage.probe.pairs
+    return PairDataModule(cfg.data, collator, seed=cfg.seed, dev_pairs=dev_pairs, probe_pairs=probe_pairs)
 
 
 def lr_horizon(cfg: DictConfig, batches_per_epoch: int | None = None) -> int:
@@ -139,7 +142,7 @@ def build_module(
         return ReconstructionModule(
             backbone, s.optim, horizon, alpha=s.alpha, schedule=s.schedule,
             labels=s.labels, reconstruct_instruction=s.reconstruct_instruction, on_nonfinite=cfg.trainer.on_nonfinite,
-            anchor=s.anchor,
+            anchor=s.anchor, anchor_scale=s.anchor_scale, anchor_lead_token=s.anchor_lead_token,
         )  # fmt: skip
     if s.name == "contrastive":
         from bireco.modules.contrastive import ContrastiveModule

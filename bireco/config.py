@@ -69,6 +69,16 @@ class OptimConfig:
 
 
 @dataclass
+class AnchorProbeConfig:
+    """ "Is my Stage I reading its anchor?" (bireco.anchor_probe): every N optimizer steps, on `pairs` held-out pairs
+    (WordNet: the dev split; other data: pairs held out of training), no gradient."""
+
+    every_n_steps: int = 50  # 0 = off; also probed before the first step and after the last
+    pairs: int = 64
+    batch_size: int = 16
+
+
+@dataclass
 class ReconstructionStageConfig:
     name: str = "reconstruction"
     run_name: str = "stage1"
@@ -82,6 +92,12 @@ class ReconstructionStageConfig:
     # instead of the other side's [EOS] state, so Stage I is LM fine-tuning on the same text, steps and schedule
     # without any reconstruction signal
     anchor: str = "embedding"
+    # beyond the paper, off by default and in every preset (docs/method.md, "Anchor conditioning"): how the decoder
+    # receives the anchor. raw (paper) | token_norm | centered_token_norm; a real token before the anchor
+    # (null = the paper, bos, or a token string of the tokenizer)
+    anchor_scale: str = "raw"
+    anchor_lead_token: str | None = None
+    probe: AnchorProbeConfig = field(default_factory=lambda: AnchorProbeConfig())
     init_from: str = "base"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -295,6 +311,11 @@ def validate(cfg: DictConfig) -> None:
         _choice(s.schedule, ("alternate", "joint"), "stage.schedule")
         _choice(s.labels, ("paper", "released_code"), "stage.labels")
         _choice(s.anchor, ("embedding", "constant"), "stage.anchor")
+        _choice(s.anchor_scale, ("raw", "token_norm", "centered_token_norm"), "stage.anchor_scale")
+        if s.probe.every_n_steps < 0 or (
+            s.probe.every_n_steps and (s.probe.pairs < 2 or s.probe.batch_size < 2)
+        ):
+            raise ConfigError("stage.probe: every_n_steps >= 0 (0 = off), pairs >= 2 and batch_size >= 2")
     elif s.name == "contrastive":
         if s.scale <= 0:
             raise ConfigError(f"stage.scale={s.scale} must be > 0 (1/temperature; paper: 50)")

@@ -7,7 +7,10 @@ vector (the Stage I anchor) what the model reconstructs: a query from a document
 
 from __future__ import annotations
 
+import json
+import re
 import sys
+from pathlib import Path
 
 import hydra
 import torch
@@ -15,6 +18,7 @@ from omegaconf import DictConfig
 
 from bireco.backbone import Backbone, position_ids_from_mask
 from bireco.cli import CONF_DIR, check_overrides, quote_free_text
+from bireco.modules.reconstruction import CONDITIONING_FILE, AnchorConditioning
 from bireco.pooling import last_token
 from bireco.text_format import encode_side, pad_sides
 
@@ -44,16 +48,30 @@ def target_prompt(backbone: Backbone, instruction: str | None = None) -> list[in
     return head + (tok(text, add_special_tokens=False)["input_ids"] if text else [])
 
 
+def load_conditioning(checkpoint) -> AnchorConditioning | None:
+    """The Stage I decoder-input options a checkpoint recorded (final/stage1_anchor.json), None = the paper's."""
+    path = Path(checkpoint) / CONDITIONING_FILE
+    return AnchorConditioning.from_record(json.loads(path.read_text())) if path.is_file() else None
+
+
 @torch.no_grad()
 def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 48,
-                prompt: list[int] | None = None) -> tuple[list[int], str]:  # fmt: skip
-    """Greedy decoding from `[anchor; prompt]` until the family [EOS] (prompt default: the chat head)."""
+                prompt: list[int] | None = None,
+                conditioning: AnchorConditioning | None = None) -> tuple[list[int], str]:  # fmt: skip
+    """Greedy decoding from `[anchor; prompt]` (`[lead; anchor; prompt]` under a lead token) until the family [EOS]
+    (prompt default: the chat head); `conditioning`: how Stage I fed the anchor (default the paper's raw vector)."""
     backbone.eval()
     eos = backbone.text_format.eos_id(backbone.tokenizer)
     embed = backbone.causal_lm.get_input_embeddings()
     prompt = target_prompt(backbone) if prompt is None else prompt
+    if conditioning is not None:
+        anchor = conditioning.to(anchor.device).eval()(anchor)
+        if conditioning.lead_token_id is not None:
+            prompt = [conditioning.lead_token_id, *prompt]  # placed before the anchor below
     head = embed(torch.tensor([prompt], dtype=torch.long, device=anchor.device))  # (1, P, H)
-    inputs = torch.cat([anchor.to(embed.weight.dtype).unsqueeze(1), head], dim=1)  # (1, 1 + P, H)
+    slot = anchor.to(embed.weight.dtype).unsqueeze(1)
+    lead = int(conditioning is not None and conditioning.lead_token_id is not None)
+    inputs = torch.cat([head[:, :lead], slot, head[:, lead:]], dim=1)  # (1, 1 + P, H)
     ids: list[int] = []
     for _ in range(max_new_tokens):
         mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
@@ -68,61 +86,94 @@ def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 
     return ids, backbone.tokenizer.decode(ids)
 
 
-@torch.no_grad()
 def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, max_query_length: int = 32,
-               max_doc_length: int = 48, bf16: bool | None = None) -> dict[str, float]:  # fmt: skip
-    """How much the anchor carries: Stage I's token CE per direction with each pair's own anchor and with the anchor of
-    another pair of the batch (rolled by one); records as the data loaders give them (query, positive, instruction).
-    `gain_*` = CE(other anchor) - CE(own anchor) in nats per token: 0 means
-    the decoder ignores the embedding and reconstructs from its language prior alone."""
+               max_doc_length: int = 48, bf16: bool | None = None,
+               conditioning: dict | None = None) -> dict[str, float]:  # fmt: skip
+    """The anchor probe (bireco.anchor_probe.anchor_use) for a backbone: Stage I's token CE, accuracy and anchor gain
+    per direction on `records` (query, positive, instruction, as the data loaders give them). `conditioning`: the
+    checkpoint's Stage I decoder-input record (stage1_anchor.json), default the paper's raw anchor."""
+    from bireco.anchor_probe import anchor_use as probe
+    from bireco.anchor_probe import probe_batches
     from bireco.config import OptimConfig
     from bireco.data.collate import PairCollator
     from bireco.modules.reconstruction import ReconstructionModule
-    from bireco.precision import autocast, bf16_for
 
-    device = next(backbone.parameters()).device
     collate = PairCollator(backbone.tokenizer, backbone.text_format, max_query_length, max_doc_length,
                            backbone.padding_side, num_hard_negatives=0, pad_id=backbone.pad_id)  # fmt: skip
     stage1 = ReconstructionModule(
         backbone, OptimConfig(), lr_horizon=1
     )  # its anchor() and decode() are Stage I's
-    was_training = backbone.training
-    backbone.eval()
-    sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in ("q2d", "d2q")}
-    tokens = {"q2d": 0, "d2q": 0}
-    for start in range(0, len(records) - 1, batch_size):
-        chunk = records[start : start + batch_size]
-        if len(chunk) < 2:
-            break
-        batch = collate(chunk)
-        batch = {
-            k: ({kk: vv.to(device) for kk, vv in v.items()} if k in ("query", "positive", "negatives") else v)
-            for k, v in batch.items()
-        }
-        with autocast(device, bf16_for(device, bf16)):
-            for direction, (src, tgt) in {"q2d": ("query", "positive"), "d2q": ("positive", "query")}.items():
-                anchor = stage1.anchor(batch[src])
-                own, other = stage1.decode(anchor, batch[tgt]), stage1.decode(anchor.roll(1, 0), batch[tgt])
-                sums[f"own_{direction}"] += float(own.loss) * own.n_tokens
-                sums[f"other_{direction}"] += float(other.loss) * other.n_tokens
-                sums[f"acc_{direction}"] += float(own.n_correct)
-                tokens[direction] += own.n_tokens
-    backbone.train(was_training)
-    out = {}
-    for d in ("q2d", "d2q"):
-        out[f"ce_{d}"] = sums[f"own_{d}"] / tokens[d]
-        out[f"acc_{d}"] = sums[f"acc_{d}"] / tokens[d]
-        out[f"gain_{d}"] = (sums[f"other_{d}"] - sums[f"own_{d}"]) / tokens[d]
-    return out
+    if conditioning:
+        stage1.conditioning = AnchorConditioning.from_record(conditioning)
+    stage1.conditioning.to(next(backbone.parameters()).device)
+    return probe(stage1, probe_batches(records, collate, batch_size), bf16)
+
+
+STOPWORDS = frozenset(
+    "the and for with that this from into its are was were has have had not but any all one "
+    "which who whom whose what when where how than then them they their there been being".split()
+)
+
+
+def content_words(text: str) -> set[str]:
+    """Lower-cased words of three letters or more, stopwords out: what "shares a content word" compares."""
+    return {w for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOPWORDS}
+
+
+def query_overlap(backbone: Backbone, records: list[dict], max_new_tokens: int = 24,
+                  conditioning: AnchorConditioning | None = None) -> dict:  # fmt: skip
+    """Reconstruct each record's query from its document's embedding (EBD2Q, greedy) and count how often the
+    reconstruction shares a content word with the true query. Returns the rate and every (true, reconstructed)."""
+    examples = []
+    for r in records:
+        prompt = target_prompt(backbone, r.get("instruction") or None)
+        _, text = reconstruct(
+            backbone, anchor_of(backbone, r["positive"]), max_new_tokens, prompt, conditioning
+        )
+        examples.append({"query": r["query"], "document": r["positive"], "reconstructed": text,
+                         "shares_word": bool(content_words(text) & content_words(r["query"]))})  # fmt: skip
+    rate = sum(e["shares_word"] for e in examples) / max(len(examples), 1)
+    return {"rate": rate, "examples": examples}
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="inspect")
 def _hydra_main(cfg: DictConfig) -> None:
     backbone = Backbone.load(cfg.checkpoint)
+    conditioning = load_conditioning(cfg.checkpoint)
+    if cfg.text is None:
+        if not cfg.probe:
+            sys.exit(
+                'Error: give text="..." to reconstruct one text, or probe=N to probe N WordNet dev pairs'
+            )
+        from omegaconf import OmegaConf
+
+        from bireco.anchor_probe import heldout_records
+
+        wordnet = OmegaConf.create(
+            {"seed": 42, "data": {"format": "wordnet", "instructions": None, "datasets": None}}
+        )
+        records = heldout_records(wordnet, None, cfg.probe)
+        use = anchor_use(backbone, records, conditioning=conditioning.record() if conditioning else None)
+        print(f"anchor probe on {len(records)} WordNet dev pairs (nats per token; gain = CE with another pair's "
+              "anchor - CE with its own; 0 = the anchor is not read)")  # fmt: skip
+        for d in ("q2d", "d2q"):
+            print(
+                f"  {d}: CE {use[f'ce_{d}']:.3f}  accuracy {use[f'acc_{d}']:.3f}  anchor gain {use[f'anchor_gain_{d}']:+.3f}"
+            )
+        if cfg.examples:
+            ov = query_overlap(backbone, records[: cfg.examples], conditioning=conditioning)
+            print(f"reconstructed query shares a content word with the true one: {ov['rate']:.2f} "
+                  f"({len(ov['examples'])} dev documents)")  # fmt: skip
+            for e in ov["examples"][:5]:
+                print(
+                    f"  document {e['document'][:60]!r}\n    true query {e['query']!r} -> {e['reconstructed']!r}"
+                )
+        return
     instruction = cfg.instruction if cfg.side == "query" else None
     # decoding a query: its head carries the instruction too, unless Stage I reconstructed it as text
     prompt = target_prompt(backbone, cfg.instruction if cfg.side == "document" else None)
-    _, text = reconstruct(backbone, anchor_of(backbone, cfg.text, instruction), cfg.max_new_tokens, prompt)
+    anchor = anchor_of(backbone, cfg.text, instruction)
+    _, text = reconstruct(backbone, anchor, cfg.max_new_tokens, prompt, conditioning)
     other = "document" if cfg.side == "query" else "query"
     print(f"{cfg.side}: {cfg.text!r}\nreconstructed {other} from its embedding: {text!r}")
 

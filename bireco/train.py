@@ -105,6 +105,27 @@ def export_backbone(cfg: DictConfig, module, backbone):
     return copy
 
 
+def anchor_probe(cfg: DictConfig, datamodule):
+    """Stage I's anchor probe callback (bireco.anchor_probe), or None: off, another stage, no held-out pairs."""
+    if cfg.stage.name != "reconstruction" or not cfg.stage.probe.every_n_steps:
+        return None
+    import copy
+
+    from bireco.anchor_probe import AnchorProbe, heldout_records, probe_batches
+
+    records = heldout_records(cfg, datamodule, cfg.stage.probe.pairs)
+    if len(records) < 2:
+        log.info(
+            "anchor probe off: no pairs held out of training (the data has < 20 x stage.probe.pairs records)"
+        )
+        return None
+    collate = copy.copy(datamodule.collator)
+    collate.num_hard_negatives, collate.truncated = 0, type(collate.truncated)()
+    return AnchorProbe(
+        probe_batches(records, collate, cfg.stage.probe.batch_size), cfg.stage.probe.every_n_steps
+    )
+
+
 def run(cfg: DictConfig) -> dict:
     """Validate, build, fit, save. Returns the final logged metrics."""
     from bireco.builders import build_backbone, build_datamodule, build_module, build_trainer, init_checkpoint
@@ -134,8 +155,10 @@ def run(cfg: DictConfig) -> dict:
         datamodule.dev_check = DevCheckData(
             dev_retrieval_set(cfg, datamodule), backbone, cfg.data.max_query_length, cfg.data.max_doc_length
         )
+    callbacks = build_callbacks(cfg, run_dir)
+    probe = anchor_probe(cfg, datamodule)
     trainer = build_trainer(
-        cfg, run_dir, build_callbacks(cfg, run_dir), resuming=ckpt is not None, backbone=backbone
+        cfg, run_dir, callbacks + ([probe] if probe else []), resuming=ckpt is not None, backbone=backbone
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -149,8 +172,16 @@ def run(cfg: DictConfig) -> dict:
             "steps": trainer.global_step,
             "init_from": init_checkpoint(cfg) or cfg.model.name_or_path,
             **metrics,
+            **(probe.last if probe else {}),
         }
         (run_dir / "final" / "train_summary.json").write_text(json.dumps(summary, indent=2))
+        if (
+            cfg.stage.name == "reconstruction"
+        ):  # how the decoder received the anchor (bireco.inspect reads it)
+            from bireco.modules.reconstruction import CONDITIONING_FILE
+
+            record = json.dumps(module.conditioning.record(), indent=2)
+            (run_dir / "final" / CONDITIONING_FILE).write_text(record)
         from bireco.model_card import write_final_card
 
         base = cfg.model.name_or_path or f"a random-init {cfg.model.family} ({cfg.size.name})"

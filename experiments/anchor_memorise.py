@@ -71,8 +71,8 @@ def main() -> None:
         rows[f"anchor={anchor}"] = dict(anchor_use(backbone, RECORDS, batch_size=8, bf16=False),
                                         seconds=round(time.perf_counter() - t, 1))  # fmt: skip
     for name, u in rows.items():
-        print(f"{name:18s} CE q2d {u['ce_q2d']:.3f} acc {u['acc_q2d']:.2f} gain {u['gain_q2d']:+.3f} | "
-              f"CE d2q {u['ce_d2q']:.3f} acc {u['acc_d2q']:.2f} gain {u['gain_d2q']:+.3f}")  # fmt: skip
+        print(f"{name:18s} CE q2d {u['ce_q2d']:.3f} acc {u['acc_q2d']:.2f} gain {u['anchor_gain_q2d']:+.3f} | "
+              f"CE d2q {u['ce_d2q']:.3f} acc {u['acc_d2q']:.2f} gain {u['anchor_gain_d2q']:+.3f}")  # fmt: skip
     print(json.dumps({"args": vars(args), "rows": rows}, indent=2))
 
 

@@ -55,8 +55,8 @@ def main() -> None:
         with sink_before_anchor():
             rows[name]["after a <|im_start|> sink"] = anchor_use_of(ckpt, args.pairs)
         for where, u in rows[name].items():
-            print(f"{name} | {where} | CE q2d {u['ce_q2d']:.3f} gain {u['gain_q2d']:+.3f} | "
-                  f"CE d2q {u['ce_d2q']:.3f} gain {u['gain_d2q']:+.3f}", flush=True)  # fmt: skip
+            print(f"{name} | {where} | CE q2d {u['ce_q2d']:.3f} gain {u['anchor_gain_q2d']:+.3f} | "
+                  f"CE d2q {u['ce_d2q']:.3f} gain {u['anchor_gain_d2q']:+.3f}", flush=True)  # fmt: skip
     print(json.dumps(rows, indent=2))
 
 

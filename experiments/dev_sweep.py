@@ -134,6 +134,11 @@ def load_backbone(checkpoint: Path | str | None):
     return Backbone.load(checkpoint)
 
 
+def gain_of(use: dict, direction: str) -> float:
+    """Anchor gain from a stored row (results written before the probe named it anchor_gain_*)."""
+    return use.get(f"anchor_gain_{direction}", use.get(f"gain_{direction}"))
+
+
 def anchor_use_of(checkpoint: Path | None, n: int = 256) -> dict:
     """Stage I's CE with own vs another pair's anchor on `n` WordNet dev pairs (bireco.inspect.anchor_use)."""
     from bireco.data import wordnet
@@ -160,7 +165,9 @@ def write_table(results: dict, out: Path) -> None:
         u = r.get("anchor_use") or {}
         gain = (
             " -> ".join(
-                f"{u[k]['gain_d2q']:.2f} / {u[k]['gain_q2d']:.2f}" for k in ("untrained", "stage1") if k in u
+                f"{gain_of(u[k], 'd2q'):.2f} / {gain_of(u[k], 'q2d'):.2f}"
+                for k in ("untrained", "stage1")
+                if k in u
             )
             or "—"
         )

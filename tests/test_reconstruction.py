@@ -253,7 +253,7 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
         other = module.decode(anchor, batch["query"])
         assert out["ce_d2q"] == pytest.approx(float(own.loss), rel=1e-5)
         gain = float(other.loss - own.loss)  # small on a random model, but not zero
-        assert abs(gain) > 1e-4 and out["gain_d2q"] == pytest.approx(gain, abs=2e-5)
+        assert abs(gain) > 1e-4 and out["anchor_gain_d2q"] == pytest.approx(gain, abs=2e-5)
         q2d = module.q2d(batch)
         assert out["ce_q2d"] == pytest.approx(float(q2d.loss), rel=1e-5) and out["acc_q2d"] == pytest.approx(
             float(q2d.accuracy)
@@ -304,5 +304,5 @@ def test_stage1_learns_to_read_its_anchor_where_the_text_alone_cannot_say_which_
         train_pairs(b, anchor, steps=200, lr=1e-3)
         after[anchor] = anchor_use(b, RECORDS, batch_size=8, bf16=False)
     real, constant = after["embedding"], after["constant"]
-    assert real["gain_d2q"] > 0.3 and abs(constant["gain_d2q"]) < 0.05, after
+    assert real["anchor_gain_d2q"] > 0.3 and abs(constant["anchor_gain_d2q"]) < 0.05, after
     assert real["ce_d2q"] < constant["ce_d2q"] - 0.3 and real["ce_q2d"] < constant["ce_q2d"], after

@@ -15,13 +15,18 @@ log = logging.getLogger(__name__)
 
 
 class PairDataModule(L.LightningDataModule):
-    def __init__(self, cfg: Any, collator: PairCollator, seed: int = 42, dev_pairs: int = 0):
-        """`dev_pairs`: records to hold out of training for the dev check (non-WordNet data; WordNet has a dev split)."""
+    def __init__(
+        self, cfg: Any, collator: PairCollator, seed: int = 42, dev_pairs: int = 0, probe_pairs: int = 0
+    ):
+        """`dev_pairs`: records to hold out of training for the dev check (non-WordNet data; WordNet has a dev split).
+        `probe_pairs`: what the Stage I anchor probe needs held out when the dev check holds out nothing; taken only
+        from data of at least 20x that many records (a small data set keeps every record for training)."""
         super().__init__()
         self.cfg = cfg
         self.collator = collator
         self.seed = seed
         self.dev_pairs = dev_pairs
+        self.probe_pairs = probe_pairs
         self.dev_records: list[dict] = []
         self.train = None
         self.sampler: PairBatchSampler | None = None
@@ -39,15 +44,16 @@ class PairDataModule(L.LightningDataModule):
             ds = load_pairs(self.cfg, "train")
             if self.cfg.max_train_records:
                 ds = ds.select(range(min(self.cfg.max_train_records, len(ds))))
+            hold = self.dev_pairs or (self.probe_pairs if len(ds) >= 20 * self.probe_pairs else 0)
             if (
-                self.dev_pairs
-            ):  # seeded; removed from training, so the dev check scores pairs the model never saw
+                hold
+            ):  # seeded; removed from training, so the dev check and the probe score pairs never trained on
                 import random
 
-                held = set(random.Random(self.seed).sample(range(len(ds)), min(self.dev_pairs, len(ds) // 2)))
+                held = set(random.Random(self.seed).sample(range(len(ds)), min(hold, len(ds) // 2)))
                 self.dev_records = [ds[i] for i in sorted(held)]
                 ds = ds.select([i for i in range(len(ds)) if i not in held])
-                log.info("dev check: %d pairs held out of training", len(held))
+                log.info("%d pairs held out of training (dev check / anchor probe)", len(held))
             self.train = ds
             log.info("training records: %d", len(ds))
 

@@ -20,6 +20,94 @@ from bireco.modules.common import StageModule
 from bireco.pooling import last_token
 
 Q2D, D2Q = "q2d", "d2q"
+ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm")
+CONDITIONING_FILE = (
+    "stage1_anchor.json"  # in final/: how Stage I fed the anchor to its decoder (bireco.inspect)
+)
+
+
+class AnchorConditioning(torch.nn.Module):
+    """How Stage I's decoder receives the anchor: beyond the paper, opt-in, the embedding itself is unchanged.
+
+    raw (the paper): the last-token state as it is (on SmolLM2 ~15x a token's norm, 91-94% one shared vector).
+    token_norm: the anchor rescaled to `token_norm` (the median input-embedding row norm), so it enters the decoder
+    at the scale the layers expect of an input position.
+    centered_token_norm: a running mean of anchors is subtracted first (updated in training from detached batch
+    means, momentum 0.01; the same vector in training and inference), then rescaled: what differs between pairs.
+    `lead_token_id`: one real token before the anchor (`[token; anchor; tokens]`), so the anchor does not sit at
+    position 0, where the model keeps its attention sink. Gradients flow through every option to the encoder side.
+    """
+
+    def __init__(self, scale: str = "raw", token_norm: float = 1.0, hidden_size: int = 1,
+                 lead_token_id: int | None = None, momentum: float = 0.01):  # fmt: skip
+        super().__init__()
+        if scale not in ANCHOR_SCALES:
+            raise ValueError(f"stage.anchor_scale={scale!r}; valid: {', '.join(ANCHOR_SCALES)}")
+        self.scale, self.token_norm, self.momentum = scale, float(token_norm), momentum
+        self.lead_token_id = lead_token_id
+        # in checkpoints only where used: the paper's layout keeps the state dict it always had
+        keep = scale == "centered_token_norm"
+        self.register_buffer("center", torch.zeros(hidden_size), persistent=keep)
+        self.register_buffer("center_ready", torch.zeros((), dtype=torch.bool), persistent=keep)
+
+    @property
+    def is_raw(self) -> bool:
+        return self.scale == "raw" and self.lead_token_id is None
+
+    def forward(self, anchor: torch.Tensor) -> torch.Tensor:
+        """(B, H) anchor -> (B, H) decoder-input vector."""
+        if self.scale == "raw":
+            return anchor
+        if self.scale == "centered_token_norm":
+            if self.training:
+                with torch.no_grad():
+                    mean = anchor.detach().float().mean(0)
+                    if bool(self.center_ready):
+                        self.center.lerp_(mean, self.momentum)
+                    else:
+                        self.center.copy_(mean)
+                        self.center_ready.fill_(True)
+            anchor = anchor - self.center.to(anchor.dtype)
+        norm = anchor.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return anchor * (self.token_norm / norm).to(anchor.dtype)
+
+    def record(self) -> dict:
+        """What a checkpoint keeps so inspection decodes as training did."""
+        out = {"scale": self.scale, "token_norm": self.token_norm, "lead_token_id": self.lead_token_id}
+        if self.scale == "centered_token_norm":
+            out["center"] = self.center.tolist()
+        return out
+
+    @classmethod
+    def from_record(cls, record: dict) -> AnchorConditioning:
+        center = record.get("center")
+        c = cls(record.get("scale", "raw"), record.get("token_norm", 1.0), len(center) if center else 1,
+                record.get("lead_token_id"))  # fmt: skip
+        if center:
+            c.center.copy_(torch.tensor(center))
+            c.center_ready.fill_(True)
+        return c
+
+
+def median_token_norm(backbone: Backbone) -> float:
+    """The median L2 norm of the input-embedding rows: the scale of an ordinary input position."""
+    table = backbone.causal_lm.get_input_embeddings().weight.detach()
+    return float(table.float().norm(dim=-1).median())
+
+
+def lead_token_id_of(backbone: Backbone, token: str | None) -> int | None:
+    """`stage.anchor_lead_token`: null (the paper), `bos` (the tokenizer's BOS), or one token of the tokenizer."""
+    if token is None:
+        return None
+    tok = backbone.tokenizer
+    name = tok.bos_token if token == "bos" else token
+    token_id = tok.convert_tokens_to_ids(name) if name is not None else None
+    if not isinstance(token_id, int) or token_id == tok.unk_token_id:
+        raise ValueError(
+            f"stage.anchor_lead_token={token!r} is not a single token of this tokenizer; "
+            f"use null, bos ({tok.bos_token!r}) or a special token such as {tok.eos_token!r}"
+        )
+    return token_id
 
 
 def direction_at(micro_step: int, alpha: float) -> str:
@@ -62,11 +150,19 @@ class ReconstructionModule(StageModule):
         reconstruct_instruction: bool = False,
         on_nonfinite: str = "raise",
         anchor: str = "embedding",
+        anchor_scale: str = "raw",
+        anchor_lead_token: str | None = None,
     ):
         super().__init__(backbone, optim, lr_horizon, on_nonfinite)
         if anchor not in ("embedding", "constant"):
             raise ValueError(f"stage.anchor={anchor!r}; valid: embedding, constant")
         self.anchor_source = anchor
+        self.conditioning = AnchorConditioning(
+            anchor_scale,
+            median_token_norm(backbone) if anchor_scale != "raw" else 1.0,
+            backbone.hidden_size,
+            lead_token_id_of(backbone, anchor_lead_token),
+        )
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"stage.alpha={alpha} must be in [0, 1]")
         if schedule not in ("alternate", "joint"):
@@ -87,10 +183,12 @@ class ReconstructionModule(StageModule):
         return last_token(hidden, side["attention_mask"])
 
     def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
+        """CE of `target` decoded from `anchor` (B, H), through the stage's anchor conditioning."""
         labels = target_labels(target, self.labels_mode, self.reconstruct_instruction)
         return self.backbone.reconstruction_loss(
-            anchor, target["input_ids"], target["attention_mask"], labels
-        )
+            self.conditioning(anchor), target["input_ids"], target["attention_mask"], labels,
+            lead_token_id=self.conditioning.lead_token_id,
+        )  # fmt: skip
 
     def q2d(self, batch: dict) -> ReconstructionOutput:
         return self.decode(self.anchor(batch["query"]), batch["positive"])
