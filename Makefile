@@ -43,6 +43,7 @@ eval: ## evaluate CKPT (default: this experiment's Stage II) on the built-in tas
 	$(PYTHON) -m bireco.evaluate checkpoint=$(CKPT) $(ARGS)
 
 export: ## export CKPT as a sentence-transformers directory: make export OUT=dir ARGS='instruction="..."'
+	@test -n "$(OUT)" || { echo 'Error: make export needs OUT=<directory for the exported model>'; exit 1; }
 	$(PYTHON) -m bireco.export checkpoint=$(CKPT) output=$(OUT) $(ARGS)
 
 demo: ## the main job: SmolLM2-135M-Instruct, baseline vs Anchor (Stage I -> II), mteb table + convergence plot (CPU, offline)

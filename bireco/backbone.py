@@ -29,6 +29,10 @@ SAVE_MODES = ("full", "adapter", "merged")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+class CheckpointNotFound(FileNotFoundError):
+    """A path given as a checkpoint that holds no bireco checkpoint: a user's input, reported in one line."""
+
+
 @dataclass
 class ReconstructionOutput:
     loss: torch.Tensor  # token-mean CE over label positions
@@ -179,8 +183,8 @@ class Backbone(nn.Module):
                     if partial.exists()
                     else ""
                 )
-                raise FileNotFoundError(f"{path}: no such checkpoint directory{hint}")
-            raise FileNotFoundError(
+                raise CheckpointNotFound(f"{path}: no such checkpoint directory{hint}")
+            raise CheckpointNotFound(
                 f"{path}: no {METADATA_FILE}; not a bireco checkpoint (use model.name_or_path instead)"
             )
         model_cfg = dict(

@@ -47,6 +47,14 @@ def stage1_of(cfg: DictConfig) -> Path:
                               f"{', '.join(done) or 'none'})")  # fmt: skip
         return done[cfg.stage1_variant] / "final"
     if cfg.variant in done:
+        stage1 = OmegaConf.load(done[cfg.variant] / "config.yaml").model
+        if (stage1.family, stage1.name_or_path) != (cfg.model.family, cfg.model.name_or_path):
+            raise ConfigError(
+                f"the Stage I at {done[cfg.variant]} trained model {stage1.family} "
+                f"({stage1.name_or_path or 'built from config'}), this Stage II is {cfg.model.family} "
+                f"({cfg.model.name_or_path or 'built from config'}): run its own Stage I (another variant= or "
+                "experiment_name=), or pass stage.init_from=PATH to start from that checkpoint on purpose"
+            )
         return done[cfg.variant] / "final"
 
     def identity(c) -> list:

@@ -100,15 +100,33 @@ def check_overrides(config_name: str, args: list[str]) -> None:
             sys.exit(f"Error: {suggest_key(base, key)}")
 
 
+def exit_on_user_error(fn):
+    """Run an entry point's body; a bad input (user_error) ends it with one line `Error: ...` and exit code 1."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:
+            user = user_error(err)
+            if user is None:
+                raise
+            sys.exit(f"Error: {user}")
+
+    return wrapper
+
+
 def user_error(err: BaseException) -> BaseException | None:
     """The bad-input error (ConfigError, or a DataError naming file:line: field) behind `err`, if any: libraries
     such as `datasets` wrap what the record checks raise."""
+    from bireco.backbone import CheckpointNotFound
     from bireco.config import ConfigError
     from bireco.data.records import DataError
 
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, (ConfigError, DataError)):
+        if isinstance(err, (ConfigError, DataError, CheckpointNotFound)):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__

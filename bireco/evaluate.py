@@ -24,7 +24,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from bireco.cli import CONF_DIR, check_overrides, user_error
+from bireco.cli import CONF_DIR, check_overrides, exit_on_user_error
 
 log = logging.getLogger("bireco")
 CATEGORIES = (
@@ -256,31 +256,27 @@ def log_to_training_run(checkpoint: Path, summary: dict, local_dir: Path | None 
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="eval")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> float:
     from bireco.config import ConfigError
 
-    try:
-        if (cfg.checkpoint is None) == (cfg.reference is None):
-            raise ConfigError(
-                "set exactly one of checkpoint=PATH (a bireco model) or reference=bm25|minilm|st:PATH"
-            )
-        tasks = list(cfg.tasks or [])
-        if cfg.reference is not None:
-            summary = evaluate_reference(
-                cfg.reference, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_queries, cfg.progress,
-                cfg.max_docs,
-            )  # fmt: skip
-            label = cfg.reference
-        else:
-            summary = evaluate_checkpoint(
-                cfg.checkpoint, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
-                cfg.max_queries, cfg.progress, cfg.max_docs, cfg.wandb,
-            )  # fmt: skip
-            label = Path(cfg.checkpoint).parent.name
-    except Exception as err:
-        if user_error(err) is None:
-            raise
-        sys.exit(f"Error: {user_error(err)}")
+    if (cfg.checkpoint is None) == (cfg.reference is None):
+        raise ConfigError(
+            "set exactly one of checkpoint=PATH (a bireco model) or reference=bm25|minilm|st:PATH"
+        )
+    tasks = list(cfg.tasks or [])
+    if cfg.reference is not None:
+        summary = evaluate_reference(
+            cfg.reference, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_queries, cfg.progress,
+            cfg.max_docs,
+        )  # fmt: skip
+        label = cfg.reference
+    else:
+        summary = evaluate_checkpoint(
+            cfg.checkpoint, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
+            cfg.max_queries, cfg.progress, cfg.max_docs, cfg.wandb,
+        )  # fmt: skip
+        label = Path(cfg.checkpoint).parent.name
     print(markdown_table({label: summary}))
     return summary["categories"]["Average"]
 

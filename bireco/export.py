@@ -20,7 +20,7 @@ import hydra
 from omegaconf import DictConfig
 
 from bireco.backbone import Backbone
-from bireco.cli import CONF_DIR, check_overrides, quote_free_text
+from bireco.cli import CONF_DIR, check_overrides, exit_on_user_error, quote_free_text
 
 
 def _add_special_tokens_processor(tokenizer_dir: Path, backbone: Backbone) -> None:
@@ -135,6 +135,7 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
     overwrite = cfg.overwrite
     if Path(cfg.output).exists() and not overwrite:

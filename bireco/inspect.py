@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig
 
 from bireco.backbone import Backbone, position_ids_from_mask
-from bireco.cli import CONF_DIR, check_overrides, quote_free_text
+from bireco.cli import CONF_DIR, check_overrides, exit_on_user_error, quote_free_text
 from bireco.modules.reconstruction import CONDITIONING_FILE, AnchorConditioning
 from bireco.pooling import last_token
 from bireco.text_format import encode_side, pad_sides
@@ -137,6 +137,7 @@ def query_overlap(backbone: Backbone, records: list[dict], max_new_tokens: int =
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="inspect")
+@exit_on_user_error
 def _hydra_main(cfg: DictConfig) -> None:
     backbone = Backbone.load(cfg.checkpoint)
     conditioning = load_conditioning(cfg.checkpoint)

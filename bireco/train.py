@@ -21,8 +21,8 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from bireco.cli import CONF_DIR, check_overrides, user_error
-from bireco.config import register_configs, validate
+from bireco.cli import CONF_DIR, check_overrides, exit_on_user_error
+from bireco.config import ConfigError, register_configs, validate
 
 log = logging.getLogger("bireco")
 
@@ -34,10 +34,49 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
         last = run_dir / "checkpoints" / "last.ckpt"  # a directory under fsdp (sharded)
         return str(last) if last.exists() else None
     if not Path(cfg.resume).exists():
-        raise FileNotFoundError(
+        raise ConfigError(
             f"resume={cfg.resume!r}: no such checkpoint file (valid: never, auto, a .ckpt path)"
         )
     return cfg.resume
+
+
+def model_identity(cfg: DictConfig) -> tuple:
+    """What makes two runs runs of different models (their weights cannot continue or feed each other)."""
+    return cfg.model.family, cfg.model.name_or_path
+
+
+def check_inputs(cfg: DictConfig, backbone, datamodule, run_dir: Path) -> None:
+    """The bad inputs that would otherwise surface after the run directory is written: too few records for one
+    global batch, max lengths that leave no room for text after the family's template and instruction, a run
+    directory that holds another model's run."""
+    from bireco.text_format import encode_side
+
+    if datamodule.batches_per_epoch() == 0:
+        where = f" in {cfg.data.path}" if cfg.data.get("path") else ""
+        raise ConfigError(
+            f"{len(datamodule.train)} training records{where} make no complete global batch of "
+            f"data.global_batch_size={cfg.data.global_batch_size} (batching={cfg.data.batching} drops each source "
+            "dataset's remainder): lower data.global_batch_size or give more records"
+        )
+    instructions = sorted(set(datamodule.train["instruction"]), key=len, reverse=True)[:20]
+    for kind, max_length, instruction in [("query", cfg.data.max_query_length, i or None) for i in instructions] + [
+        ("doc", cfg.data.max_doc_length, None)
+    ]:  # fmt: skip
+        try:
+            encode_side(backbone.tokenizer, backbone.text_format, "x", max_length, instruction)
+        except ValueError as err:
+            raise ConfigError(
+                f"data.max_{kind}_length={max_length} is too short for model={cfg.model.family}: {err}"
+            ) from err
+    previous = run_dir / "config.yaml"
+    if previous.is_file():
+        prev = OmegaConf.load(previous)
+        if model_identity(prev) != model_identity(cfg):
+            raise ConfigError(
+                f"{run_dir} holds a run of model {prev.model.family} ({prev.model.name_or_path or 'built from config'}); "
+                f"this run is {cfg.model.family} ({cfg.model.name_or_path or 'built from config'}). Give it its own "
+                f"directory (variant=NAME or experiment_name=NAME) or remove {run_dir}"
+            )
 
 
 def checkpoint_step(path: str) -> int:
@@ -136,11 +175,12 @@ def run(cfg: DictConfig) -> dict:
     backbone = build_backbone(cfg)
     datamodule = build_datamodule(cfg, backbone)
     datamodule.load()  # every input error surfaces here, before anything is written
-    module = build_module(cfg, backbone, datamodule.batches_per_epoch())
     run_dir = Path(cfg.run_dir)
+    check_inputs(cfg, backbone, datamodule, run_dir)
+    module = build_module(cfg, backbone, datamodule.batches_per_epoch())
+    ckpt = resume_path(cfg, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    ckpt = resume_path(cfg, run_dir)
     if ckpt is not None:
         step = checkpoint_step(ckpt)
         log.info("resuming from %s (step %d)", ckpt, step)
@@ -195,14 +235,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from bireco.sweep import assign_job_variant
 
     assign_job_variant(cfg)  # multirun: one run directory per job
-    try:
-        metrics = run(cfg)
-    except Exception as err:
-        user = user_error(err)
-        if user is None:
-            raise
-        sys.exit(f"Error: {user}")  # the one line that names the fix, not a traceback
-    return metrics.get("train/loss")
+    return exit_on_user_error(run)(cfg).get("train/loss")  # a bad input: the one line that names the fix
 
 
 def quiet_console() -> None:

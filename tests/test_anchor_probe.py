@@ -76,7 +76,9 @@ def test_the_probe_does_not_change_training(cfg_factory, tmp_path, monkeypatch):
                           f"experiment_name=probe{every}")  # fmt: skip
         run(cfg)
         losses.append(logged_losses(Path(cfg.run_dir)))
-        assert ("probe/anchor_gain_d2q" in pd.read_csv(Path(cfg.run_dir) / "logs" / "metrics.csv")) == bool(every)
+        assert ("probe/anchor_gain_d2q" in pd.read_csv(Path(cfg.run_dir) / "logs" / "metrics.csv")) == bool(
+            every
+        )
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 

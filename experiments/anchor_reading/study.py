@@ -1,0 +1,157 @@
+"""Can a Stage I read its anchor at small scale? SmolLM2-135M-Instruct, WordNet **dev** only (docs: README.md here).
+
+Each design is one Stage I run (no Stage II) with the in-training anchor probe (64 WordNet dev pairs, every 20
+steps), at the demo's budget unless it says otherwise: batch 16, 32/48 tokens, lr 3e-4 with 8 warmup steps, 80
+steps. After training the script adds the probe on the run's first 64 *training* pairs (memorised vs read), and
+with `--overlap K` the share of K dev documents whose greedily reconstructed query shares a content word with
+the true query (bireco.inspect.query_overlap). Results accumulate in <out>/results.json and results.md here; a
+rerun skips what is done.
+
+    python experiments/anchor_reading/study.py --designs d2q_raw d2q_token_norm      # --list prints DESIGNS
+    python experiments/anchor_reading/study.py --overlap 100 --designs d2q_raw d2q_constant
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEMO_BUDGET = ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48",
+               "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8", "trainer.max_steps=80"]  # fmt: skip
+COMMON = ["model=smollm2", "stage=reconstruction", "experiment_name=anchor_reading", "trainer.log_every_n_steps=5",
+          "stage.probe.every_n_steps=20", "stage.probe.pairs=64", "trainer.enable_progress_bar=false"]  # fmt: skip
+D2Q, JOINT = ["stage.alpha=0.0"], ["stage.alpha=0.2", "stage.schedule=joint"]
+OPTIONS = {
+    "raw": [],
+    "token_norm": ["stage.anchor_scale=token_norm"],
+    "centered": ["stage.anchor_scale=centered_token_norm"],
+    "lead_token_norm": ["stage.anchor_scale=token_norm", "stage.anchor_lead_token=bos"],
+    "constant": ["stage.anchor=constant"],
+}
+DESIGNS: dict[str, list[str]] = {
+    **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
+    **{f"joint_{k}": [*DEMO_BUDGET, *JOINT, *v] for k, v in OPTIONS.items()},
+    # pool size: P distinct training pairs at the same 80 x 16 budget (P = 1,280 is d2q_raw: every pair new)
+    **{f"d2q_raw_pool{p}": [*DEMO_BUDGET, *D2Q, f"data.max_train_records={p}"] for p in (64, 512)},
+    **{
+        f"d2q_token_norm_pool{p}": [
+            *DEMO_BUDGET,
+            *D2Q,
+            "stage.anchor_scale=token_norm",
+            f"data.max_train_records={p}",
+        ]
+        for p in (64, 512)
+    },  # fmt: skip
+}
+
+
+def train_records(cfg, n: int) -> list[dict]:
+    """The run's first `n` training records (what data.max_train_records keeps)."""
+    from bireco.data.records import load_pairs
+
+    ds = load_pairs(cfg.data, "train")
+    return [ds[i] for i in range(min(n, len(ds)))]
+
+
+def run_design(name: str, out: Path, seed: int) -> dict:
+    import pandas as pd
+
+    from bireco.demo import compose_train
+    from bireco.inspect import anchor_use, load_conditioning
+    from bireco.train import run
+
+    cfg = compose_train(
+        [*COMMON, f"output_root={out}", f"variant={name}-seed{seed}", f"seed={seed}", *DESIGNS[name]]
+    )
+    t0 = time.perf_counter()
+    run(cfg)
+    seconds = round(time.perf_counter() - t0)
+    run_dir = Path(cfg.run_dir)
+    log = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    probe = log.dropna(subset=["probe/anchor_gain_d2q"])
+    curve = {c.split("/")[1]: [(int(s), round(float(v), 4)) for s, v in zip(probe["step"], probe[c])]
+             for c in probe.columns if c.startswith("probe/")}  # fmt: skip
+    from bireco.backbone import Backbone
+
+    backbone = Backbone.load(run_dir / "final")
+    cond = load_conditioning(run_dir / "final")
+    trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
+                            conditioning=cond.record() if cond else None)  # fmt: skip
+    return {"design": name, "seed": seed, "overrides": DESIGNS[name], "seconds": seconds, "probe": curve,
+            "train_pairs_probe": trained_on, "run_dir": str(run_dir)}  # fmt: skip
+
+
+def add_overlap(row: dict, k: int) -> None:
+    from omegaconf import OmegaConf
+
+    from bireco.anchor_probe import heldout_records
+    from bireco.backbone import Backbone
+    from bireco.inspect import load_conditioning, query_overlap
+
+    final = Path(row["run_dir"]) / "final"
+    wordnet = OmegaConf.create(
+        {"seed": 42, "data": {"format": "wordnet", "instructions": None, "datasets": None}}
+    )
+    ov = query_overlap(
+        Backbone.load(final), heldout_records(wordnet, None, k), conditioning=load_conditioning(final)
+    )
+    row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
+
+
+def write_table(results: dict, path: Path) -> None:
+    lines = ["| design | s | held-out gain d2q / q2d (first -> last probe) | held-out CE d2q / acc | "
+             "gain d2q on 64 training pairs | query shares a content word |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for r in results.values():
+        p = r["probe"]
+
+        def first_last(key, p=p):
+            return f"{p[key][0][1]:+.3f} -> {p[key][-1][1]:+.3f}" if p.get(key) else "—"
+
+        ov = r.get("overlap")
+        shares = f"{ov['rate']:.2f} of {ov['k']}" if ov else "—"
+        gain_train = r["train_pairs_probe"]["anchor_gain_d2q"]
+        lines.append(
+            f"| {r['design']} | {r['seconds']} | {first_last('anchor_gain_d2q')} / {first_last('anchor_gain_q2d')} | "
+            f"{p['ce_d2q'][-1][1]:.3f} / {p['acc_d2q'][-1][1]:.3f} | {gain_train:+.3f} | {shares} |"
+        )
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--designs", nargs="*", default=["d2q_raw"])
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--out", type=Path, default=Path("outputs/anchor_reading"))
+    ap.add_argument(
+        "--overlap", type=int, default=0, help="K dev documents: reconstructed-query word overlap"
+    )
+    ap.add_argument("--list", action="store_true")
+    args = ap.parse_args()
+    if args.list:
+        for k, v in DESIGNS.items():
+            print(k, " ".join(v))
+        return
+    store = HERE / "results.json"
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    for name in args.designs:
+        key = f"{name}-seed{args.seed}"
+        if key not in results:
+            results[key] = {
+                **run_design(name, args.out, args.seed),
+                "machine": f"{platform.processor() or platform.machine()}",
+            }
+        if args.overlap and results[key].get("overlap", {}).get("k") != args.overlap:
+            add_overlap(results[key], args.overlap)
+        store.write_text(json.dumps(results, indent=1))
+        write_table(results, HERE / "results.md")
+        print(
+            json.dumps({k: v for k, v in results[key].items() if k != "probe"}, indent=1)[:2000], flush=True
+        )
+
+
+if __name__ == "__main__":
+    main()
