@@ -230,16 +230,22 @@ def build_trainer(
         if every
         else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     )  # fmt: skip
+    from bireco.checkpoint_io import RunDirCheckpointIO
+
+    strategy = build_strategy(cfg, backbone) if backbone is not None else t.strategy
+    # sharded strategies (FSDP, DeepSpeed objects) write their own checkpoint directories
+    plugins = [RunDirCheckpointIO()] if isinstance(strategy, str) else []
     return L.Trainer(
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=build_strategy(cfg, backbone) if backbone is not None else t.strategy,
+        strategy=strategy,
+        plugins=plugins or None,
         precision=resolve_precision(t.precision, t.accelerator),
         max_steps=t.max_steps,
         accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val,
-        log_every_n_steps=t.log_every_n_steps,
+        log_every_n_steps=max(1, min(t.log_every_n_steps, t.max_steps)),  # a short run still logs its rows
         deterministic=t.deterministic,
         enable_progress_bar=t.enable_progress_bar,
         enable_model_summary=False,

@@ -189,6 +189,10 @@ def run(cfg: DictConfig) -> dict:
         warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     else:
         keep_previous_metrics(run_dir / "logs" / "metrics.csv")
+    from bireco.checkpoint_io import remove_partial_checkpoints
+
+    for partial in remove_partial_checkpoints(run_dir / "checkpoints"):
+        log.info("removed %s, a checkpoint write that an earlier run did not finish", partial)
     if cfg.trainer.dev_check_every_n_steps:
         from bireco.dev_check import DevCheckData, dev_retrieval_set
 

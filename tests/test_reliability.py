@@ -51,8 +51,8 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(next((run_dir / "final").glob("*.safetensors")))
 
 
-def kill(mode: str, step: int, overrides: list[str]) -> subprocess.CompletedProcess:
-    env = subprocess_env()
+def kill(mode: str, step: int, overrides: list[str], **env_extra: str) -> subprocess.CompletedProcess:
+    env = subprocess_env(**env_extra)
     return subprocess.run(
         [sys.executable, str(KILL), mode, str(step), "--", *overrides],
         env=env,
@@ -92,16 +92,24 @@ def test_sigkill_mid_epoch_then_resume_auto_is_exact(tmp_path, stage):
 
 
 def test_kill_during_checkpoint_write_leaves_a_loadable_last(tmp_path):
+    """...and the partial file lies in the run's checkpoints/ (the next run removes it), not in the system temp
+    dir, where Lightning's own writer left a model-sized file."""
     overrides = common(tmp_path) + STAGE1 + ["variant=killed_saving"]
-    proc = kill("during-save", 6, overrides)  # half of the step-6 checkpoint reaches the disk, then SIGKILL
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    proc = kill(
+        "during-save", 6, overrides, TMPDIR=str(system_tmp)
+    )  # half of step 6's checkpoint, then SIGKILL
     assert proc.returncode == -9, proc.stderr[-3000:]
+    assert [p for p in system_tmp.rglob("*") if p.stat().st_size > 10_000] == []
 
     cfg = compose_cfg(overrides + ["resume=auto"])
+    (partial,) = (Path(cfg.run_dir) / "checkpoints").glob("last.ckpt.tmp-*")
     last = Path(cfg.run_dir) / "checkpoints" / "last.ckpt"
     ckpt = torch.load(last, map_location="cpu", weights_only=True)  # the step-3 checkpoint, intact
     assert ckpt["global_step"] == 3 and "optimizer_states" in ckpt and "bireco_rng" in ckpt
     run(cfg)
-    assert (Path(cfg.run_dir) / "final" / "bireco.json").is_file()
+    assert (Path(cfg.run_dir) / "final" / "bireco.json").is_file() and not partial.exists()
 
 
 def test_same_seed_same_loss_curve(cfg_factory):

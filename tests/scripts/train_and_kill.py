@@ -13,9 +13,9 @@ import signal
 import sys
 
 import lightning as L
-from fsspec.implementations.local import LocalFileOpener
 
 import bireco.callbacks
+import bireco.checkpoint_io
 from bireco import train
 
 
@@ -36,17 +36,17 @@ class KillAfterStep(L.Callback):
 def kill_during_save(step: int) -> None:
     """Let the checkpoint write of optimizer step `step` put half its bytes on disk, then die."""
     state = {"trainer": None}
-    write = LocalFileOpener.write
+    write = bireco.checkpoint_io._write
 
-    def half_write_then_die(self, data):
+    def half_write_then_die(f, data):
         trainer = state["trainer"]
         if trainer is not None and trainer.global_step >= step and len(data) > 1000:
-            write(self, data[: len(data) // 2])
-            self.flush()
+            write(f, data[: len(data) // 2])
+            f.flush()
             die()
-        return write(self, data)
+        return write(f, data)
 
-    LocalFileOpener.write = half_write_then_die
+    bireco.checkpoint_io._write = half_write_then_die
 
     class Remember(L.Callback):
         def on_train_start(self, trainer, pl_module):
