@@ -231,6 +231,9 @@ def build_trainer(
         else {"num_sanity_val_steps": 0, "limit_val_batches": 0}
     )  # fmt: skip
     from bireco.checkpoint_io import RunDirCheckpointIO
+    from bireco.progress import progress_callbacks
+
+    progress, bar = progress_callbacks(cfg.stage.run_name, t.log_every_n_steps, t.enable_progress_bar)
 
     strategy = build_strategy(cfg, backbone) if backbone is not None else t.strategy
     # sharded strategies (FSDP, DeepSpeed objects) write their own checkpoint directories
@@ -247,12 +250,12 @@ def build_trainer(
         gradient_clip_val=t.gradient_clip_val,
         log_every_n_steps=max(1, min(t.log_every_n_steps, t.max_steps)),  # a short run still logs its rows
         deterministic=t.deterministic,
-        enable_progress_bar=t.enable_progress_bar,
+        enable_progress_bar=bar,
         enable_model_summary=False,
         enable_checkpointing=bool(t.checkpoint_every_n_steps),
         use_distributed_sampler=False,  # PairBatchSampler is rank-aware
         logger=build_loggers(cfg, run_dir, resuming),
-        callbacks=callbacks,
+        callbacks=[*callbacks, *progress],
         default_root_dir=str(run_dir),
         **{**validation, **lightning_passthrough(t)},
     )

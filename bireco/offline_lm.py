@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -27,7 +28,7 @@ from pathlib import Path
 from bireco.pretrain import cache_root  # the one bireco cache ($BIRECO_CACHE), shared with the tiny LM
 
 STAMP = "bireco_offline_lm.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: files shared like new files (the weights were 0600)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,16 @@ def offline_lm_path(name: str) -> str:
     return str(path)
 
 
+def share_like_new_files(directory: Path) -> None:
+    """Give every file the mode a new file gets under the user's umask (0644 under 022): safetensors writes the
+    weights 0600, so a $BIRECO_CACHE shared between users would hold weights only their converter can read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in directory.iterdir():
+        if f.is_file():
+            f.chmod(0o666 & ~umask)
+
+
 def convert(name: str, out: Path) -> Path:
     """GGUF -> safetensors HF directory, written into a private temp dir and renamed into place, so the cache holds
     a complete conversion or none (two processes converting at once: the first rename wins, the other is dropped)."""
@@ -146,6 +157,7 @@ def convert(name: str, out: Path) -> Path:
             "parameters": sum(p.numel() for p in model.parameters()),
         }
         (tmp / STAMP).write_text(json.dumps(stamp, indent=2))
+        share_like_new_files(tmp)
         if out.exists():
             shutil.rmtree(out)  # an incomplete or older-format conversion
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -204,6 +205,7 @@ def run(cfg: DictConfig) -> dict:
     trainer = build_trainer(
         cfg, run_dir, callbacks + ([probe] if probe else []), resuming=ckpt is not None, backbone=backbone
     )
+    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     for logger in trainer.loggers:  # close wandb runs: a later run in this process must not reuse this one
@@ -230,7 +232,10 @@ def run(cfg: DictConfig) -> dict:
 
         base = cfg.model.name_or_path or f"a random-init {cfg.model.family} ({cfg.size.name})"
         write_final_card(run_dir / "final", str(base), cfg.stage.run_name)
-        log.info("saved %s", run_dir / "final")
+        from bireco.progress import summary_lines
+
+        for line in summary_lines(run_dir, time.perf_counter() - started, trainer.global_step, summary):
+            log.info(line)
     return metrics
 
 

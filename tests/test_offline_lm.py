@@ -50,6 +50,11 @@ def test_conversion_round_trip(tmp_path):
     assert is_converted(path)
     config = json.loads((path / "config.json").read_text())
     assert "quantization_config" not in config and config["model_type"] == "llama"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in path.iterdir()} == {
+        f.name: oct(0o666 & ~umask) for f in path.iterdir()
+    }  # a shared $BIRECO_CACHE: the weights readable like every other file (safetensors writes them 0600)
     stamp = json.loads((path / STAMP).read_text())
     assert stamp["license"] == "Apache-2.0" and stamp["parameters"] == 134_515_008
     assert "Apache License" in (path / "LICENSE").read_text()
