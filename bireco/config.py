@@ -230,13 +230,15 @@ class TrainConfig:
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
+    # outside every config group (a group file takes its schema with `- /<name>@_here_`), so --help, Hydra's
+    # "did you mean" and tab completion offer only real choices
     cs.store(name="train_schema", node=TrainConfig)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="data", name="data_schema", node=DataConfig)
-    cs.store(group="stage", name="reconstruction_schema", node=ReconstructionStageConfig)
-    cs.store(group="stage", name="contrastive_schema", node=ContrastiveStageConfig)
-    cs.store(group="trainer", name="trainer_schema", node=TrainerConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    cs.store(name="model_schema", node=ModelConfig)
+    cs.store(name="data_schema", node=DataConfig)
+    cs.store(name="reconstruction_schema", node=ReconstructionStageConfig)
+    cs.store(name="contrastive_schema", node=ContrastiveStageConfig)
+    cs.store(name="trainer_schema", node=TrainerConfig)
+    cs.store(name="logger_schema", node=LoggerConfig)
 
 
 class ConfigError(ValueError):

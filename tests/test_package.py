@@ -84,9 +84,20 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
 
     where = sh("python", "-c", "import bireco.cli as c; print(c.CONF_DIR)")
     assert where.returncode == 0 and where.stdout.strip().startswith(str(venv)), where.stdout + where.stderr
-    for script in ("bireco-train", "bireco-eval", "bireco-export", "bireco-inspect"):
+    r = sh("bireco-train", "--help")
+    assert r.returncode == 0 and "== Configuration groups ==" in r.stdout, r.stderr[-2000:]
+    assert (
+        "_schema" not in r.stdout and "stage: baseline, contrastive, reconstruction\n" in r.stdout
+    )  # no internals
+    for script in ("bireco-eval", "bireco-export", "bireco-inspect"):
         r = sh(script, "--help")
-        assert r.returncode == 0 and "== Configuration groups ==" in r.stdout, (script, r.stderr[-2000:])
+        assert r.returncode == 0 and "== Config ==" in r.stdout and "checkpoint:" in r.stdout, (
+            script,
+            r.stderr[-2000:],
+        )
+        assert "Configuration groups" not in r.stdout and "trainer:" not in r.stdout, (
+            script
+        )  # training's groups
     assert sh("bireco-demo", "--help").returncode == 0
     # Hydra tab completion through the console scripts (bash: `eval "$(bireco-train -sc install=bash)"`)
     assert (
@@ -94,7 +105,7 @@ def test_wheel_install_has_configs_and_console_scripts(tmp_path):
         in sh("bireco-train", "-sc", "install=bash").stdout
     )
     env["COMP_LINE"] = "bireco-train stage=re"
-    assert "stage=reconstruction" in sh("bireco-train", "-sc", "query=bash").stdout.split()
+    assert sh("bireco-train", "-sc", "query=bash").stdout.split() == ["stage=reconstruction"]  # no *_schema
     env["COMP_LINE"] = "bireco-eval refe"
     assert "reference=" in sh("bireco-eval", "-sc", "query=bash").stdout.split()
     del env["COMP_LINE"]
