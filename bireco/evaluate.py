@@ -181,8 +181,13 @@ def evaluate_model(
     from mteb.results import TaskResult
 
     (out / "mteb").mkdir(parents=True, exist_ok=True)
+    if not progress:
+        import datasets
+
+        datasets.disable_progress_bars()
     results = []
-    for task in task_objs:
+    for i, task in enumerate(task_objs, 1):
+        log.info("task %d/%d: %s", i, len(task_objs), task.metadata.name)
         path = out / "mteb" / f"{task.metadata.name}.json"
         key = {"model": model_key, "data": task_fingerprint(task)}
         if path.is_file():
@@ -195,8 +200,8 @@ def evaluate_model(
             model,
             [task],
             cache=None,
-            show_progress_bar=progress,
-            encode_kwargs={"batch_size": batch_size or 64},
+            show_progress_bar=False,  # one task per call: mteb's task bar would print "0/1" per task
+            encode_kwargs={"batch_size": batch_size or 64, "show_progress_bar": progress},
         )
         atomic_write(path, json.dumps({**result.to_dict(), "bireco_key": key}, indent=2, default=str))
         results.append(result)
@@ -223,6 +228,12 @@ def atomic_write(path: Path, text: str) -> None:
 def write_summary(out: Path, label: str, summary: dict) -> None:
     atomic_write(out / "summary.json", json.dumps(summary, indent=2))
     atomic_write(out / "results.md", markdown_table({label: summary}))
+    log.info(
+        "results: %s (table), %s (scores), %s (per task)",
+        out / "results.md",
+        out / "summary.json",
+        out / "mteb",
+    )
 
 
 def log_to_training_run(checkpoint: Path, summary: dict, local_dir: Path | None = None) -> bool:
@@ -265,16 +276,17 @@ def _hydra_main(cfg: DictConfig) -> float:
             "set exactly one of checkpoint=PATH (a bireco model) or reference=bm25|minilm|st:PATH"
         )
     tasks = list(cfg.tasks or [])
+    progress = cfg.progress and sys.stderr.isatty()  # bars in a log file are hundreds of lines
     if cfg.reference is not None:
         summary = evaluate_reference(
-            cfg.reference, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_queries, cfg.progress,
+            cfg.reference, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_queries, progress,
             cfg.max_docs,
         )  # fmt: skip
         label = cfg.reference
     else:
         summary = evaluate_checkpoint(
             cfg.checkpoint, tasks, cfg.benchmark, cfg.output_dir, cfg.batch_size, cfg.max_length,
-            cfg.max_queries, cfg.progress, cfg.max_docs, cfg.wandb,
+            cfg.max_queries, progress, cfg.max_docs, cfg.wandb,
         )  # fmt: skip
         label = Path(cfg.checkpoint).parent.name
     print(markdown_table({label: summary}))
@@ -282,7 +294,9 @@ def _hydra_main(cfg: DictConfig) -> float:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="[bireco] %(message)s")
+    # bireco's own progress (task i/n, where the results went); mteb's and transformers' INFO chatter stays out
+    logging.basicConfig(level=logging.WARNING, format="[bireco] %(message)s")
+    logging.getLogger("bireco").setLevel(logging.INFO)
     check_overrides("eval", sys.argv[1:])
     _hydra_main()
 

@@ -154,6 +154,8 @@ def test_minilm_reference_through_the_cli(tmp_path):
         summary["tasks"]["DebianPackagesRetrieval"]["main_score"] > 60
     )  # a trained embedder on an easy task
     assert "| minilm |" in proc.stdout
+    assert f"results: {out / 'results.md'}" in proc.stderr  # where the table went
+    assert len((proc.stdout + proc.stderr).splitlines()) < 25, proc.stdout + proc.stderr  # no bar per task
 
 
 def test_evaluate_cli_wants_exactly_one_model(tmp_path):
