@@ -174,3 +174,23 @@ def test_conditioning_is_recorded_and_inspection_decodes_with_it(backbone, tmp_p
     assert len(ids) <= 3
     assert load_conditioning(tmp_path) is None  # no record: the paper's raw anchor
     assert AnchorConditioning().is_raw
+
+
+def test_the_gpu_anchor_study_runs_end_to_end_in_smoke_mode(tmp_path):
+    """experiments/scale/anchor_study.py: the one-command GPU study (baseline, Anchor, constant-anchor control, the
+    probe, the built-in suite, one table), its smoke mode on the tiny model on the CPU."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments" / "scale"))
+    from anchor_study import ROWS, run_study
+
+    result = run_study("smoke", tmp_path / "study")
+    assert list(result["rows"]) == list(ROWS)
+    stage1 = result["rows"]["Stage I only"]
+    assert (
+        "probe/anchor_gain_d2q" in stage1
+        and "probe/anchor_gain_d2q" not in result["rows"]["baseline (Stage II alone)"]
+    )
+    assert result["rows"]["constant-anchor Stage I only"]["probe/anchor_gain_d2q"] == pytest.approx(
+        0, abs=1e-6
+    )
+    table = (tmp_path / "study" / "anchor_study.md").read_text()
+    assert table.count("\n") == 2 + len(ROWS) and "WordNetDefinitionsRetrieval" in table
