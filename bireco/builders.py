@@ -33,6 +33,11 @@ STAGE1_IDENTITY = (
 )  # what a Stage II must share with its Stage I
 
 
+def model_identity(cfg: DictConfig) -> tuple:
+    """What makes two runs runs of different models (their weights cannot continue or feed each other)."""
+    return cfg.model.family, cfg.model.name_or_path
+
+
 def stage1_of(cfg: DictConfig) -> Path:
     """The Stage I output a Stage II run starts from (`stage.init_from=stage1`): `stage1_variant` if given; else the
     Stage I of the same variant; else (a sweep, whose Stage II jobs are named by other overrides than its Stage I
@@ -47,8 +52,9 @@ def stage1_of(cfg: DictConfig) -> Path:
                               f"{', '.join(done) or 'none'})")  # fmt: skip
         return done[cfg.stage1_variant] / "final"
     if cfg.variant in done:
-        stage1 = OmegaConf.load(done[cfg.variant] / "config.yaml").model
-        if (stage1.family, stage1.name_or_path) != (cfg.model.family, cfg.model.name_or_path):
+        recorded = OmegaConf.load(done[cfg.variant] / "config.yaml")
+        if model_identity(recorded) != model_identity(cfg):
+            stage1 = recorded.model
             raise ConfigError(
                 f"the Stage I at {done[cfg.variant]} trained model {stage1.family} "
                 f"({stage1.name_or_path or 'built from config'}), this Stage II is {cfg.model.family} "

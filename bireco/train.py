@@ -41,15 +41,11 @@ def resume_path(cfg: DictConfig, run_dir: Path) -> str | None:
     return cfg.resume
 
 
-def model_identity(cfg: DictConfig) -> tuple:
-    """What makes two runs runs of different models (their weights cannot continue or feed each other)."""
-    return cfg.model.family, cfg.model.name_or_path
-
-
 def check_inputs(cfg: DictConfig, backbone, datamodule, run_dir: Path) -> None:
     """The bad inputs that would otherwise surface after the run directory is written: too few records for one
     global batch, max lengths that leave no room for text after the family's template and instruction, a run
     directory that holds another model's run."""
+    from bireco.builders import model_identity
     from bireco.text_format import encode_side
 
     if datamodule.batches_per_epoch() == 0:
