@@ -35,6 +35,11 @@ OPTIONS = {
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
     **{f"joint_{k}": [*DEMO_BUDGET, *JOINT, *v] for k, v in OPTIONS.items()},
+    # four times the demo's Stage I steps (320, 5,120 pairs; warmup 32), the CPU's budget for one ~25-minute run
+    **{
+        f"d2q_{k}_x4": [*DEMO_BUDGET, *D2Q, *v, "trainer.max_steps=320", "stage.optim.warmup_steps=32"]
+        for k, v in OPTIONS.items()
+    },  # fmt: skip
     # pool size: P distinct training pairs at the same 80 x 16 budget (P = 1,280 is d2q_raw: every pair new)
     **{f"d2q_raw_pool{p}": [*DEMO_BUDGET, *D2Q, f"data.max_train_records={p}"] for p in (64, 512)},
     **{
