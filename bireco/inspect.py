@@ -121,15 +121,19 @@ def content_words(text: str) -> set[str]:
 
 
 def query_overlap(backbone: Backbone, records: list[dict], max_new_tokens: int = 24,
-                  conditioning: AnchorConditioning | None = None) -> dict:  # fmt: skip
+                  conditioning: AnchorConditioning | None = None, constant_anchor: bool = False) -> dict:  # fmt: skip
     """Reconstruct each record's query from its document's embedding (EBD2Q, greedy) and count how often the
-    reconstruction shares a content word with the true query. Returns the rate and every (true, reconstructed)."""
+    reconstruction shares a content word with the true query. Returns the rate and every (true, reconstructed).
+    `constant_anchor`: decode from the `stage.anchor=constant` control's vector instead (what that model trained
+    with): its rate is what the language prior alone scores."""
     examples = []
     for r in records:
         prompt = target_prompt(backbone, r.get("instruction") or None)
-        _, text = reconstruct(
-            backbone, anchor_of(backbone, r["positive"]), max_new_tokens, prompt, conditioning
-        )
+        if constant_anchor:
+            anchor = backbone.causal_lm.get_input_embeddings().weight.detach().mean(0, keepdim=True)
+        else:
+            anchor = anchor_of(backbone, r["positive"])
+        _, text = reconstruct(backbone, anchor, max_new_tokens, prompt, conditioning)
         examples.append({"query": r["query"], "document": r["positive"], "reconstructed": text,
                          "shares_word": bool(content_words(text) & content_words(r["query"]))})  # fmt: skip
     rate = sum(e["shares_word"] for e in examples) / max(len(examples), 1)

@@ -101,9 +101,9 @@ def add_overlap(row: dict, k: int) -> None:
     wordnet = OmegaConf.create(
         {"seed": 42, "data": {"format": "wordnet", "instructions": None, "datasets": None}}
     )
-    ov = query_overlap(
-        Backbone.load(final), heldout_records(wordnet, None, k), conditioning=load_conditioning(final)
-    )
+    constant = "stage.anchor=constant" in row["overrides"]  # decoded from the vector it trained with
+    ov = query_overlap(Backbone.load(final), heldout_records(wordnet, None, k), conditioning=load_conditioning(final),
+                       constant_anchor=constant)  # fmt: skip
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
 
 
