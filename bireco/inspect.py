@@ -158,7 +158,12 @@ def _hydra_main(cfg: DictConfig) -> None:
             {"seed": 42, "data": {"format": "wordnet", "instructions": None, "datasets": None}}
         )
         records = heldout_records(wordnet, None, cfg.probe)
-        use = anchor_use(backbone, records, conditioning=conditioning.record() if conditioning else None)
+        # the lengths the checkpoint trained with (its run's config.yaml), else the data defaults
+        run_cfg = Path(cfg.checkpoint).parent / "config.yaml"
+        data = OmegaConf.load(run_cfg).data if run_cfg.is_file() else {}
+        use = anchor_use(backbone, records, max_query_length=data.get("max_query_length", 128),
+                         max_doc_length=data.get("max_doc_length", 256),
+                         conditioning=conditioning.record() if conditioning else None)  # fmt: skip
         print(f"anchor probe on {len(records)} WordNet dev pairs (nats per token; gain = CE with another pair's "
               "anchor - CE with its own; 0 = the anchor is not read)")  # fmt: skip
         for d in ("q2d", "d2q"):

@@ -194,3 +194,17 @@ def test_the_gpu_anchor_study_runs_end_to_end_in_smoke_mode(tmp_path):
     )
     table = (tmp_path / "study" / "anchor_study.md").read_text()
     assert table.count("\n") == 2 + len(ROWS) and "WordNetDefinitionsRetrieval" in table
+
+
+def test_inspect_probes_a_checkpoint_from_the_command_line(backbone, tmp_path):
+    """`python -m bireco.inspect checkpoint=... probe=N`: the probe's numbers for a checkpoint, at lengths that fit
+    the family's template and the WordNet instruction (the 32-token default did not on the tiny model)."""
+    import subprocess
+
+    from conftest import subprocess_env
+
+    backbone.save(tmp_path / "run" / "final")
+    cmd = [sys.executable, "-m", "bireco.inspect", f"checkpoint={tmp_path / 'run' / 'final'}", "probe=4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "anchor probe on 4 WordNet dev pairs" in r.stdout and r.stdout.count("anchor gain") == 2
