@@ -69,14 +69,21 @@ def anchor_use(stage1, batches: list[dict], bf16: bool | None = None) -> dict[st
     return out
 
 
+def wordnet_dev_pairs(n: int, seed: int = 42, data_cfg=None) -> list[dict]:
+    """`n` seeded pairs of the WordNet dev split (as `data=wordnet` loads them, instructions included)."""
+    from omegaconf import OmegaConf
+
+    from bireco.data.records import load_pairs
+
+    data_cfg = data_cfg or OmegaConf.create({"format": "wordnet", "instructions": None, "datasets": None})
+    pool = load_pairs(data_cfg, "dev")
+    return [pool[i] for i in sorted(random.Random(seed).sample(range(len(pool)), min(n, len(pool))))]
+
+
 def heldout_records(cfg, datamodule, n: int) -> list[dict]:
     """`n` pairs never trained on, seeded: WordNet's dev split, else the pairs the data module held out."""
     if cfg.data.format == "wordnet":
-        from bireco.data.records import load_pairs
-
-        pool = load_pairs(cfg.data, "dev")
-        picked = sorted(random.Random(cfg.seed).sample(range(len(pool)), min(n, len(pool))))
-        return [pool[i] for i in picked]
+        return wordnet_dev_pairs(n, cfg.seed, cfg.data)
     return list(datamodule.dev_records[:n])
 
 

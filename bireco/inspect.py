@@ -88,10 +88,10 @@ def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 
 
 def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, max_query_length: int = 32,
                max_doc_length: int = 48, bf16: bool | None = None,
-               conditioning: dict | None = None) -> dict[str, float]:  # fmt: skip
+               conditioning: AnchorConditioning | None = None) -> dict[str, float]:  # fmt: skip
     """The anchor probe (bireco.anchor_probe.anchor_use) for a backbone: Stage I's token CE, accuracy and anchor gain
-    per direction on `records` (query, positive, instruction, as the data loaders give them). `conditioning`: the
-    checkpoint's Stage I decoder-input record (stage1_anchor.json), default the paper's raw anchor."""
+    per direction on `records` (query, positive, instruction, as the data loaders give them). `conditioning`: how the
+    checkpoint's Stage I fed the anchor (load_conditioning), default the paper's raw anchor."""
     from bireco.anchor_probe import anchor_use as probe
     from bireco.anchor_probe import probe_batches
     from bireco.config import OptimConfig
@@ -103,8 +103,8 @@ def anchor_use(backbone: Backbone, records: list[dict], batch_size: int = 32, ma
     stage1 = ReconstructionModule(
         backbone, OptimConfig(), lr_horizon=1
     )  # its anchor() and decode() are Stage I's
-    if conditioning:
-        stage1.conditioning = AnchorConditioning.from_record(conditioning)
+    if conditioning is not None:
+        stage1.conditioning = conditioning
     stage1.conditioning.to(next(backbone.parameters()).device)
     return probe(stage1, probe_batches(records, collate, batch_size), bf16)
 
@@ -152,18 +152,15 @@ def _hydra_main(cfg: DictConfig) -> None:
             )
         from omegaconf import OmegaConf
 
-        from bireco.anchor_probe import heldout_records
+        from bireco.anchor_probe import wordnet_dev_pairs
 
-        wordnet = OmegaConf.create(
-            {"seed": 42, "data": {"format": "wordnet", "instructions": None, "datasets": None}}
-        )
-        records = heldout_records(wordnet, None, cfg.probe)
+        records = wordnet_dev_pairs(cfg.probe)
         # the lengths the checkpoint trained with (its run's config.yaml), else the data defaults
         run_cfg = Path(cfg.checkpoint).parent / "config.yaml"
         data = OmegaConf.load(run_cfg).data if run_cfg.is_file() else {}
         use = anchor_use(backbone, records, max_query_length=data.get("max_query_length", 128),
                          max_doc_length=data.get("max_doc_length", 256),
-                         conditioning=conditioning.record() if conditioning else None)  # fmt: skip
+                         conditioning=conditioning)  # fmt: skip
         print(f"anchor probe on {len(records)} WordNet dev pairs (nats per token; gain = CE with another pair's "
               "anchor - CE with its own; 0 = the anchor is not read)")  # fmt: skip
         for d in ("q2d", "d2q"):

@@ -165,7 +165,7 @@ def test_conditioning_is_recorded_and_inspection_decodes_with_it(backbone, tmp_p
     assert loaded.scale == "centered_token_norm" and loaded.lead_token_id == m.conditioning.lead_token_id
     assert torch.allclose(loaded.center, m.conditioning.center)
     records = RECORDS[:4]
-    with_record = anchor_use(backbone, records, batch_size=4, bf16=False, conditioning=loaded.record())
+    with_record = anchor_use(backbone, records, batch_size=4, bf16=False, conditioning=loaded)
     raw = anchor_use(backbone, records, batch_size=4, bf16=False)
     assert with_record["ce_d2q"] != pytest.approx(raw["ce_d2q"], abs=1e-6)
     m.eval()

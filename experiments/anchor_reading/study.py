@@ -85,24 +85,19 @@ def run_design(name: str, out: Path, seed: int) -> dict:
     backbone = Backbone.load(run_dir / "final")
     cond = load_conditioning(run_dir / "final")
     trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
-                            conditioning=cond.record() if cond else None)  # fmt: skip
+                            conditioning=cond)  # fmt: skip
     return {"design": name, "seed": seed, "overrides": DESIGNS[name], "seconds": seconds, "probe": curve,
             "train_pairs_probe": trained_on, "run_dir": str(run_dir)}  # fmt: skip
 
 
 def add_overlap(row: dict, k: int) -> None:
-    from omegaconf import OmegaConf
-
-    from bireco.anchor_probe import heldout_records
+    from bireco.anchor_probe import wordnet_dev_pairs
     from bireco.backbone import Backbone
     from bireco.inspect import load_conditioning, query_overlap
 
     final = Path(row["run_dir"]) / "final"
-    wordnet = OmegaConf.create(
-        {"seed": 42, "data": {"format": "wordnet", "instructions": None, "datasets": None}}
-    )
     constant = "stage.anchor=constant" in row["overrides"]  # decoded from the vector it trained with
-    ov = query_overlap(Backbone.load(final), heldout_records(wordnet, None, k), conditioning=load_conditioning(final),
+    ov = query_overlap(Backbone.load(final), wordnet_dev_pairs(k), conditioning=load_conditioning(final),
                        constant_anchor=constant)  # fmt: skip
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
 
