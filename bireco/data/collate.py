@@ -6,7 +6,7 @@ from collections import Counter
 
 import torch
 
-from bireco.text_format import TextFormat, encode_side, pad_sides
+from bireco.model.text_format import TextFormat, encode_side, pad_sides
 
 
 class PairCollator:
@@ -33,23 +33,22 @@ class PairCollator:
         self.max_doc_length = max_doc_length
         self.padding_side = padding_side
         self.num_hard_negatives = num_hard_negatives
-        self.pad_id = (
-            pad_id
-            if pad_id is not None
-            else (
+        if pad_id is None:
+            pad_id = (
                 tokenizer.pad_token_id
                 if tokenizer.pad_token_id is not None
                 else text_format.eos_id(tokenizer)
             )
-        )
+        self.pad_id = pad_id
         self.truncated: Counter = Counter()
 
     def encode_texts(
         self, texts: list[str], instruction: str | list[str] | None, max_length: int, kind: str
     ) -> dict:
         instructions = instruction if isinstance(instruction, list) else [instruction] * len(texts)
+        # the instruction's own separator rule (TextFormat.for_instruction), as evaluation and export apply it
         sides = [
-            encode_side(self.tokenizer, self.fmt, t, max_length, i or None)
+            encode_side(self.tokenizer, self.fmt.for_instruction(i or None), t, max_length, i or None)
             for t, i in zip(texts, instructions)
         ]
         self.truncated[kind] += sum(s.truncated for s in sides)

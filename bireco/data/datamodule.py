@@ -31,9 +31,7 @@ class PairDataModule(L.LightningDataModule):
         self.train = None
         self.sampler: PairBatchSampler | None = None
         self._resume_state: dict | None = None
-        self.dev_check = (
-            None  # bireco.dev_check.DevCheckData: the validation loaders (trainer.dev_check_every_n_steps)
-        )
+        self.dev_check = None  # bireco.evaluation.dev_check.DevCheckData: the validation loaders (trainer.dev_check_every_n_steps)
 
     def load(self) -> None:
         """Load and validate the training records (called before any output is written)."""
@@ -45,9 +43,8 @@ class PairDataModule(L.LightningDataModule):
             if self.cfg.max_train_records:
                 ds = ds.select(range(min(self.cfg.max_train_records, len(ds))))
             hold = self.dev_pairs or (self.probe_pairs if len(ds) >= 20 * self.probe_pairs else 0)
-            if (
-                hold
-            ):  # seeded; removed from training, so the dev check and the probe score pairs never trained on
+            # seeded; removed from training, so the dev check and the probe score pairs never trained on
+            if hold:
                 import random
 
                 held = set(random.Random(self.seed).sample(range(len(ds)), min(hold, len(ds) // 2)))
@@ -94,10 +91,10 @@ class PairDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> list[DataLoader]:
-        """The dev check's [queries, documents] loaders, this rank's share (bireco.dev_check); none without it."""
+        """The dev check's [queries, documents] loaders, this rank's share (bireco.evaluation.dev_check); none without it."""
         if self.dev_check is None:
             return []
-        from bireco.encoder import default_batch_size
+        from bireco.model.encode import default_batch_size
 
         trainer = self.trainer
         return self.dev_check.loaders(

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from bireco.core.errors import DataError
 from bireco.data import wordnet
 from bireco.data.instructions import instruction_for, load_table
 
@@ -39,14 +40,6 @@ E5_DATASETS = (
     "msmarco_passage", "msmarco_document", "nq", "quora_duplicates", "squad", "t2ranking", "trivia_qa",
 )  # fmt: skip
 SKIPPED: dict[str, Counter] = {}  # file -> Counter(reason), filled while generating (per process)
-
-
-class DataError(ValueError):
-    """A bad input record; the message names file, line and field."""
-
-    def __init__(self, file: str | os.PathLike, line: int, field: str, reason: str):
-        self.file, self.line, self.field, self.reason = str(file), line, field, reason
-        super().__init__(f"{file}:{line}: field {field!r}: {reason}")
 
 
 # ---------------------------------------------------------------- record checks
@@ -236,7 +229,7 @@ def report_skips(files: list[Path]) -> dict[str, dict[str, int]]:
 
 # ---------------------------------------------------------------- entry point
 def load_pairs(cfg: Any, split: str = "train") -> datasets.Dataset:
-    """The records of `split` for a `bireco/conf/data` node."""
+    """The records of `split` for a `conf/data` node."""
     fmt = cfg.format
     if fmt == "wordnet":
         table = load_table(cfg.instructions or "wordnet")

@@ -11,16 +11,18 @@ import json
 import lzma
 import os
 import random
-import tempfile
 from functools import cache
-from importlib import resources
 from pathlib import Path
+
+from bireco.core.files import atomic_path
+from bireco.core.paths import ASSETS_DIR
 
 MAX_MB = 5.0  # shipped assets stay small (issue #16)
 
 
 def asset_path(name: str) -> Path:
-    return Path(__file__).resolve().parent.parent / "assets" / name / "pairs.jsonl.xz"
+    """The shipped pair file of one built-in task."""
+    return ASSETS_DIR / name / "pairs.jsonl.xz"
 
 
 def write_pairs(out: Path, header: dict, pairs: list[dict]) -> None:
@@ -29,10 +31,7 @@ def write_pairs(out: Path, header: dict, pairs: list[dict]) -> None:
         values = [p[key] for p in pairs]
         if len(set(values)) != len(values) or not all(v.strip() for v in values):
             raise ValueError(f"{out}: field {key!r} must be unique and non-empty in every pair")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         with lzma.open(tmp, "wt", encoding="utf-8", preset=9) as f:
             f.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
             for p in pairs:
@@ -40,17 +39,13 @@ def write_pairs(out: Path, header: dict, pairs: list[dict]) -> None:
         size_mb = os.path.getsize(tmp) / 1e6
         if size_mb > MAX_MB:
             raise ValueError(f"{out}: {size_mb:.1f} MB is over the {MAX_MB} MB budget for a shipped task")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @cache
 def read_pairs(name: str) -> tuple[dict, tuple[dict, ...]]:
     """(header, pairs) of the shipped set `name` (a folder of bireco/assets)."""
     with (
-        resources.files("bireco.assets").joinpath(name, "pairs.jsonl.xz").open("rb") as raw,
+        asset_path(name).open("rb") as raw,
         lzma.open(raw, "rt", encoding="utf-8") as f,
     ):
         header = json.loads(f.readline())["header"]

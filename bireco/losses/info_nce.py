@@ -1,4 +1,4 @@
-"""InfoNCE over cosine similarity with in-batch, hard and cross-device negatives (paper-spec 3).
+"""InfoNCE over cosine similarity with in-batch, hard and cross-device negatives (docs/method.md §3).
 
 For query i the candidates are every positive and every hard negative of the *global* batch; the target is
 positive i. loss = CE(scale * cos(q_i, c)) averaged over this rank's queries. With `gather` (an autograd
@@ -61,9 +61,8 @@ class InfoNCELoss(nn.Module):
         cands = p_all if n_all is None else torch.cat([p_all, n_all], dim=0)  # (W*B + W*N, H)
         sims = q_local @ cands.T  # (B, C)
         if n_all is not None and n_mask is not None:
-            valid = torch.cat(
-                [torch.ones(p_all.shape[0], dtype=torch.bool, device=sims.device), n_mask]
-            )  # (C,)
+            # (C,)
+            valid = torch.cat([torch.ones(p_all.shape[0], dtype=torch.bool, device=sims.device), n_mask])
             sims = sims.masked_fill(~valid, float("-inf"))
         target = torch.arange(B, device=q.device) + rank * B  # positive i of this rank
         loss = F.cross_entropy(self.scale * sims, target)

@@ -65,9 +65,10 @@ def train_records(cfg, n: int) -> list[dict]:
 def run_design(name: str, out: Path, seed: int) -> dict:
     import pandas as pd
 
-    from bireco.demo import compose_train
-    from bireco.inspect import anchor_use, load_conditioning
-    from bireco.train import run
+    from bireco.config.compose import compose_train
+    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
+    from bireco.model.anchor import load_conditioning
+    from bireco.training.run import run
 
     cfg = compose_train(
         [*COMMON, f"output_root={out}", f"variant={name}-seed{seed}", f"seed={seed}", *DESIGNS[name]]
@@ -80,7 +81,7 @@ def run_design(name: str, out: Path, seed: int) -> dict:
     probe = log.dropna(subset=["probe/anchor_gain_d2q"])
     curve = {c.split("/")[1]: [(int(s), round(float(v), 4)) for s, v in zip(probe["step"], probe[c])]
              for c in probe.columns if c.startswith("probe/")}  # fmt: skip
-    from bireco.backbone import Backbone
+    from bireco.model.backbone import Backbone
 
     backbone = Backbone.load(run_dir / "final")
     cond = load_conditioning(run_dir / "final")
@@ -91,14 +92,14 @@ def run_design(name: str, out: Path, seed: int) -> dict:
 
 
 def add_overlap(row: dict, k: int) -> None:
-    from bireco.anchor_probe import wordnet_dev_pairs
-    from bireco.backbone import Backbone
-    from bireco.inspect import load_conditioning, query_overlap
+    from bireco.evaluation.anchor_diagnostics import query_overlap, wordnet_dev_pairs
+    from bireco.model.anchor import load_conditioning
+    from bireco.model.backbone import Backbone
 
     final = Path(row["run_dir"]) / "final"
     constant = "stage.anchor=constant" in row["overrides"]  # decoded from the vector it trained with
     ov = query_overlap(Backbone.load(final), wordnet_dev_pairs(k), conditioning=load_conditioning(final),
-                       constant_anchor=constant)  # fmt: skip
+                       constant=constant)  # fmt: skip
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
 
 

@@ -26,7 +26,6 @@ import json
 import math
 import platform
 import statistics
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -35,11 +34,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from bireco.backbone import Backbone  # noqa: E402
-from bireco.config import asset_path  # noqa: E402
+from bireco.core.paths import asset_path
+from bireco.model.backbone import Backbone
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense, datasheet
 
@@ -64,12 +60,10 @@ class Setup:
     warmup: int
     steps: int
     device: str
-    precision: (
-        str  # Lightning precision for bireco's Trainer; *-mixed runs the plain loops under the same autocast
-    )
-    model: str | None = (
-        None  # an offline LM (bireco.offline_lm) instead of a random `arch`; `arch` then only gives the vocab
-    )
+    # Lightning precision for bireco's Trainer; *-mixed runs the plain loops under the same autocast
+    precision: str
+    # an offline LM (bireco.tools.offline_lm) instead of a random `arch`; `arch` then only gives the vocab
+    model: str | None = None
 
 
 SETUPS = {
@@ -199,8 +193,8 @@ LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
 def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False) -> Backbone:
     torch.manual_seed(0)
     if setup.model:
-        from bireco.offline_lm import offline_lm_path
-        from bireco.pretrain import family_format
+        from bireco.tools.offline_lm import offline_lm_path
+        from bireco.tools.tiny_lm import family_format
 
         path = offline_lm_path(setup.model)
         cfg = dict(model_cfg(setup, ckpt, compile), name_or_path=path, tokenizer=path, architecture=None)
@@ -280,13 +274,13 @@ def plain_stage2_loss(decoder, batch: dict, scale: float = 50.0) -> torch.Tensor
 
 
 def precision(setup: Setup) -> str:
-    from bireco.precision import resolve_precision
+    from bireco.core.precision import resolve_precision
 
     return resolve_precision(setup.precision, "gpu" if setup.device == "cuda" else "cpu")
 
 
 def run_plain(name, setup, batches, loss_fn, params, flops_per_token, n, token_sides) -> Result:
-    from bireco.precision import autocast
+    from bireco.core.precision import autocast
 
     opt = torch.optim.AdamW(params, lr=1e-5, fused=setup.device == "cuda")
     mixed = precision(setup) == "bf16-mixed"
@@ -351,7 +345,7 @@ def optim_cfg(lr: float):
 
 # ---------------------------------------------------------------------------------------------- variants
 def stage1_variants(setup: Setup, ckpt: bool) -> list:
-    from bireco.modules.reconstruction import ReconstructionModule
+    from bireco.stages.reconstruction import ReconstructionModule
 
     k = 8 if ckpt else 6
     tag = "ckpt" if ckpt else "no ckpt"
@@ -406,7 +400,7 @@ def stage1_variants(setup: Setup, ckpt: bool) -> list:
 
 
 def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
-    from bireco.modules.contrastive import ContrastiveModule
+    from bireco.stages.contrastive import ContrastiveModule
 
     k = 6 if ckpt else 4
     tag = "LoRA r16" + (", ckpt" if ckpt else "")
@@ -449,7 +443,7 @@ def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
 def varlen_variants(setup: Setup) -> list:
     """Same records, same bireco Stage I (alternate): random batches vs length-bucketed batches."""
     from bireco.data.samplers import PairBatchSampler
-    from bireco.modules.reconstruction import ReconstructionModule
+    from bireco.stages.reconstruction import ReconstructionModule
 
     n_batches = setup.warmup + 1 + 3 * setup.steps
     q_max, d_max = (64, 512) if setup.device == "cuda" else (32, 128)
@@ -479,7 +473,7 @@ def varlen_variants(setup: Setup) -> list:
             )
             name = f"bireco Stage I, E5-like lengths, {'length-bucketed' if bucketed else 'random'} batches"
             r = run_bireco(name, setup, bb, module, 8, n_params(backbone), ("query", "positive"))
-            r.extra["nonfinite_skipped"] = module.skipped_nonfinite
+            r.extra["nonfinite_skipped"] = module.nonfinite.skipped
             # throughput over the whole timed stretch (batches differ in size): real tokens / total time
             timed = bb[setup.warmup + 1 :]
             total = sum(r.extra.get("times", [])) or r.step_s * len(timed)

@@ -13,21 +13,19 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> dict:
-    from bireco.backbone import Backbone
-    from bireco.encoder import encode_texts
-    from bireco.evaluate import resolve_tasks
-    from bireco.offline_lm import offline_lm_path
+    from bireco.evaluation.runner import resolve_tasks
+    from bireco.model.backbone import Backbone
+    from bireco.model.encode import encode_texts
+    from bireco.tools.offline_lm import offline_lm_path
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
@@ -45,8 +43,8 @@ def main(argv=None) -> dict:
     if Path(model, "bireco.json").is_file():
         backbone = Backbone.load(model)
     else:
-        from bireco.builders import build_backbone
-        from bireco.demo import compose_train
+        from bireco.config.compose import compose_train
+        from bireco.training.builders import build_backbone
 
         backbone = build_backbone(
             compose_train(["model=smollm2", f"model.name_or_path={model}", "stage=baseline"])

@@ -67,9 +67,9 @@ ROWS = {  # row -> (run variant, stage, extra overrides)
 
 
 def run_study(mode: str, out: Path, seed: int = 42, anchor_scale: str = "raw") -> dict:
-    from bireco.demo import compose_train
-    from bireco.evaluate import evaluate_checkpoint
-    from bireco.train import run
+    from bireco.config.compose import compose_train
+    from bireco.evaluation.runner import evaluate_checkpoint
+    from bireco.training.run import run
 
     m = MODES[mode]
     rows, seconds = {}, {}
@@ -87,7 +87,7 @@ def run_study(mode: str, out: Path, seed: int = 42, anchor_scale: str = "raw") -
             run(cfg)
             seconds[label] = round(time.perf_counter() - t0)
         ev = m["eval"]
-        summary = evaluate_checkpoint(str(final), ev.get("tasks"), max_queries=ev["max_queries"], max_docs=ev["max_docs"],
+        summary = evaluate_checkpoint(str(final), tasks=ev.get("tasks"), max_queries=ev["max_queries"], max_docs=ev["max_docs"],
                                       progress=False, wandb=False)  # fmt: skip
         train_summary = json.loads((final / "train_summary.json").read_text())
         rows[label] = {"categories": summary["categories"], "tasks": {k: v["main_score"] for k, v in summary["tasks"].items()},

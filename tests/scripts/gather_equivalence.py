@@ -1,6 +1,6 @@
 """Gather-gradient equivalence: 2 gloo ranks with autograd all-gather vs one process on the global batch.
 
-Run by tests/test_contrastive.py as a subprocess (never DDP inside pytest). Writes a JSON result.
+Run by tests/unit/stages/test_contrastive.py as a subprocess (never DDP inside pytest). Writes a JSON result.
 """
 
 import json
@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 def build():
     from conftest import compose_cfg
 
-    from bireco.backbone import Backbone
     from bireco.data import wordnet
     from bireco.data.collate import PairCollator
+    from bireco.model.backbone import Backbone
 
     torch.manual_seed(0)
     bb = Backbone.from_config(compose_cfg([]).model)

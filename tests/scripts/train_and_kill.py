@@ -1,4 +1,4 @@
-"""Run `bireco.train` and SIGKILL the process mid-run: used by tests/test_reliability.py.
+"""Run `bireco.train` and SIGKILL the process mid-run: used by tests/integration/training/test_reliability.py.
 
     python tests/scripts/train_and_kill.py after-step K  -- <hydra overrides>   # kill after optimizer step K
     python tests/scripts/train_and_kill.py during-save K -- <hydra overrides>   # kill halfway through writing
@@ -14,8 +14,8 @@ import sys
 
 import lightning as L
 
-import bireco.callbacks
-import bireco.checkpoint_io
+import bireco.training.callbacks
+import bireco.training.checkpoint_io
 from bireco import train
 
 
@@ -36,7 +36,7 @@ class KillAfterStep(L.Callback):
 def kill_during_save(step: int) -> None:
     """Let the checkpoint write of optimizer step `step` put half its bytes on disk, then die."""
     state = {"trainer": None}
-    write = bireco.checkpoint_io._write
+    write = bireco.training.checkpoint_io._write
 
     def half_write_then_die(f, data):
         trainer = state["trainer"]
@@ -46,7 +46,7 @@ def kill_during_save(step: int) -> None:
             die()
         return write(f, data)
 
-    bireco.checkpoint_io._write = half_write_then_die
+    bireco.training.checkpoint_io._write = half_write_then_die
 
     class Remember(L.Callback):
         def on_train_start(self, trainer, pl_module):
@@ -59,8 +59,8 @@ def main() -> None:
     mode, step, sep, *overrides = sys.argv[1:]
     assert sep == "--" and mode in ("after-step", "during-save"), __doc__
     extra = KillAfterStep(int(step)) if mode == "after-step" else kill_during_save(int(step))
-    build = bireco.callbacks.build_callbacks
-    bireco.callbacks.build_callbacks = lambda *args, **kwargs: [*build(*args, **kwargs), extra]
+    build = bireco.training.callbacks.build_callbacks
+    bireco.training.callbacks.build_callbacks = lambda *args, **kwargs: [*build(*args, **kwargs), extra]
     sys.argv = [sys.argv[0], *overrides]
     train.main()
 

@@ -1,0 +1,142 @@
+"""Stage I: bidirectional reconstruction (docs/method.md §2). EBQ2D decodes the document from the query's [EOS]
+state; EBD2Q decodes the query from the document's. The anchor is the raw final-norm hidden state of the last
+token (no normalisation), gradients flow through it, and the same weights encode and decode.
+
+Schedules: `joint` (default) computes both directions on every batch, loss = a*L_Q2D + (1-a)*L_D2Q (Algorithm 1,
+4 transformer passes; a direction of weight 0 is skipped). `alternate` trains one direction per micro-batch (2 passes) with a deterministic
+interleave whose share of Q2D batches is exactly a, so the expected gradient is the paper's objective at half
+the compute per pair. The interleave counter is checkpointed and identical on every rank.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import torch
+
+from bireco.model.anchor import AnchorReader, conditioning_for
+from bireco.model.backbone import Backbone, ReconstructionOutput
+from bireco.stages.base import StageModule
+
+Q2D, D2Q = "q2d", "d2q"
+SCHEDULES = ("alternate", "joint")
+
+
+def direction_at(micro_step: int, alpha: float) -> str:
+    """Q2D exactly when floor((k+1)*a) > floor(k*a): a share of a, evenly spread (a=0.2 -> 1 in 5)."""
+    a = Fraction(alpha).limit_denominator(10_000)
+    return Q2D if ((micro_step + 1) * a).__floor__() > (micro_step * a).__floor__() else D2Q
+
+
+class ReconstructionModule(StageModule):
+    def __init__(
+        self,
+        backbone: Backbone,
+        optim: Any,
+        lr_horizon: int,
+        alpha: float = 0.2,
+        schedule: str = "joint",
+        labels: str = "paper",
+        reconstruct_instruction: bool = False,
+        on_nonfinite: str = "raise",
+        anchor: str = "embedding",
+        anchor_scale: str = "raw",
+        anchor_lead_token: str | None = None,
+    ):
+        super().__init__(backbone, optim, lr_horizon, on_nonfinite)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"stage.alpha={alpha} must be in [0, 1]")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"stage.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
+        self.alpha, self.schedule = alpha, schedule
+        # a submodule: the centred option's running mean is in the state dict and follows the module's device
+        self.conditioning = conditioning_for(backbone, anchor_scale, anchor_lead_token)
+        self.reader = AnchorReader(backbone, self.conditioning, anchor, labels, reconstruct_instruction)
+        self.micro_step = 0  # drives the interleave; saved in checkpoints
+
+    @property
+    def anchor_source(self) -> str:
+        return self.reader.source
+
+    def anchor(self, side: dict) -> torch.Tensor:
+        """(B, H) the anchor of one side (bireco.model.anchor.AnchorReader.anchor)."""
+        return self.reader.anchor(side)
+
+    def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
+        """CE of `target` decoded from `anchor` (B, H), through the stage's anchor conditioning."""
+        return self.reader.decode(anchor, target)
+
+    def q2d(self, batch: dict) -> ReconstructionOutput:
+        return self.decode(self.anchor(batch["query"]), batch["positive"])
+
+    def d2q(self, batch: dict) -> ReconstructionOutput:
+        return self.decode(self.anchor(batch["positive"]), batch["query"])
+
+    def global_mean(self, out: ReconstructionOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss to back-propagate, global token-mean loss, global accuracy). With several ranks each rank's sum is
+        divided by the token count of the whole global batch (times the world size, which DDP's gradient averaging
+        divides out), so the update is the one a single process would make on the global batch."""
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            return out.loss, out.loss.detach(), out.accuracy
+        n = torch.tensor([float(out.n_tokens)], device=out.loss.device)
+        stats = self.trainer.strategy.reduce(
+            torch.cat([n, (out.loss.detach() * out.n_tokens)[None], out.n_correct.float()[None]]),
+            reduce_op="sum",
+        )
+        n_global = stats[0]
+        return out.loss * (out.n_tokens * world / n_global), stats[1] / n_global, stats[2] / n_global
+
+    def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
+        logs: dict[str, float | torch.Tensor] = {}
+        if self.schedule == "joint" and self.alpha in (
+            0.0,
+            1.0,
+        ):  # one direction has weight 0: skip its passes
+            direction = Q2D if self.alpha == 1.0 else D2Q
+            loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
+            logs.update(
+                {f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged}
+            )
+        elif self.schedule == "joint":
+            (q, q_log, q_acc), (d, d_log, d_acc) = (
+                self.global_mean(self.q2d(batch)),
+                self.global_mean(self.d2q(batch)),
+            )
+            loss = self.alpha * q + (1 - self.alpha) * d
+            logs.update(
+                {
+                    "train/loss_q2d": q_log,
+                    "train/acc_q2d": q_acc,
+                    "train/loss_d2q": d_log,
+                    "train/acc_d2q": d_acc,
+                }
+            )
+            logs["train/loss"] = self.alpha * q_log + (1 - self.alpha) * d_log
+        else:
+            direction = direction_at(self.micro_step, self.alpha)
+            loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
+            logs.update(
+                {f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged}
+            )
+        return loss, logs
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss, logs = self.step_loss(batch)
+        self.micro_step += 1
+        self.nonfinite.record(loss, batch)
+        B = batch["query"]["input_ids"].shape[0]
+        for k, v in logs.items():  # already global means over all ranks
+            self.log(k, v, on_step=True, prog_bar=k == "train/loss", batch_size=B)
+        self.throughput.count(B, batch["query"], batch["positive"])
+        self.log_truncation(batch)
+        return loss
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["bireco_micro_step"] = self.micro_step
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.micro_step = checkpoint.get("bireco_micro_step", 0)

