@@ -19,6 +19,8 @@ import platform
 import time
 from pathlib import Path
 
+from bireco.core.runs import final_dir, metrics_csv
+
 HERE = Path(__file__).resolve().parent
 DEMO_BUDGET = ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48",
                "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8", "trainer.max_steps=80"]  # fmt: skip
@@ -54,6 +56,12 @@ DESIGNS: dict[str, list[str]] = {
 }
 
 
+def relative(path: Path) -> str:
+    """`path` relative to the working directory where it lies below it (results.json holds no machine's paths)."""
+    path = Path(path).resolve()
+    return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
+
+
 def train_records(cfg, n: int) -> list[dict]:
     """The run's first `n` training records (what data.max_train_records keeps)."""
     from bireco.data.records import load_pairs
@@ -77,18 +85,18 @@ def run_design(name: str, out: Path, seed: int) -> dict:
     run(cfg)
     seconds = round(time.perf_counter() - t0)
     run_dir = Path(cfg.run_dir)
-    log = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    log = pd.read_csv(metrics_csv(run_dir))
     probe = log.dropna(subset=["probe/anchor_gain_d2q"])
     curve = {c.split("/")[1]: [(int(s), round(float(v), 4)) for s, v in zip(probe["step"], probe[c])]
              for c in probe.columns if c.startswith("probe/")}  # fmt: skip
     from bireco.model.backbone import Backbone
 
-    backbone = Backbone.load(run_dir / "final")
-    cond = load_conditioning(run_dir / "final")
+    backbone = Backbone.load(final_dir(run_dir))
+    cond = load_conditioning(final_dir(run_dir))
     trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
                             conditioning=cond)  # fmt: skip
     return {"design": name, "seed": seed, "overrides": DESIGNS[name], "seconds": seconds, "probe": curve,
-            "train_pairs_probe": trained_on, "run_dir": str(run_dir)}  # fmt: skip
+            "train_pairs_probe": trained_on, "run_dir": relative(run_dir)}  # fmt: skip
 
 
 def add_overlap(row: dict, k: int) -> None:
@@ -96,7 +104,7 @@ def add_overlap(row: dict, k: int) -> None:
     from bireco.model.anchor import load_conditioning
     from bireco.model.backbone import Backbone
 
-    final = Path(row["run_dir"]) / "final"
+    final = final_dir(row["run_dir"])
     constant = "stage.anchor=constant" in row["overrides"]  # decoded from the vector it trained with
     ov = query_overlap(Backbone.load(final), wordnet_dev_pairs(k), conditioning=load_conditioning(final),
                        constant=constant)  # fmt: skip
