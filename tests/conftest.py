@@ -46,7 +46,12 @@ def experiment(relpath: str):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[path.stem] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
+    # as `python experiments/<study>/<script>.py` runs it: the script's folder first on the path (its siblings)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module
 
 

@@ -11,8 +11,12 @@ LightningModule under a Lightning Trainer (hooks, logging, guards included). The
 writes by hand (released-code style: full-vocabulary logits through the HF loss, both directions per batch).
 Step time is the median wall time between consecutive steps after warm-up (device synchronised), so data transfer
 and framework overhead count. MFU counts model FLOPs only: 6*N per token (8*N with activation recomputation) for a
-full fine-tune, 4*N (6*N) under LoRA, over the padded tokens that went through the transformer, against the 989
-TFLOP/s bf16 datasheet figure of an H100. The `varlen` group draws E5-like lengths (short queries, long-tailed
+full fine-tune, 4*N (6*N) under LoRA, N = every parameter including the (tied) embedding / LM head, over the padded
+tokens that went through the transformer. That counts the LM head on every token: the plain loops form full logits,
+bireco's label-only CE forms them at target positions only, so bireco's MFU is slightly overstated, never the plain
+loop's. On a GPU the ceiling is the 989 TFLOP/s bf16 datasheet figure of an H100; on a CPU it is measured in the same
+process: the GEMM mix of the model's own shapes in the precision the variant trains in (matmul_limit.py), so MFU
+reads "fraction of what this machine's matmuls can do". The `varlen` group draws E5-like lengths (short queries, long-tailed
 documents) and compares real-token throughput of length-bucketed batches with random batches.
 
 Prints a markdown table with ratios bireco / reference and writes it (plus JSON) to --out.
@@ -33,11 +37,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from matmul_limit import matmul_limit
 
 from bireco.core.paths import asset_path
 from bireco.model.backbone import Backbone
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense, datasheet
+CPU_LIMIT_GFLOPS: dict[
+    str, float
+] = {}  # measured in main() on a CPU: bf16 / fp32 GEMM mix of the model's shapes
 
 LLAMA_1B = dict(
     model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
@@ -204,6 +212,17 @@ def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool =
         return Backbone.from_config(model_cfg(setup, ckpt, compile), LORA if lora else None)
 
 
+def model_arch(setup: Setup) -> dict:
+    """The architecture of the mode's model (an offline LM's own config.json, else the inline `arch`)."""
+    if setup.model:
+        from transformers import AutoConfig
+
+        from bireco.tools.offline_lm import offline_lm_path
+
+        return AutoConfig.from_pretrained(offline_lm_path(setup.model)).to_dict()
+    return setup.arch
+
+
 def n_params(backbone: Backbone) -> int:
     return sum(p.numel() for p in backbone.causal_lm.parameters())
 
@@ -231,7 +250,12 @@ def summarise(name, times, batches, setup, flops_per_token, n, token_sides) -> R
     pairs = statistics.mean(len(b["dataset"]) for b in timed)
     real = statistics.mean(real_tokens(b, token_sides) for b in timed)
     padded = statistics.mean(padded_tokens(b, token_sides) for b in timed)
-    mfu = flops_per_token * n * padded / step / (PEAK_TFLOPS * 1e12) if setup.device == "cuda" else None
+    flops = flops_per_token * n * padded / step
+    if setup.device == "cuda":
+        mfu = flops / (PEAK_TFLOPS * 1e12)
+    else:
+        limit = CPU_LIMIT_GFLOPS.get("bfloat16" if precision(setup).startswith("bf16") else "float32")
+        mfu = flops / (limit * 1e9) if limit else None
     return Result(name, step, pairs / step, real / step, peak_gb(setup.device), mfu, extra={"times": times})
 
 
@@ -626,6 +650,16 @@ def main(argv=None) -> list[Result]:
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     groups = args.only.split(",") if args.only else DEFAULT_GROUPS[args.mode]
+    limits = ""
+    if setup.device == "cpu":
+        arch = model_arch(setup)
+        for dtype in (torch.bfloat16, torch.float32):
+            r = matmul_limit(arch, dtype, tokens=setup.batch * (setup.q_len + setup.d_len))
+            CPU_LIMIT_GFLOPS[r["dtype"]] = r["gflops"]
+        limits = (f"Matmul limit of this machine at the model's GEMM shapes ({torch.get_num_threads()} threads): "
+                  f"bf16 {CPU_LIMIT_GFLOPS['bfloat16']:.0f} GFLOP/s, fp32 {CPU_LIMIT_GFLOPS['float32']:.0f} GFLOP/s; "
+                  "MFU = model FLOP/s / the limit of the precision the variant trains in.\n\n")  # fmt: skip
+        print(f"[bench] {limits.strip()}", flush=True)
     repeats = args.repeats or (2 if setup.device == "cpu" and args.mode != "smoke" else 1)
     best: dict[str, Result] = {}
     for g in groups:
@@ -655,7 +689,7 @@ def main(argv=None) -> list[Result]:
             gc.collect()
     results = list(best.values())
     report = (
-        f"Machine: {machine()}; mode {args.mode}, precision {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}\n\n{table(results)}\n\n"
+        f"Machine: {machine()}; mode {args.mode}, precision {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}\n\n{limits}{table(results)}\n\n"
         + "\n".join(ratios(results))
         + "\n"
     )

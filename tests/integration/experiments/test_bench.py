@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[3]
+from conftest import experiment
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "experiments" / "bench" / "bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench"] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
-    return bench
+    return experiment("bench/bench.py")
 
 
 def test_bench_smoke_mode_runs_every_variant(tmp_path):
@@ -29,6 +23,10 @@ def test_bench_smoke_mode_runs_every_variant(tmp_path):
         assert r.step_s > 0 and math.isfinite(r.pairs_per_s) and r.tokens_per_s > 0
     report = (tmp_path / "bench-smoke.md").read_text()
     assert "| bireco Stage I, alternate (ckpt) |" in report and "bucketed / random" in report
+    # on a CPU the MFU is measured against this machine's own matmul limit at the model's shapes
+    assert "Matmul limit of this machine" in report and all(0 < r.mfu for r in results), [
+        r.mfu for r in results
+    ]
 
 
 def test_bench_smollm2_mode_builds_the_real_model_in_the_cpu_default_precision():
@@ -45,3 +43,18 @@ def test_bench_smollm2_mode_builds_the_real_model_in_the_cpu_default_precision()
     assert backbone.hidden_size == 576 and backbone.is_lora and backbone.text_format.eos_token == "<|im_end|>"
     assert backbone.tokenizer.eos_token_id == backbone.text_format.eos_id(backbone.tokenizer)
     assert bench.precision(setup) == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
+
+
+def test_profile_groups_a_real_step_and_accounts_for_its_wall_time(tmp_path):
+    """experiments/bench/profile_steps.py on the toy model: both stages profiled, every group's time per step >= 0
+    and the groups (ops + what lies outside them) add up to the step's wall time."""
+    profile = experiment("bench/profile_steps.py")
+    assert (
+        profile.group_of("aten::addmm") == "GEMM" and profile.group_of("aten::_to_copy") == "casts and copies"
+    )
+    rows = profile.main(["--mode", "smoke", "--steps", "1", "--out", str(tmp_path)])
+    assert [r["name"].split(",")[0] for r in rows] == ["Stage I", "Stage II (LoRA r16"]
+    for r in rows:
+        assert all(ms >= 0 for ms in r["groups_ms"].values()) and r["groups_ms"]["GEMM"] > 0
+        assert abs(sum(r["groups_ms"].values()) - r["step_ms"]) <= 0.05 * r["step_ms"] + 1
+    assert (tmp_path / "profile-smoke.md").is_file()
