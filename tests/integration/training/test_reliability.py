@@ -63,7 +63,11 @@ def kill(mode: str, step: int, overrides: list[str], **env_extra: str) -> subpro
     )
 
 
-@pytest.mark.parametrize("stage", [STAGE1, STAGE2_LORA], ids=["stage1-full", "stage2-lora-dropout"])
+@pytest.mark.parametrize(
+    "stage",
+    [STAGE1, pytest.param(STAGE2_LORA, marks=pytest.mark.slow)],
+    ids=["stage1-full", "stage2-lora-dropout"],
+)
 def test_sigkill_mid_epoch_then_resume_auto_is_exact(tmp_path, stage):
 
     base = common(tmp_path) + stage

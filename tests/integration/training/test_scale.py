@@ -21,7 +21,11 @@ STEPS = 6
 
 # slow (make test-full): joint has alternate's normalisation; lora-hardneg's overrides are a subset of gradcache's,
 # which runs the same LoRA + hard-negative gather across ranks in chunks (make test hit 12 min 39 s with all four)
-SLOW_CASES = {"stage1-joint", "stage2-lora-hardneg"}
+SLOW_CASES = {
+    "stage1-joint",
+    "stage2-lora-hardneg",
+    "stage2-gradcache",
+}  # make test-full; the fast suite keeps one DDP case a stage family
 CASES = {
     "stage1-alternate": ["stage=reconstruction", "stage.schedule=alternate", "stage.alpha=0.5"],
     "stage1-joint": ["stage=reconstruction", "stage.schedule=joint"],  # slow: same normalisation as alternate
