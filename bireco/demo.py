@@ -137,8 +137,10 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         run(compose_train(common + stage_overrides))
         timings[name] = time.perf_counter() - t
 
+    demo_cfg = compose_train(common)  # where this demo's runs lie
+
     def run_dir(run_name: str) -> Path:
-        return run_dir_of(compose_train(common), run_name)
+        return run_dir_of(demo_cfg, run_name)
 
     # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
     from bireco.training.builders import build_backbone

@@ -13,10 +13,8 @@ import warnings
 from omegaconf import DictConfig, OmegaConf
 
 from bireco.core.errors import USER_ERRORS
-from bireco.core.paths import CONF_DIR
 
 __all__ = [
-    "CONF_DIR",
     "check_overrides",
     "exit_on_user_error",
     "quiet_console",
@@ -84,33 +82,30 @@ def first_values(args: list[str]) -> list[str] | None:
 
 def check_overrides(config_name: str, args: list[str]) -> None:
     """Compose once with the user's overrides; an unknown key exits with the valid keys at that level."""
-    from hydra import compose, initialize_config_dir
     from hydra.errors import ConfigCompositionException
 
-    from bireco.config.schema import register_configs
+    from bireco.config.compose import compose
 
     if NOT_A_RUN & set(args):  # tab completion (`-sc query=bash`), --help, --cfg: Hydra handles them itself
         return
     overrides = first_values(args)
     if overrides is None:
         return
-    register_configs()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    try:
+        compose(overrides, config_name)
+    except ConfigCompositionException as err:
+        text = str(err) + " " + str(err.__cause__ or "")
+        m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
+        if not m or not re.search(r"not in struct|Key .* not in|not found", text):
+            return  # group typos etc.: Hydra's own message already lists the options
+        key = m.group(1)
+        rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == key]
         try:
-            compose(config_name, overrides=overrides)
-        except ConfigCompositionException as err:
-            text = str(err) + " " + str(err.__cause__ or "")
-            m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
-            if not m or not re.search(r"not in struct|Key .* not in|not found", text):
-                return  # group typos etc.: Hydra's own message already lists the options
-            key = m.group(1)
-            rest = [o for o in overrides if not o.split("=", 1)[0].lstrip("+~") == key]
-            try:
-                base = compose(config_name, overrides=rest)
-            except Exception:
-                return
-            OmegaConf.set_struct(base, False)
-            sys.exit(f"Error: {suggest_key(base, key)}")
+            base = compose(rest, config_name)
+        except Exception:
+            return
+        OmegaConf.set_struct(base, False)
+        sys.exit(f"Error: {suggest_key(base, key)}")
 
 
 def exit_on_user_error(fn):

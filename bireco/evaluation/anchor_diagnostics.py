@@ -22,8 +22,9 @@ import torch
 from bireco.core.precision import autocast, bf16_for
 from bireco.model.anchor import AnchorConditioning, AnchorReader, constant_anchor
 from bireco.model.backbone import Backbone, position_ids_from_mask
+from bireco.model.encode import encode_sides
 from bireco.model.pooling import last_token
-from bireco.model.text_format import encode_side, pad_sides
+from bireco.model.text_format import pad_sides
 
 DIRECTIONS = {"q2d": ("query", "positive"), "d2q": ("positive", "query")}
 
@@ -114,11 +115,7 @@ def anchor_of(
     backbone: Backbone, text: str, instruction: str | None = None, max_length: int = 512
 ) -> torch.Tensor:
     """(1, H) last-token final-norm state: exactly the vector Stage I decodes from."""
-    side = pad_sides(
-        [encode_side(backbone.tokenizer, backbone.text_format, text, max_length, instruction)],
-        backbone.pad_id,
-        "left",
-    )
+    side = pad_sides(encode_sides(backbone, [text], instruction, max_length), backbone.pad_id, "left")
     side = {k: v.to(next(backbone.parameters()).device) for k, v in side.items()}
     hidden = backbone.hidden_states(side["input_ids"], side["attention_mask"])
     return last_token(hidden, side["attention_mask"])

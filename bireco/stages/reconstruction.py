@@ -55,10 +55,6 @@ class ReconstructionModule(StageModule):
         self.reader = AnchorReader(backbone, self.conditioning, anchor, labels, reconstruct_instruction)
         self.micro_step = 0  # drives the interleave; saved in checkpoints
 
-    @property
-    def anchor_source(self) -> str:
-        return self.reader.source
-
     def anchor(self, side: dict) -> torch.Tensor:
         """(B, H) the anchor of one side (bireco.model.anchor.AnchorReader.anchor)."""
         return self.reader.anchor(side)

@@ -312,3 +312,15 @@ def test_stage1_learns_to_read_its_anchor_where_the_text_alone_cannot_say_which_
     real, constant = after["embedding"], after["constant"]
     assert real["anchor_gain_d2q"] > 0.3 and abs(constant["anchor_gain_d2q"]) < 0.05, after
     assert real["ce_d2q"] < constant["ce_d2q"] - 0.3 and real["ce_q2d"] < constant["ce_q2d"], after
+
+
+def test_inspect_embeds_a_query_as_evaluation_does(backbone):
+    """bireco.inspect's anchor of a query with an instruction ending in ":" is the embedding evaluation computes
+    (same "...: text" rule, TextFormat.for_instruction), not a "...:; text" variant."""
+    from bireco.evaluation.anchor_diagnostics import anchor_of
+    from bireco.model.encode import encode_texts
+
+    instruction = "Given a web search query, retrieve passages:"
+    got = anchor_of(backbone, "a small dog", instruction, max_length=48)[0]
+    want = encode_texts(backbone, ["a small dog"], instruction, 48, normalize=False, bf16=False)[0]
+    torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
