@@ -237,6 +237,11 @@ def test_evaluation_reaches_the_training_runs_wandb(cfg_factory, tmp_path, monke
         max_docs=50,
         progress=False,
     )
+    import wandb
+
+    # run.finish() returns before wandb's service process has necessarily written the record log; teardown waits
+    # for that process to exit (as the atexit hook does when `bireco-evaluate` ends). CI once read an 8-byte file.
+    wandb.teardown()
     (trained,) = (run_dir / "wandb").glob(f"offline-run-*-{run_id}")
     (evaluated,) = (run_dir / "eval" / "wandb").glob(f"offline-run-*-{run_id}")  # the same id, resumed
     records = (evaluated / f"run-{run_id}.wandb").read_bytes()  # offline: the run's protobuf record log
