@@ -32,6 +32,9 @@ class ModelConfig:
     expected_model_type: str | None = None  # a local checkpoint of another family fails clearly
     dtype: str = "auto"  # auto = bf16 on a bf16 GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
+    # sdpa on a CPU: attention in fp32 while training (bf16's CPU flash backward is slow at short lengths;
+    # bireco.model.attention); false = transformers' sdpa as is
+    cpu_training_attention_fp32: bool = True
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the transformer body (pays on GPU, most of all under LoRA)
     trust_remote_code: bool = False

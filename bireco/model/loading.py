@@ -15,6 +15,7 @@ from torch import nn
 
 from bireco.core.errors import CheckpointNotFound
 from bireco.core.files import partial_writes
+from bireco.model.attention import attn_implementation
 from bireco.model.checkpoint import METADATA_FILE, checkpoint_weights, read_metadata
 from bireco.model.text_format import TextFormat
 
@@ -64,7 +65,8 @@ def backbone_parts(model_cfg: Any, lora_cfg: Any | None = None) -> dict:
     cfg = as_dict(model_cfg)
     trust = bool(cfg.get("trust_remote_code", False))
     dtype = resolve_dtype(cfg.get("dtype", "auto"))
-    attn = resolve_attn_implementation(cfg.get("attn_implementation", "sdpa"))
+    attn = attn_implementation(resolve_attn_implementation(cfg.get("attn_implementation", "sdpa")),
+                               cpu_fp32_grad=bool(cfg.get("cpu_training_attention_fp32", True)))  # fmt: skip
     name = cfg.get("name_or_path")
     tok_name = cfg.get("tokenizer") or name
     if tok_name is None:

@@ -177,13 +177,15 @@ def padded_tokens(batch: dict, sides) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- model building
-def model_cfg(setup: Setup, ckpt: bool, compile: bool = False) -> dict:
+def model_cfg(setup: Setup, ckpt: bool, compile: bool = False, plain: bool = False) -> dict:
+    """`plain`: what a hand-written loop loads (transformers' sdpa as is, no bireco attention on CPU)."""
     return {
         "family": "bench",
         "tokenizer": asset_path("tiny_tokenizer"),
         "architecture": dict(setup.arch),
         "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16"}[setup.dtype],
         "attn_implementation": "sdpa",
+        "cpu_training_attention_fp32": not plain,
         "gradient_checkpointing": ckpt,
         "compile": compile,
         "text_format": {
@@ -198,18 +200,18 @@ def model_cfg(setup: Setup, ckpt: bool, compile: bool = False) -> dict:
 LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
 
 
-def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False) -> Backbone:
+def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False, plain: bool = False) -> Backbone:
     torch.manual_seed(0)
     if setup.model:
         from bireco.tools.offline_lm import offline_lm_path
         from bireco.tools.tiny_lm import family_format
 
         path = offline_lm_path(setup.model)
-        cfg = dict(model_cfg(setup, ckpt, compile), name_or_path=path, tokenizer=path, architecture=None)
+        cfg = dict(model_cfg(setup, ckpt, compile, plain), name_or_path=path, tokenizer=path, architecture=None)
         cfg["text_format"] = vars(family_format("smollm2"))
         return Backbone.from_config(cfg, LORA if lora else None)
     with torch.device(setup.device):  # random init straight on the device
-        return Backbone.from_config(model_cfg(setup, ckpt, compile), LORA if lora else None)
+        return Backbone.from_config(model_cfg(setup, ckpt, compile, plain), LORA if lora else None)
 
 
 def model_arch(setup: Setup) -> dict:
@@ -378,7 +380,7 @@ def stage1_variants(setup: Setup, ckpt: bool) -> list:
 
     def plain(both: bool):
         def go():
-            backbone = build_backbone(setup, ckpt)
+            backbone = build_backbone(setup, ckpt, plain=True)
             model = backbone.causal_lm
             model.train()
             bb = make_batches(
@@ -432,7 +434,7 @@ def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
     n_steps = setup.warmup + 1 + setup.steps
 
     def plain():
-        backbone = build_backbone(setup, ckpt, lora=True)
+        backbone = build_backbone(setup, ckpt, lora=True, plain=True)
         backbone.model.train()
         bb = make_batches(
             n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True

@@ -1,0 +1,44 @@
+"""Attention for training on a CPU in bf16: torch's CPU flash-attention kernel is fast forward in bf16 but its bf16
+backward is slow at the short lengths of embedding training (batch 16, 9 heads, 2 threads, forward + backward:
+7.5 ms bf16 vs 1.3 ms fp32 at 16 tokens, 18 vs 4.7 at 48, 39 vs 28 at 128, equal from ~192; docs/benchmarks.md).
+So when autograd records on a CPU, this runs SDPA in fp32 (more precise, not less) and casts the output back;
+inference and every GPU keep transformers' own SDPA untouched. Registered with transformers' AttentionInterface
+under its own name, so the saved config.json and the export never mention it."""
+
+from __future__ import annotations
+
+import torch
+
+CPU_FP32_SDPA = "bireco_sdpa_cpu_fp32_grad"
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def sdpa_fp32_when_training_on_cpu(module, query, key, value, attention_mask, *args, **kwargs):
+    """transformers' `sdpa_attention_forward`, in fp32 (autocast off) when autograd records on a CPU in bf16/fp16."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if query.device.type != "cpu" or not torch.is_grad_enabled():
+        return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    # under autocast the rotary embedding hands over fp32 queries / keys, and autocast runs sdpa in its dtype
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype
+    if dtype not in _LOW_PRECISION:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()  # an additive mask must match the query's dtype
+    with torch.autocast("cpu", enabled=False):
+        out, weights = sdpa_attention_forward(
+            module, query.float(), key.float(), value.float(), attention_mask, *args, **kwargs
+        )
+    return out.to(dtype), weights
+
+
+def attn_implementation(name: str, *, cpu_fp32_grad: bool) -> str:
+    """The name to load a model with: `sdpa` becomes the fp32-on-CPU-training variant when `cpu_fp32_grad`."""
+    if name != "sdpa" or not cpu_fp32_grad:
+        return name
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    AttentionInterface.register(CPU_FP32_SDPA, sdpa_fp32_when_training_on_cpu)
+    ALL_MASK_ATTENTION_FUNCTIONS.register(CPU_FP32_SDPA, sdpa_mask)  # the masks sdpa itself would get
+    return CPU_FP32_SDPA
