@@ -108,3 +108,37 @@ def test_weights_load_in_the_dtype_the_precision_trains(cfg_factory, monkeypatch
     validate(
         cfg_factory("stage=baseline", "trainer.precision=bf16-mixed", "model.dtype=bfloat16")
     )  # LoRA: frozen bf16 base
+
+
+def test_encoding_casts_linear_weights_once_with_the_same_bits_and_puts_them_back(backbone, monkeypatch):
+    """On a CPU under bf16 autocast, encode_texts casts the Linear weights once instead of at every call: the same
+    embeddings bit for bit, the fp32 weights (same Parameter objects, same values) back after, and a tied LM head
+    (which shares the input embeddings' weight) left alone."""
+    import contextlib
+
+    import bireco.model.encode as encode_module
+
+    backbone.causal_lm.tie_weights()
+    head, table = backbone.causal_lm.get_output_embeddings(), backbone.causal_lm.get_input_embeddings()
+    params = {n: (p, p.detach().clone()) for n, p in backbone.named_parameters()}
+    seen = []
+    real = precision.linear_weights_cast_once
+
+    @contextlib.contextmanager
+    def spying(model):
+        with real(model):
+            q_proj = backbone.decoder.layers[0].self_attn.q_proj
+            seen.append((q_proj.weight.dtype, table.weight.dtype, head.weight.dtype))
+            yield model
+
+    monkeypatch.setattr(encode_module, "linear_weights_cast_once", spying)
+    once = encode_texts(backbone, TEXTS * 3, None, 32, 4, bf16=True)
+    assert seen == [(torch.bfloat16, torch.float32, table.weight.dtype)]
+    monkeypatch.setattr(encode_module, "linear_weights_cast_once", lambda model: contextlib.nullcontext())
+    per_call = encode_texts(backbone, TEXTS * 3, None, 32, 4, bf16=True)
+    assert torch.equal(once, per_call)
+    for name, p in backbone.named_parameters():
+        assert p is params[name][0] and p.dtype == torch.float32 and torch.equal(p, params[name][1]), name
+    with pytest.raises(RuntimeError, match="inference"):
+        with real(backbone):
+            pass
