@@ -74,7 +74,12 @@ def linear_weights_cast_once(model: torch.nn.Module, dtype: torch.dtype = torch.
     if torch.is_grad_enabled():
         raise RuntimeError("linear_weights_cast_once is for inference (torch.no_grad) only")
     # a tied LM head shares its weight with the input embeddings, which must stay as they are
-    elsewhere = {id(p) for m in model.modules() if not isinstance(m, torch.nn.Linear) for p in m.parameters(recurse=False)}
+    elsewhere = {
+        id(p)
+        for m in model.modules()
+        if not isinstance(m, torch.nn.Linear)
+        for p in m.parameters(recurse=False)
+    }
     saved = []
     try:
         for module in model.modules():

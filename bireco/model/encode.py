@@ -51,9 +51,13 @@ def encode_texts(
     out = torch.empty(len(texts), backbone.hidden_size)
     mixed = bf16_for(device, bf16)
     # on a CPU, autocast's per-call weight casts cost a quarter of the time; cast once, same bits (core.precision)
-    weights = linear_weights_cast_once(backbone) if mixed and device.type == "cpu" else contextlib.nullcontext()
+    weights = (
+        linear_weights_cast_once(backbone) if mixed and device.type == "cpu" else contextlib.nullcontext()
+    )
     with weights, autocast(device, mixed):
-        for start in tqdm(range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False):
+        for start in tqdm(
+            range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False
+        ):
             idx = order[start : start + batch_size]
             batch = {
                 k: v.to(device)

@@ -200,14 +200,18 @@ def model_cfg(setup: Setup, ckpt: bool, compile: bool = False, plain: bool = Fal
 LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
 
 
-def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False, plain: bool = False) -> Backbone:
+def build_backbone(
+    setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False, plain: bool = False
+) -> Backbone:
     torch.manual_seed(0)
     if setup.model:
         from bireco.tools.offline_lm import offline_lm_path
         from bireco.tools.tiny_lm import family_format
 
         path = offline_lm_path(setup.model)
-        cfg = dict(model_cfg(setup, ckpt, compile, plain), name_or_path=path, tokenizer=path, architecture=None)
+        cfg = dict(
+            model_cfg(setup, ckpt, compile, plain), name_or_path=path, tokenizer=path, architecture=None
+        )
         cfg["text_format"] = vars(family_format("smollm2"))
         return Backbone.from_config(cfg, LORA if lora else None)
     with torch.device(setup.device):  # random init straight on the device

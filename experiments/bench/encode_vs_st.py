@@ -55,7 +55,9 @@ def main(argv=None) -> dict:
     task = resolve_tasks(["DebianPackagesRetrieval"], None)[0]
     docs = list(task.dataset["default"]["test"]["corpus"]["text"])[: args.docs]
     path = str(offline_lm_path("smollm2-135m-instruct"))
-    cfg = compose_train(["model=smollm2", f"model.name_or_path={path}", "stage=baseline", "stage.lora.enabled=false"])
+    cfg = compose_train(
+        ["model=smollm2", f"model.name_or_path={path}", "stage=baseline", "stage.lora.enabled=false"]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = build_backbone(cfg).save(Path(tmp) / "ckpt")
         exports = {dt: export_sentence_transformers(ckpt, Path(tmp) / f"st-{dt}", max_seq_length=args.max_length,
@@ -66,12 +68,15 @@ def main(argv=None) -> dict:
         bs = args.batch_size
         runs = {
             "bireco, fp32": lambda: encode_texts(backbone, docs, None, args.max_length, bs, bf16=False),
-            "bireco, bf16 autocast (CPU default)": lambda: encode_texts(backbone, docs, None, args.max_length, bs,
-                                                                        bf16=True),  # fmt: skip
-            "sentence-transformers, fp32 export": lambda: st["float32"].encode(docs, batch_size=bs,
-                                                                                normalize_embeddings=True),  # fmt: skip
-            "sentence-transformers, bf16 export": lambda: st["bfloat16"].encode(docs, batch_size=bs,
-                                                                                 normalize_embeddings=True),  # fmt: skip
+            "bireco, bf16 autocast (CPU default)": lambda: encode_texts(
+                backbone, docs, None, args.max_length, bs, bf16=True
+            ),  # fmt: skip
+            "sentence-transformers, fp32 export": lambda: st["float32"].encode(
+                docs, batch_size=bs, normalize_embeddings=True
+            ),  # fmt: skip
+            "sentence-transformers, bf16 export": lambda: st["bfloat16"].encode(
+                docs, batch_size=bs, normalize_embeddings=True
+            ),  # fmt: skip
         }
         # warm-up: kernel selection, first allocations
         encode_texts(backbone, docs[:32], None, args.max_length, bs)

@@ -23,7 +23,9 @@ def attention_calls(bb: Backbone, train: bool) -> list[dict]:
     attn = bb.decoder.layers[0].self_attn
 
     def hook(module, args, kwargs, out):
-        calls.append({"out": out[0].detach(), "hidden": kwargs.get("hidden_states", args[0] if args else None)})
+        calls.append(
+            {"out": out[0].detach(), "hidden": kwargs.get("hidden_states", args[0] if args else None)}
+        )
 
     handle = attn.register_forward_hook(hook, with_kwargs=True)
     side = make_side(bb, TEXTS)
@@ -42,12 +44,19 @@ def test_cpu_training_runs_attention_in_fp32_and_inference_is_untouched():
     assert on.model.config._attn_implementation == CPU_FP32_SDPA
     assert off.model.config._attn_implementation == "sdpa"
     # inference: the same transformers sdpa, bit for bit
-    assert torch.equal(attention_calls(on, train=False)[0]["out"], attention_calls(off, train=False)[0]["out"])
+    assert torch.equal(
+        attention_calls(on, train=False)[0]["out"], attention_calls(off, train=False)[0]["out"]
+    )
     # training under bf16 autocast: the attention output is what fp32 sdpa gives, cast to bf16 at the end
-    trained_on, trained_off = attention_calls(on, train=True)[0]["out"], attention_calls(off, train=True)[0]["out"]
+    trained_on, trained_off = (
+        attention_calls(on, train=True)[0]["out"],
+        attention_calls(off, train=True)[0]["out"],
+    )
     assert trained_on.dtype == trained_off.dtype == torch.bfloat16
     assert not torch.equal(trained_on, trained_off)  # the bf16 kernel differs...
-    assert torch.allclose(trained_on.float(), trained_off.float(), atol=5e-2, rtol=5e-2)  # ...within bf16 rounding
+    assert torch.allclose(
+        trained_on.float(), trained_off.float(), atol=5e-2, rtol=5e-2
+    )  # ...within bf16 rounding
 
 
 def test_fp32_attention_matches_a_hand_written_fp32_attention():
