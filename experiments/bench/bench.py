@@ -374,7 +374,9 @@ def optim_cfg(lr: float):
 
 
 # ---------------------------------------------------------------------------------------------- variants
-def stage1_variants(setup: Setup, ckpt: bool) -> list:
+def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False) -> list:
+    """`native_attention`: only bireco's alternate step, with transformers' sdpa instead of bireco's CPU training
+    attention (bireco.model.attention), to measure that lever against the default in the same process."""
     from bireco.stages.reconstruction import ReconstructionModule
 
     k = 8 if ckpt else 6
@@ -414,22 +416,24 @@ def stage1_variants(setup: Setup, ckpt: bool) -> list:
 
     def bireco(schedule: str):
         def go():
-            backbone = build_backbone(setup, ckpt)
+            backbone = build_backbone(setup, ckpt, plain=native_attention)
             bb = make_batches(
                 n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False
             )
             module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule=schedule)
-            name = f"bireco Stage I, {schedule} ({tag})"
+            name = f"bireco Stage I, {schedule} ({tag})" + (NATIVE if native_attention else "")
             return run_bireco(
                 name, setup, bb, module, k * (2 if schedule == "joint" else 1), n_params(backbone), sides
             )
 
         return go
 
+    if native_attention:
+        return [bireco("alternate")]
     return [plain(True), plain(False), bireco("joint"), bireco("alternate")]
 
 
-def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
+def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False, native_attention: bool = False) -> list:
     from bireco.stages.contrastive import ContrastiveModule
 
     k = 6 if ckpt else 4
@@ -457,16 +461,22 @@ def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False) -> list:
 
     def bireco(compile: bool):
         def go():
-            backbone = build_backbone(setup, ckpt, lora=True, compile=compile)
+            backbone = build_backbone(setup, ckpt, lora=True, compile=compile, plain=native_attention)
             bb = make_batches(
                 n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True
             )
             module = ContrastiveModule(backbone, optim_cfg(2e-4), len(bb), scale=50.0)
-            name = f"bireco Stage II, {tag}" + (", compiled" if compile else "")
+            name = (
+                f"bireco Stage II, {tag}"
+                + (", compiled" if compile else "")
+                + (NATIVE if native_attention else "")
+            )
             return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
 
         return go
 
+    if native_attention:
+        return [bireco(False)]
     return [bireco(True)] if compiled else [plain, bireco(False)]
 
 
@@ -516,6 +526,8 @@ def varlen_variants(setup: Setup) -> list:
     return [go(False), go(True)]
 
 
+NATIVE = ", transformers' sdpa"  # bench variants without bireco's CPU training attention
+
 GROUPS = {
     "stage1_ckpt": lambda s: stage1_variants(s, ckpt=True),
     "stage1_nockpt": lambda s: stage1_variants(s, ckpt=False),
@@ -523,12 +535,18 @@ GROUPS = {
     "stage2_nockpt": lambda s: stage2_variants(s, ckpt=False),
     "varlen": varlen_variants,
     "stage2_compile": lambda s: stage2_variants(s, ckpt=True, compiled=True),  # GPU: compile time ~1 min
+    # bireco's steps with transformers' sdpa instead of its CPU training attention: run next to stage1_nockpt /
+    # stage2_nockpt, the ratio is what bireco.model.attention buys
+    "native_attention": lambda s: (
+        stage1_variants(s, ckpt=False, native_attention=True)
+        + stage2_variants(s, ckpt=False, native_attention=True)
+    ),
 }
 DEFAULT_GROUPS = {
     "cpu": ["stage1_nockpt", "stage2", "varlen"],
     "gpu": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "stage2_compile"],
-    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen"],
-    "smollm2": ["stage1_nockpt", "stage2_nockpt"],
+    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "native_attention"],
+    "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention"],
 }
 
 
@@ -614,6 +632,10 @@ def ratios(results: list[Result]) -> list[str]:
             f"plain Stage II, {s2}",
             "pairs_per_s",
         )
+    ratio("Stage I step time, bireco's CPU training attention / transformers' sdpa (alternate, no ckpt)",
+          "bireco Stage I, alternate (no ckpt)", "bireco Stage I, alternate (no ckpt)" + NATIVE, "step_s")  # fmt: skip
+    ratio("Stage II step time, bireco's CPU training attention / transformers' sdpa (LoRA r16)",
+          "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + NATIVE, "step_s")  # fmt: skip
     ratio("Variable lengths, real tokens/s, bucketed / random batches",
           "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
     return out

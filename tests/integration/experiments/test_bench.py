@@ -17,12 +17,14 @@ def test_bench_smoke_mode_runs_every_variant(tmp_path):
     bench = load_bench()
     results = bench.main(["--mode", "smoke", "--out", str(tmp_path)])
     names = {r.name for r in results}
-    assert len(results) == 12, names  # 4 Stage I x 2, 2 Stage II, 2 variable-length
+    # 4 Stage I x 2, 2 Stage II, 2 variable-length, 2 with transformers' sdpa instead of bireco's CPU attention
+    assert len(results) == 14, names
     for r in results:
         assert r.error is None, (r.name, r.error)
         assert r.step_s > 0 and math.isfinite(r.pairs_per_s) and r.tokens_per_s > 0
     report = (tmp_path / "bench-smoke.md").read_text()
     assert "| bireco Stage I, alternate (ckpt) |" in report and "bucketed / random" in report
+    assert "bireco's CPU training attention / transformers' sdpa (alternate, no ckpt)" in report
     # on a CPU the MFU is measured against this machine's own matmul limit at the model's shapes
     assert "Matmul limit of this machine" in report and all(0 < r.mfu for r in results), [
         r.mfu for r in results
