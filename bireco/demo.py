@@ -54,6 +54,8 @@ class DemoPreset:
 
 
 EVAL_TASKS = ["builtin"]  # WordNet test + the out-of-domain tasks (bireco.evaluation.tasks)
+CONTROL = "Constant-anchor Stage I + Stage II (control)"
+PROBE = ("probe/anchor_gain_q2d", "probe/anchor_gain_d2q")  # bireco.training.anchor_probe
 REFERENCES = {"BM25 (reference)": "bm25", "all-MiniLM-L6-v2 (reference)": "minilm"}
 
 
@@ -68,7 +70,13 @@ PRESETS = {
             "data.dev_queries=200",
             "data.dev_corpus_size=500",
         ],  # 500 (not 2000) dev documents: each dev check encodes them, ten checks; keeps the demo <= 30 min
-        stage1=["stage.schedule=alternate", "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8"],
+        # the anchor probe every 20 steps: the "is Stage I reading its anchor?" curve of convergence.png
+        stage1=[
+            "stage.schedule=alternate",
+            "stage.optim.lr=3e-4",
+            "stage.optim.warmup_steps=8",
+            "stage.probe.every_n_steps=20",
+        ],  # fmt: skip
         stage2=["stage.optim.lr=1e-3", "stage.optim.warmup_steps=4"],
         stage1_steps=80,
         stage2_steps=40,
@@ -94,7 +102,9 @@ PRESETS = {
 def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = None, stage2_steps: int | None = None,
              eval_every: int | None = None, pooling: str = "last", eval_queries: int | None = None,
              eval_docs: int | None = None, wandb: bool = True, progress: bool = True, lm_steps: int = 400,
-             seed: int = 42, overrides: list[str] | None = None) -> dict:  # fmt: skip
+             seed: int = 42, overrides: list[str] | None = None, control: bool = False) -> dict:  # fmt: skip
+    """`control`: also the constant-anchor control (Stage I with stage.anchor=constant, then the same Stage II): the
+    row that says whether reconstruction, not LM training on the pairs' text, made Anchor's difference."""
     from bireco.evaluation.runner import evaluate_checkpoint, markdown_table
     from bireco.training.run import run
 
@@ -128,19 +138,24 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
     ]
     stage1 = [f"trainer.max_steps={stage1_steps}", *preset.stage1]
     timings = {}
-    for name, stage_overrides in (
+    runs = [
         ("baseline", ["stage=baseline", *stage2]),
         ("stage1", ["stage=reconstruction", *stage1]),
         ("anchor", ["stage=contrastive", *stage2]),
-    ):
+    ]
+    if control:
+        constant = ["variant=constant_anchor"]
+        runs += [("control_stage1", [*constant, "stage=reconstruction", *stage1, "stage.anchor=constant"]),
+                 ("control", [*constant, "stage=contrastive", *stage2])]  # fmt: skip
+    for name, stage_overrides in runs:
         t = time.perf_counter()
         run(compose_train(common + stage_overrides))
         timings[name] = time.perf_counter() - t
 
     demo_cfg = compose_train(common)  # where this demo's runs lie
 
-    def run_dir(run_name: str) -> Path:
-        return run_dir_of(demo_cfg, run_name)
+    def run_dir(run_name: str, variant: str | None = None) -> Path:
+        return run_dir_of(demo_cfg, run_name, variant)
 
     # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
     from bireco.training.builders import build_backbone
@@ -156,6 +171,8 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         "Only Stage II (baseline)": final_dir(run_dir("baseline")),
         "Stage I + Stage II (Anchor)": final_dir(run_dir("stage2")),
     }
+    if control:
+        checkpoints[CONTROL] = final_dir(run_dir("stage2", "constant_anchor"))
     summaries = reference_rows(out, eval_queries, eval_docs, progress)
     for label, ckpt in checkpoints.items():
         summaries[label] = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(eval_dir(run_of(ckpt))),
@@ -165,7 +182,12 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         name: logged_curve(run_dir(run_name))
         for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))
     }
-    _plot(curves, out / "convergence.png")
+    probe = {"Stage I": {k: logged_curve(run_dir("stage1"), k) for k in PROBE}}
+    if control:
+        probe["constant-anchor Stage I"] = {
+            k: logged_curve(run_dir("stage1", "constant_anchor"), k) for k in PROBE
+        }
+    _plot(curves, probe, out / "convergence.png")
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         tasks = sorted(next(iter(summaries.values()))["tasks"])
@@ -180,7 +202,7 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
             )
     meta = {"base": base, "seconds": time.perf_counter() - t0, "base_model_seconds": base_seconds, "train_seconds": timings,
             "lm_steps": lm_steps if base == "tiny" else None, "stage1_steps": stage1_steps, "stage2_steps": stage2_steps,
-            "pooling": pooling, "seed": seed, "eval_tasks": EVAL_TASKS, "eval_queries": eval_queries, "eval_docs": eval_docs,
+            "pooling": pooling, "seed": seed, "eval_tasks": EVAL_TASKS, "anchor_probe": probe, "control": control, "eval_queries": eval_queries, "eval_docs": eval_docs,
             "overrides": common,
             "stage1_overrides": stage1, "stage2_overrides": stage2, "cpu_count": os.cpu_count(),
             "machine": f"{platform.node()}, {platform.processor() or platform.machine()}", "dev_curves": curves}  # fmt: skip
@@ -189,9 +211,12 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         f"# bireco demo (toy scale, CPU, base: {base})\n\nnDCG@10 x 100 on the built-in suite (mteb; held-out WordNet "
         f"test split and the out-of-domain tasks; {eval_queries} queries and {eval_docs} documents per task).\n\n"
         + table
-        + "\nStage II dev nDCG@10 by step: see convergence.png.\n"
+        + "\n"
+        + probe_sentence(probe)
+        + "\nStage II dev nDCG@10 and Stage I's anchor gain by step: see convergence.png.\n"
     )
     print(table)
+    print(probe_sentence(probe))
     print(
         f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'convergence.png'} in {meta['seconds']:.0f} s"
     )
@@ -212,13 +237,28 @@ def reference_rows(out: Path, eval_queries: int, eval_docs: int, progress: bool)
     return rows
 
 
-def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
+def probe_sentence(probe: dict[str, dict[str, list[tuple[int, float]]]]) -> str:
+    """The anchor probe's last values: does the Stage I decoder read its anchor on held-out pairs?"""
+    parts = []
+    for name, series in probe.items():
+        last = {k.rsplit("_", 1)[-1].upper(): pts[-1][1] for k, pts in series.items() if pts}
+        if last:
+            parts.append(
+                f"{name}: Q2D {last.get('Q2D', float('nan')):+.3f}, D2Q {last.get('D2Q', float('nan')):+.3f}"
+            )
+    if not parts:
+        return ""
+    return ("Anchor gain after Stage I (held-out WordNet dev pairs, nats per token; CE with another pair's anchor - "
+            "CE with the pair's own; 0 = the decoder does not read its anchor): " + "; ".join(parts) + ".\n")  # fmt: skip
+
+
+def _plot(curves: dict[str, list[tuple[int, float]]], probe: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.5), dpi=120)
     for name, pts in curves.items():
         ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=name)
     ax.set_xlabel("Stage II step")
@@ -226,6 +266,16 @@ def _plot(curves: dict[str, list[tuple[int, float]]], path: Path) -> None:
     ax.set_title("Stage II convergence (WordNet dev)")
     ax.grid(alpha=0.3)
     ax.legend()
+    for name, series in probe.items():
+        for key, pts in series.items():
+            label = f"{name}, {key.rsplit('_', 1)[-1].upper()}"
+            bx.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    bx.axhline(0.0, color="grey", lw=0.8)
+    bx.set_xlabel("Stage I step")
+    bx.set_ylabel("anchor gain (nats / token)")
+    bx.set_title("Is Stage I reading its anchor? (held-out pairs)")
+    bx.grid(alpha=0.3)
+    bx.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -256,6 +306,11 @@ def main() -> None:
         "--eval-docs", type=int, default=None, help="test documents per task (relevant ones always kept)"
     )
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument(
+        "--control",
+        action="store_true",
+        help="also the constant-anchor control row (Stage I with stage.anchor=constant + Stage II; ~+11 min on 2 CPU cores)",
+    )
     ap.add_argument("--no-wandb", action="store_true")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument(
@@ -269,7 +324,7 @@ def main() -> None:
     run_demo(out, base=args.base, stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
              eval_every=args.eval_every, pooling=args.pooling, eval_queries=args.eval_queries, eval_docs=args.eval_docs,
              wandb=not args.no_wandb, progress=not args.quiet, lm_steps=args.lm_steps, seed=args.seed,
-             overrides=args.overrides)  # fmt: skip
+             overrides=args.overrides, control=args.control)  # fmt: skip
 
 
 if __name__ == "__main__":

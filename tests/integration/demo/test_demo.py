@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from bireco.demo import REFERENCES, run_demo
+from bireco.demo import CONTROL, PROBE, REFERENCES, run_demo
 from bireco.evaluation.tasks import BUILTIN_TASKS
 
 
@@ -20,7 +20,7 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     res = run_demo(out, base="tiny", lm_steps=10, stage1_steps=4, stage2_steps=4, eval_every=2, pooling="last",
-                   eval_queries=20, eval_docs=100, wandb=True, progress=False)  # fmt: skip
+                   eval_queries=20, eval_docs=100, wandb=True, progress=False, control=True)  # fmt: skip
     rows = list(csv.reader(open(out / "results.csv")))
     assert rows[0] == [
         "run",
@@ -30,10 +30,14 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     assert [r[0] for r in rows[1:]] == list(res["summaries"])
     references = [label for label, ref in REFERENCES.items() if installed(ref)]
     assert list(res["summaries"])[: len(references)] == references  # BM25 / MiniLM rows on the same subsample
-    assert len(rows) == 5 + len(references) and all(0 <= float(x) <= 100 for r in rows[1:] for x in r[1:])
+    assert len(rows) == 6 + len(references) and all(0 <= float(x) <= 100 for r in rows[1:] for x in r[1:])
     assert (out / "convergence.png").stat().st_size > 1000
     md = (out / "results.md").read_text()
-    assert "| Stage I + Stage II (Anchor) |" in md
+    assert "| Stage I + Stage II (Anchor) |" in md and f"| {CONTROL} |" in md
+    # the anchor probe of both Stage I runs, before the first step and after the last, in the table's text
+    for name in ("Stage I", "constant-anchor Stage I"):
+        assert [[s for s, _ in res["anchor_probe"][name][k]] for k in PROBE] == [[0, 4], [0, 4]], name
+    assert "Anchor gain after Stage I" in md and "constant-anchor Stage I: Q2D" in md
     assert [s for s, _ in res["dev_curves"]["Anchor"]] == [0, 2, 4]
     assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), (
         "no wandb offline run directory"
