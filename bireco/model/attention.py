@@ -1,8 +1,9 @@
 """Attention for training on a CPU in bf16: torch's CPU flash-attention kernel is fast forward in bf16 but its bf16
 backward is slow at the short lengths of embedding training (batch 16, 9 heads, 2 threads, forward + backward:
-7.5 ms bf16 vs 1.3 ms fp32 at 16 tokens, 18 vs 4.7 at 48, 39 vs 28 at 128, equal from ~192; docs/benchmarks.md).
-So when autograd records on a CPU, this runs SDPA in fp32 (more precise, not less) and casts the output back;
-inference and every GPU keep transformers' own SDPA untouched. Registered with transformers' AttentionInterface
+12 ms bf16 vs 1.9 ms fp32 at 16 tokens, 18 vs 6.5 at 48, 59 vs 28 at 128, even from ~256 on;
+experiments/bench/attention_kernels.py, docs/benchmarks.md).
+So when autograd records on a CPU over at most FP32_UP_TO tokens, this runs SDPA in fp32 (more precise, not less)
+and casts the output back; inference, longer sequences and every GPU keep transformers' own SDPA untouched. Registered with transformers' AttentionInterface
 under its own name, so the saved config.json and the export never mention it."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import torch
 
 CPU_FP32_SDPA = "bireco_sdpa_cpu_fp32_grad"
+FP32_UP_TO = 256  # query length; longer, the bf16 kernel is as fast (0.93x at 256, 1.04x at 384)
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -17,7 +19,7 @@ def sdpa_fp32_when_training_on_cpu(module, query, key, value, attention_mask, *a
     """transformers' `sdpa_attention_forward`, in fp32 (autocast off) when autograd records on a CPU in bf16/fp16."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    if query.device.type != "cpu" or not torch.is_grad_enabled():
+    if query.device.type != "cpu" or not torch.is_grad_enabled() or query.shape[2] > FP32_UP_TO:
         return sdpa_attention_forward(module, query, key, value, attention_mask, *args, **kwargs)
     # under autocast the rotary embedding hands over fp32 queries / keys, and autocast runs sdpa in its dtype
     dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else query.dtype

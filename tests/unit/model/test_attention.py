@@ -82,6 +82,24 @@ def test_fp32_attention_matches_a_hand_written_fp32_attention():
     assert q.grad is not None and torch.isfinite(q.grad).all()
 
 
+def test_longer_sequences_keep_the_bf16_kernel():
+    """Beyond FP32_UP_TO query tokens the bf16 kernel is as fast, so transformers' sdpa runs as is (same bits)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from bireco.model.attention import FP32_UP_TO, sdpa_fp32_when_training_on_cpu
+
+    class Module(torch.nn.Module):
+        is_causal, num_key_value_groups = True, 1
+
+    torch.manual_seed(0)
+    for n, same in ((FP32_UP_TO, False), (FP32_UP_TO + 1, True)):
+        q, k, v = (torch.randn(1, 2, n, 8, requires_grad=True) for _ in range(3))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours, _ = sdpa_fp32_when_training_on_cpu(Module(), q, k, v, None, scaling=8**-0.5)
+            plain, _ = sdpa_attention_forward(Module(), q, k, v, None, scaling=8**-0.5)
+        assert torch.equal(ours, plain) == same, n
+
+
 def test_a_saved_checkpoint_does_not_name_the_cpu_attention(tmp_path):
     bb = tiny(True)
     bb.save(tmp_path / "ckpt")
