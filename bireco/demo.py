@@ -55,6 +55,7 @@ class DemoPreset:
 
 EVAL_TASKS = ["builtin"]  # WordNet test + the out-of-domain tasks (bireco.evaluation.tasks)
 CONTROL = "Constant-anchor Stage I + Stage II (control)"
+CONTROL_VARIANT = "constant_anchor"  # the control's runs lie beside the demo's, under this variant
 PROBE = ("probe/anchor_gain_q2d", "probe/anchor_gain_d2q")  # bireco.training.anchor_probe
 REFERENCES = {"BM25 (reference)": "bm25", "all-MiniLM-L6-v2 (reference)": "minilm"}
 
@@ -144,7 +145,7 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         ("anchor", ["stage=contrastive", *stage2]),
     ]
     if control:
-        constant = ["variant=constant_anchor"]
+        constant = [f"variant={CONTROL_VARIANT}"]
         runs += [("control_stage1", [*constant, "stage=reconstruction", *stage1, "stage.anchor=constant"]),
                  ("control", [*constant, "stage=contrastive", *stage2])]  # fmt: skip
     for name, stage_overrides in runs:
@@ -172,7 +173,7 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         "Stage I + Stage II (Anchor)": final_dir(run_dir("stage2")),
     }
     if control:
-        checkpoints[CONTROL] = final_dir(run_dir("stage2", "constant_anchor"))
+        checkpoints[CONTROL] = final_dir(run_dir("stage2", CONTROL_VARIANT))
     summaries = reference_rows(out, eval_queries, eval_docs, progress)
     for label, ckpt in checkpoints.items():
         summaries[label] = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(eval_dir(run_of(ckpt))),
@@ -185,9 +186,10 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
     probe = {"Stage I": {k: logged_curve(run_dir("stage1"), k) for k in PROBE}}
     if control:
         probe["constant-anchor Stage I"] = {
-            k: logged_curve(run_dir("stage1", "constant_anchor"), k) for k in PROBE
+            k: logged_curve(run_dir("stage1", CONTROL_VARIANT), k) for k in PROBE
         }
     _plot(curves, probe, out / "convergence.png")
+    probe_text = probe_sentence(probe)
     with open(out / "results.csv", "w", newline="") as f:
         w = csv.writer(f)
         tasks = sorted(next(iter(summaries.values()))["tasks"])
@@ -212,11 +214,11 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         f"test split and the out-of-domain tasks; {eval_queries} queries and {eval_docs} documents per task).\n\n"
         + table
         + "\n"
-        + probe_sentence(probe)
+        + probe_text
         + "\nStage II dev nDCG@10 and Stage I's anchor gain by step: see convergence.png.\n"
     )
     print(table)
-    print(probe_sentence(probe))
+    print(probe_text)
     print(
         f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'convergence.png'} in {meta['seconds']:.0f} s"
     )

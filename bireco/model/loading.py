@@ -32,17 +32,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def resolve_attn_implementation(name: str) -> str:
-    if name == "flash_attention_2":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError as err:
-            raise ValueError(
-                "model.attn_implementation=flash_attention_2 needs `pip install flash-attn`"
-            ) from err
-    return name
-
-
 def as_dict(node: Any) -> dict:
     """A config node (OmegaConf, dataclass, mapping or None) as a plain dict."""
     if node is None:
@@ -65,7 +54,7 @@ def backbone_parts(model_cfg: Any, lora_cfg: Any | None = None) -> dict:
     cfg = as_dict(model_cfg)
     trust = bool(cfg.get("trust_remote_code", False))
     dtype = resolve_dtype(cfg.get("dtype", "auto"))
-    attn = attn_implementation(resolve_attn_implementation(cfg.get("attn_implementation", "sdpa")),
+    attn = attn_implementation(cfg.get("attn_implementation", "sdpa"),
                                cpu_fp32_grad=bool(cfg.get("cpu_training_attention_fp32", True)))  # fmt: skip
     name = cfg.get("name_or_path")
     tok_name = cfg.get("tokenizer") or name

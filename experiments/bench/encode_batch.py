@@ -21,8 +21,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def main(argv=None) -> dict:
+def debian_documents(n: int) -> list[str]:
+    """The first `n` documents of the DebianPackagesRetrieval corpus (50-350 tokens: the long side of the suite)."""
     from bireco.evaluation.runner import resolve_tasks
+
+    task = resolve_tasks(["DebianPackagesRetrieval"], None)[0]
+    return list(task.dataset["default"]["test"]["corpus"]["text"])[:n]
+
+
+def tokens_in(tokenizer, texts: list[str], max_length: int) -> int:
+    """Tokens encoding feeds the model: each text truncated to `max_length`."""
+    return sum(min(len(ids), max_length) for ids in tokenizer(texts)["input_ids"])
+
+
+def main(argv=None) -> dict:
     from bireco.model.backbone import Backbone
     from bireco.model.encode import encode_texts
     from bireco.tools.offline_lm import offline_lm_path
@@ -37,8 +49,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "encode_batch")
     args = ap.parse_args(argv)
 
-    task = resolve_tasks(["DebianPackagesRetrieval"], None)[0]
-    docs = list(task.dataset["default"]["test"]["corpus"]["text"])[: args.docs]
+    docs = debian_documents(args.docs)
     model = args.model or str(offline_lm_path("smollm2-135m-instruct"))
     if Path(model, "bireco.json").is_file():
         backbone = Backbone.load(model)
@@ -49,7 +60,7 @@ def main(argv=None) -> dict:
         backbone = build_backbone(
             compose_train(["model=smollm2", f"model.name_or_path={model}", "stage=baseline"])
         )
-    tokens = sum(min(len(ids), 512) for ids in backbone.tokenizer(docs)["input_ids"])
+    tokens = tokens_in(backbone.tokenizer, docs, 512)
     encode_texts(backbone, docs[:64], None, batch_size=16)  # warm-up (kernel selection)
     rows = {}
     for bs in (int(b) for b in args.batch_sizes.split(",")):

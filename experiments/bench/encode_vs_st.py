@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from encode_batch import debian_documents, tokens_in
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,7 +38,6 @@ def main(argv=None) -> dict:
     from sentence_transformers import SentenceTransformer
 
     from bireco.config.compose import compose_train
-    from bireco.evaluation.runner import resolve_tasks
     from bireco.export import export_sentence_transformers
     from bireco.model.backbone import Backbone
     from bireco.model.encode import encode_texts
@@ -52,8 +52,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "encode_vs_st")
     args = ap.parse_args(argv)
 
-    task = resolve_tasks(["DebianPackagesRetrieval"], None)[0]
-    docs = list(task.dataset["default"]["test"]["corpus"]["text"])[: args.docs]
+    docs = debian_documents(args.docs)
     path = str(offline_lm_path("smollm2-135m-instruct"))
     cfg = compose_train(
         ["model=smollm2", f"model.name_or_path={path}", "stage=baseline", "stage.lora.enabled=false"]
@@ -64,7 +63,7 @@ def main(argv=None) -> dict:
                                                     dtype=dt) for dt in ("float32", "bfloat16")}  # fmt: skip
         backbone = Backbone.load(ckpt, dtype="float32")
         st = {dt: SentenceTransformer(str(p), device="cpu") for dt, p in exports.items()}
-        tokens = sum(min(len(ids), args.max_length) for ids in backbone.tokenizer(docs)["input_ids"])
+        tokens = tokens_in(backbone.tokenizer, docs, args.max_length)
         bs = args.batch_size
         runs = {
             "bireco, fp32": lambda: encode_texts(backbone, docs, None, args.max_length, bs, bf16=False),
