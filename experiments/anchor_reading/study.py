@@ -27,6 +27,7 @@ DEMO_BUDGET = ["data.global_batch_size=16", "data.max_query_length=32", "data.ma
 COMMON = ["model=smollm2", "stage=reconstruction", "experiment_name=anchor_reading", "trainer.log_every_n_steps=5",
           "stage.probe.every_n_steps=20", "stage.probe.pairs=64", "trainer.enable_progress_bar=false"]  # fmt: skip
 D2Q, JOINT = ["stage.alpha=0.0"], ["stage.alpha=0.2", "stage.schedule=joint"]
+EMBEDDER = "stage.init_from={embedder}"  # filled from --embedder
 OPTIONS = {
     "raw": [],
     "token_norm": ["stage.anchor_scale=token_norm"],
@@ -53,6 +54,13 @@ DESIGNS: dict[str, list[str]] = {
         ]
         for p in (64, 512)
     },  # fmt: skip
+    # Stage I starting from a trained embedder (--embedder PATH, e.g. the demo's Anchor Stage II): its anchors already
+    # tell the dev documents apart, so these ask whether the *decoder* learns to read within the budget when the
+    # encoder has something to give (the chicken-and-egg of an untrained encoder removed)
+    **{f"d2q_{k}_from_embedder": [*DEMO_BUDGET, *D2Q, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")},
+    **{
+        f"joint_{k}_from_embedder": [*DEMO_BUDGET, *JOINT, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")
+    },
 }
 
 
@@ -70,7 +78,19 @@ def train_records(cfg, n: int) -> list[dict]:
     return [ds[i] for i in range(min(n, len(ds)))]
 
 
-def run_design(name: str, out: Path, seed: int) -> dict:
+def design_overrides(name: str, embedder: Path | None) -> list[str]:
+    """DESIGNS[name] with --embedder filled in (a design that needs it fails fast without it)."""
+    overrides = DESIGNS[name]
+    if EMBEDDER in overrides:
+        if embedder is None or not (Path(embedder) / "config.json").is_file():
+            raise SystemExit(
+                f"{name}: needs --embedder PATH, a checkpoint directory with config.json (got {embedder})"
+            )
+        overrides = [o.format(embedder=Path(embedder).resolve()) if o == EMBEDDER else o for o in overrides]
+    return overrides
+
+
+def run_design(name: str, out: Path, seed: int, embedder: Path | None = None) -> dict:
     import pandas as pd
 
     from bireco.config.compose import compose_train
@@ -78,8 +98,9 @@ def run_design(name: str, out: Path, seed: int) -> dict:
     from bireco.model.anchor import load_conditioning
     from bireco.training.run import run
 
+    overrides = design_overrides(name, embedder)
     cfg = compose_train(
-        [*COMMON, f"output_root={out}", f"variant={name}-seed{seed}", f"seed={seed}", *DESIGNS[name]]
+        [*COMMON, f"output_root={out}", f"variant={name}-seed{seed}", f"seed={seed}", *overrides]
     )
     t0 = time.perf_counter()
     run(cfg)
@@ -95,7 +116,8 @@ def run_design(name: str, out: Path, seed: int) -> dict:
     cond = load_conditioning(final_dir(run_dir))
     trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
                             conditioning=cond)  # fmt: skip
-    return {"design": name, "seed": seed, "overrides": DESIGNS[name], "seconds": seconds, "probe": curve,
+    init = {"init_from": relative(embedder)} if EMBEDDER in DESIGNS[name] else {}
+    return {"design": name, "seed": seed, "overrides": DESIGNS[name], **init, "seconds": seconds, "probe": curve,
             "train_pairs_probe": trained_on, "run_dir": relative(run_dir)}  # fmt: skip
 
 
@@ -140,6 +162,7 @@ def main() -> None:
     ap.add_argument(
         "--overlap", type=int, default=0, help="K dev documents: reconstructed-query word overlap"
     )
+    ap.add_argument("--embedder", type=Path, help="checkpoint the *_from_embedder designs start Stage I from")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -152,7 +175,7 @@ def main() -> None:
         key = f"{name}-seed{args.seed}"
         if key not in results:
             results[key] = {
-                **run_design(name, args.out, args.seed),
+                **run_design(name, args.out, args.seed, args.embedder),
                 "machine": f"{platform.processor() or platform.machine()}",
             }
         if args.overlap and results[key].get("overlap", {}).get("k") != args.overlap:
