@@ -53,6 +53,9 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None -> model.lora_target_modules
+    # on a CPU, draw the dropout mask's dropped positions (Poisson) instead of one Bernoulli per element: the same
+    # mask distribution, another random stream, several times faster (bireco.model.dropout); false = nn.Dropout
+    cpu_poisson_dropout: bool = True
 
 
 @dataclass

@@ -139,7 +139,12 @@ def apply_lora(model: nn.Module, lora: dict, family_targets: list[str] | None) -
         target_modules=targets,
         bias="none",
     )
-    return get_peft_model(model, config)
+    model = get_peft_model(model, config)
+    if lora.get("cpu_poisson_dropout", True):
+        from bireco.model.dropout import use_cpu_poisson_dropout
+
+        use_cpu_poisson_dropout(model)
+    return model
 
 
 def check_model_dir(name: str, expected_model_type: str | None = None) -> None:

@@ -201,9 +201,17 @@ LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
 
 
 def build_backbone(
-    setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False, plain: bool = False
+    setup: Setup,
+    ckpt: bool,
+    lora: bool = False,
+    compile: bool = False,
+    plain: bool = False,
+    torch_dropout: bool = False,
 ) -> Backbone:
+    """`plain` / `torch_dropout`: LoRA dropout is torch's nn.Dropout (what a hand-written loop has), not bireco's
+    CPU Poisson sampler."""
     torch.manual_seed(0)
+    lora_cfg = dict(LORA, cpu_poisson_dropout=not (plain or torch_dropout)) if lora else None
     if setup.model:
         from bireco.tools.offline_lm import offline_lm_path
         from bireco.tools.tiny_lm import family_format
@@ -213,9 +221,9 @@ def build_backbone(
             model_cfg(setup, ckpt, compile, plain), name_or_path=path, tokenizer=path, architecture=None
         )
         cfg["text_format"] = vars(family_format("smollm2"))
-        return Backbone.from_config(cfg, LORA if lora else None)
+        return Backbone.from_config(cfg, lora_cfg)
     with torch.device(setup.device):  # random init straight on the device
-        return Backbone.from_config(model_cfg(setup, ckpt, compile, plain), LORA if lora else None)
+        return Backbone.from_config(model_cfg(setup, ckpt, compile, plain), lora_cfg)
 
 
 def model_arch(setup: Setup) -> dict:
@@ -433,7 +441,14 @@ def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False) ->
     return [plain(True), plain(False), bireco("joint"), bireco("alternate")]
 
 
-def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False, native_attention: bool = False) -> list:
+def stage2_variants(
+    setup: Setup,
+    ckpt: bool,
+    compiled: bool = False,
+    native_attention: bool = False,
+    torch_dropout: bool = False,
+) -> list:
+    """`native_attention` / `torch_dropout`: only bireco's step, with transformers' sdpa / torch's LoRA dropout."""
     from bireco.stages.contrastive import ContrastiveModule
 
     k = 6 if ckpt else 4
@@ -461,7 +476,9 @@ def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False, native_att
 
     def bireco(compile: bool):
         def go():
-            backbone = build_backbone(setup, ckpt, lora=True, compile=compile, plain=native_attention)
+            backbone = build_backbone(
+                setup, ckpt, lora=True, compile=compile, plain=native_attention, torch_dropout=torch_dropout
+            )
             bb = make_batches(
                 n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True
             )
@@ -470,12 +487,13 @@ def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False, native_att
                 f"bireco Stage II, {tag}"
                 + (", compiled" if compile else "")
                 + (NATIVE if native_attention else "")
+                + (TORCH_DROPOUT if torch_dropout else "")
             )
             return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
 
         return go
 
-    if native_attention:
+    if native_attention or torch_dropout:
         return [bireco(False)]
     return [bireco(True)] if compiled else [plain, bireco(False)]
 
@@ -527,6 +545,9 @@ def varlen_variants(setup: Setup) -> list:
 
 
 NATIVE = ", transformers' sdpa"  # bench variants without bireco's CPU training attention
+TORCH_DROPOUT = (
+    ", torch's LoRA dropout"  # ... without bireco's CPU Poisson LoRA dropout (bireco.model.dropout)
+)
 
 GROUPS = {
     "stage1_ckpt": lambda s: stage1_variants(s, ckpt=True),
@@ -541,12 +562,14 @@ GROUPS = {
         stage1_variants(s, ckpt=False, native_attention=True)
         + stage2_variants(s, ckpt=False, native_attention=True)
     ),
+    # bireco's Stage II with torch's nn.Dropout for LoRA: next to stage2_nockpt, what bireco.model.dropout buys
+    "torch_dropout": lambda s: stage2_variants(s, ckpt=False, torch_dropout=True),
 }
 DEFAULT_GROUPS = {
     "cpu": ["stage1_nockpt", "stage2", "varlen"],
     "gpu": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "stage2_compile"],
-    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "native_attention"],
-    "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention"],
+    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "native_attention", "torch_dropout"],
+    "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention", "torch_dropout"],
 }
 
 
@@ -636,6 +659,8 @@ def ratios(results: list[Result]) -> list[str]:
           "bireco Stage I, alternate (no ckpt)", "bireco Stage I, alternate (no ckpt)" + NATIVE, "step_s")  # fmt: skip
     ratio("Stage II step time, bireco's CPU training attention / transformers' sdpa (LoRA r16)",
           "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + NATIVE, "step_s")  # fmt: skip
+    ratio("Stage II step time, bireco's CPU Poisson LoRA dropout / torch's nn.Dropout (LoRA r16)",
+          "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + TORCH_DROPOUT, "step_s")  # fmt: skip
     ratio("Variable lengths, real tokens/s, bucketed / random batches",
           "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
     return out

@@ -7,6 +7,7 @@ import importlib.util
 import math
 
 import pytest
+import torch
 from conftest import experiment
 
 
@@ -18,8 +19,10 @@ def test_bench_smoke_mode_runs_every_variant(tmp_path):
     bench = load_bench()
     results = bench.main(["--mode", "smoke", "--out", str(tmp_path)])
     names = {r.name for r in results}
-    # 4 Stage I x 2, 2 Stage II, 2 variable-length, 2 with transformers' sdpa instead of bireco's CPU attention
-    assert len(results) == 14, names
+    # 4 Stage I x 2, 2 Stage II, 2 variable-length, 2 with transformers' sdpa instead of bireco's CPU attention,
+    # 1 with torch's LoRA dropout instead of bireco's CPU Poisson dropout
+    assert len(results) == 15, names
+    assert "bireco Stage II, LoRA r16, torch's LoRA dropout" in names
     for r in results:
         assert r.error is None, (r.name, r.error)
         assert r.step_s > 0 and math.isfinite(r.pairs_per_s) and r.tokens_per_s > 0
@@ -46,6 +49,16 @@ def test_bench_smollm2_mode_builds_the_real_model_in_the_cpu_default_precision()
     assert backbone.hidden_size == 576 and backbone.is_lora and backbone.text_format.eos_token == "<|im_end|>"
     assert backbone.tokenizer.eos_token_id == backbone.text_format.eos_id(backbone.tokenizer)
     assert bench.precision(setup) == ("bf16-mixed" if cpu_has_fast_bf16() else "32-true")
+    # bireco's LoRA dropout draws CPU masks with its Poisson sampler; the plain loops keep torch's nn.Dropout
+    from bireco.model.dropout import CpuPoissonDropout
+
+    def dropouts(bb):
+        return {
+            type(m).__name__ for m in bb.model.modules() if isinstance(m, torch.nn.Dropout) and m.p == 0.05
+        }
+
+    assert dropouts(backbone) == {CpuPoissonDropout.__name__}
+    assert dropouts(bench.build_backbone(setup, ckpt=False, lora=True, plain=True)) == {"Dropout"}
 
 
 def test_profile_groups_a_real_step_and_accounts_for_its_wall_time(tmp_path):

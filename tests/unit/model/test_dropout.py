@@ -1,0 +1,60 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bireco.model.dropout import CpuPoissonDropout, poisson_keep_mask
+from bireco.model.loading import apply_lora
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3])
+def test_mask_is_iid_bernoulli_with_the_dropout_rate(p):
+    """Drop rate p (not the 1 - e^-p a fixed number of uniform draws would give) and neighbours dropped
+    independently: each within 5 standard errors over 2M elements."""
+    torch.manual_seed(0)
+    n = 2_000_000
+    dropped = poisson_keep_mask(torch.empty(n), p) == 0
+    rate = dropped.double().mean().item()
+    assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / n), rate
+    both = (dropped[:-1] & dropped[1:]).double().mean().item()
+    assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n), both
+
+
+def test_kept_elements_are_scaled_in_the_inputs_dtype_like_torch():
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        mask = poisson_keep_mask(torch.empty(10_000, dtype=dtype), 0.05)
+        assert mask.dtype == dtype
+        kept = mask[mask != 0].unique()
+        reference = torch.nn.functional.dropout(torch.ones(10_000, dtype=dtype), 0.05, True)
+        assert torch.equal(kept, reference[reference != 0].unique())
+
+
+def test_forward_backward_and_seeding():
+    x = torch.randn(64, 48, requires_grad=True)
+    drop = CpuPoissonDropout(0.1)
+    torch.manual_seed(3)
+    y = drop(x)
+    y.sum().backward()
+    mask = (y != 0).float() * torch.tensor(1 / 0.9)
+    assert torch.equal(x.grad, mask) and torch.equal(y, x * mask)  # the gradient is the mask the forward used
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)  # the stream moved on
+    drop.eval()
+    assert torch.equal(drop(x), x)
+    assert torch.equal(CpuPoissonDropout(0.0)(x), x)
+
+
+@pytest.mark.parametrize("switch", [True, False])
+def test_apply_lora_swaps_lora_dropout_only_when_asked(backbone, switch):
+    lora = {"r": 4, "alpha": 8, "dropout": 0.05, "cpu_poisson_dropout": switch}
+    model = apply_lora(backbone.model, lora, ["q_proj", "v_proj", "down_proj"])
+    slots = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
+             for d in m.lora_dropout.values()]  # fmt: skip
+    layers = model.base_model.model.config.num_hidden_layers
+    assert len(slots) == 3 * layers
+    assert all(type(d) is (CpuPoissonDropout if switch else nn.Dropout) for d in slots)
+    assert all(d.p == 0.05 for d in slots)
+    assert not any("dropout" in k for k in model.state_dict())  # nothing new saved
