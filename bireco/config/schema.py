@@ -98,9 +98,11 @@ class ReconstructionStageConfig:
     # without any reconstruction signal
     anchor: str = "embedding"
     # beyond the paper, off by default and in every preset (docs/method.md §2.4): how the decoder
-    # receives the anchor. raw (paper) | token_norm | centered_token_norm; a real token before the anchor
+    # receives the anchor. raw (paper) | token_norm | centered_token_norm | affine (token_norm, then a learned
+    # H x H map initialised to the identity, at anchor_affine_lr; null = optim.lr); a real token before the anchor
     # (null = the paper, bos, or a token string of the tokenizer)
     anchor_scale: str = "raw"
+    anchor_affine_lr: float | None = None
     anchor_lead_token: str | None = None
     probe: AnchorProbeConfig = field(default_factory=lambda: AnchorProbeConfig())
     init_from: str = "base"

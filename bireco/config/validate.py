@@ -84,6 +84,11 @@ def validate(cfg: DictConfig) -> None:
         _choice(s.labels, LABEL_MODES, "stage.labels")
         _choice(s.anchor, ANCHOR_SOURCES, "stage.anchor")
         _choice(s.anchor_scale, ANCHOR_SCALES, "stage.anchor_scale")
+        if s.anchor_affine_lr is not None and (s.anchor_scale != "affine" or s.anchor_affine_lr <= 0):
+            raise ConfigError(
+                f"stage.anchor_affine_lr={s.anchor_affine_lr}: a positive learning rate, and only with "
+                f"stage.anchor_scale=affine (got {s.anchor_scale})"
+            )
         if s.probe.every_n_steps < 0 or (
             s.probe.every_n_steps and (s.probe.pairs < 2 or s.probe.batch_size < 2)
         ):

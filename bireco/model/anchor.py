@@ -19,9 +19,10 @@ from bireco.model.backbone import Backbone, ReconstructionOutput
 from bireco.model.pooling import last_token
 
 ANCHOR_SOURCES = ("embedding", "constant")
-ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm")
+ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm", "affine")
 LABEL_MODES = ("paper", "released_code")
 CONDITIONING_FILE = "stage1_anchor.json"  # in final/: how Stage I fed the anchor to its decoder
+AFFINE_FILE = "stage1_anchor.safetensors"  # ... and, for anchor_scale=affine, the learned map
 
 
 class AnchorConditioning(torch.nn.Module):
@@ -32,6 +33,9 @@ class AnchorConditioning(torch.nn.Module):
     at the scale the layers expect of an input position.
     centered_token_norm: a running mean of anchors is subtracted first (updated in training from detached batch
     means, momentum 0.01; the same vector in training and inference), then rescaled: what differs between pairs.
+    affine: rescaled as token_norm, then a learned affine map (H x H weight initialised to the identity, bias 0;
+    the only new parameters, trained with Stage I, `stage.anchor_affine_lr`): the decoder-side analogue of the
+    projector that one-token context compressors train, so the anchor can be moved to where the decoder reads.
     `lead_token_id`: one real token before the anchor (`[token; anchor; tokens]`), so the anchor does not sit at
     position 0, where the model keeps its attention sink. Gradients flow through every option to the encoder side.
     """
@@ -47,6 +51,12 @@ class AnchorConditioning(torch.nn.Module):
         keep = scale == "centered_token_norm"
         self.register_buffer("center", torch.zeros(hidden_size), persistent=keep)
         self.register_buffer("center_ready", torch.zeros((), dtype=torch.bool), persistent=keep)
+        self.affine = None
+        if scale == "affine":
+            self.affine = torch.nn.Linear(hidden_size, hidden_size)
+            with torch.no_grad():
+                self.affine.weight.copy_(torch.eye(hidden_size))
+                self.affine.bias.zero_()
 
     @property
     def is_raw(self) -> bool:
@@ -67,7 +77,8 @@ class AnchorConditioning(torch.nn.Module):
                         self.center_ready.fill_(True)
             anchor = anchor - self.center.to(anchor.dtype)
         norm = anchor.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return anchor * (self.token_norm / norm).to(anchor.dtype)
+        anchor = anchor * (self.token_norm / norm).to(anchor.dtype)
+        return anchor if self.affine is None else self.affine(anchor)
 
     def decoder_prefix(self, anchor: torch.Tensor, input_embeddings: torch.nn.Module) -> torch.Tensor:
         """(B, H) anchor -> (B, P, H) the positions before the target's tokens: `[anchor]` (the paper) or
@@ -89,24 +100,48 @@ class AnchorConditioning(torch.nn.Module):
         return out
 
     @classmethod
-    def from_record(cls, record: dict) -> AnchorConditioning:
+    def from_record(cls, record: dict, affine: dict[str, torch.Tensor] | None = None) -> AnchorConditioning:
         center = record.get("center")
-        c = cls(record.get("scale", "raw"), record.get("token_norm", 1.0), len(center) if center else 1,
-                record.get("lead_token_id"))  # fmt: skip
+        hidden = len(center) if center else affine["weight"].shape[0] if affine else 1
+        c = cls(
+            record.get("scale", "raw"), record.get("token_norm", 1.0), hidden, record.get("lead_token_id")
+        )
         if center:
             c.center.copy_(torch.tensor(center))
             c.center_ready.fill_(True)
+        if c.affine is not None:
+            c.affine.load_state_dict(affine)
         return c
 
 
 def save_conditioning(checkpoint: str | os.PathLike, conditioning: AnchorConditioning) -> None:
+    """final/stage1_anchor.json (+ stage1_anchor.safetensors for the learned affine), the weights first so a
+    record never names a map that is not there."""
+    if conditioning.affine is not None:
+        from safetensors.torch import save_file
+
+        tmp = Path(checkpoint) / f".{AFFINE_FILE}.partial"
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in conditioning.affine.state_dict().items()},
+                  str(tmp))  # fmt: skip
+        os.replace(tmp, Path(checkpoint) / AFFINE_FILE)
     atomic_write_text(Path(checkpoint) / CONDITIONING_FILE, json.dumps(conditioning.record(), indent=2))
 
 
 def load_conditioning(checkpoint: str | os.PathLike) -> AnchorConditioning | None:
     """The Stage I decoder-input options a checkpoint recorded (final/stage1_anchor.json), None = the paper's."""
     path = Path(checkpoint) / CONDITIONING_FILE
-    return AnchorConditioning.from_record(json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    affine = None
+    if record.get("scale") == "affine":
+        from safetensors.torch import load_file
+
+        weights = Path(checkpoint) / AFFINE_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} records anchor_scale=affine but {weights} is missing")
+        affine = load_file(str(weights))
+    return AnchorConditioning.from_record(record, affine)
 
 
 def median_token_norm(backbone: Backbone) -> float:

@@ -77,9 +77,15 @@ class StageModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(
-            self.trainer.model.parameters() if self._trainer else self.parameters(), self.optim_cfg
+            self.trainer.model.parameters() if self._trainer else self.parameters(),
+            self.optim_cfg,
+            self.lr_of,
         )
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.optim_cfg, self.lr_horizon)}
+
+    def lr_of(self, param) -> float | None:
+        """A parameter's own learning rate, None = stage.optim.lr (a stage may give its extra parameters one)."""
+        return None
 
     def on_train_start(self):
         self.backbone.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA) must be on

@@ -10,15 +10,20 @@ import torch
 LR_SCHEDULES = ("linear", "cosine", "constant")
 
 
-def build_optimizer(params, optim: Any) -> torch.optim.Optimizer:
+def build_optimizer(params, optim: Any, lr_of=None) -> torch.optim.Optimizer:
+    """AdamW over the trainable `params` at `optim.lr`; `lr_of(p)` may give a parameter its own learning rate
+    (a group of its own; the schedule scales every group alike)."""
     params = [p for p in params if p.requires_grad]
     fused = (
         optim.fused
         if optim.fused is not None
         else torch.cuda.is_available() and all(p.is_cuda for p in params)
     )
+    groups: dict[float, list] = {}
+    for p in params:
+        groups.setdefault(float((lr_of and lr_of(p)) or optim.lr), []).append(p)
     return torch.optim.AdamW(
-        params,
+        [{"params": ps, "lr": lr} for lr, ps in groups.items()] if len(groups) > 1 else params,
         lr=optim.lr,
         betas=tuple(optim.betas),
         eps=optim.eps,

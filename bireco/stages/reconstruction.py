@@ -43,6 +43,7 @@ class ReconstructionModule(StageModule):
         anchor: str = "embedding",
         anchor_scale: str = "raw",
         anchor_lead_token: str | None = None,
+        anchor_affine_lr: float | None = None,
     ):
         super().__init__(backbone, optim, lr_horizon, on_nonfinite)
         if not 0.0 <= alpha <= 1.0:
@@ -53,7 +54,15 @@ class ReconstructionModule(StageModule):
         # a submodule: the centred option's running mean is in the state dict and follows the module's device
         self.conditioning = conditioning_for(backbone, anchor_scale, anchor_lead_token)
         self.reader = AnchorReader(backbone, self.conditioning, anchor, labels, reconstruct_instruction)
+        self.anchor_affine_lr = anchor_affine_lr
         self.micro_step = 0  # drives the interleave; saved in checkpoints
+
+    def lr_of(self, param) -> float | None:
+        """`stage.anchor_affine_lr` for the learned anchor map of `stage.anchor_scale=affine` (null = the stage's)."""
+        affine = self.conditioning.affine
+        if affine is not None and any(param is p for p in affine.parameters()):
+            return self.anchor_affine_lr
+        return None
 
     def anchor(self, side: dict) -> torch.Tensor:
         """(B, H) the anchor of one side (bireco.model.anchor.AnchorReader.anchor)."""

@@ -33,6 +33,9 @@ OPTIONS = {
     "token_norm": ["stage.anchor_scale=token_norm"],
     "centered": ["stage.anchor_scale=centered_token_norm"],
     "lead_token_norm": ["stage.anchor_scale=token_norm", "stage.anchor_lead_token=bos"],
+    # a learned map (identity at the start) at 10x the decoder's learning rate: fast enough to move the anchor to
+    # where the decoder reads before the language prior is spent (one setting, not tuned)
+    "affine": ["stage.anchor_scale=affine", "stage.anchor_affine_lr=3e-3"],
     "constant": ["stage.anchor=constant"],
 }
 DESIGNS: dict[str, list[str]] = {

@@ -61,6 +61,32 @@ def test_probe_logs_anchor_gain_while_training(cfg_factory, tmp_path, monkeypatc
     assert json.loads((run_dir / "final" / "stage1_anchor.json").read_text())["scale"] == "raw"
 
 
+def test_a_stage1_run_trains_and_keeps_the_affine_anchor_map(cfg_factory, tmp_path, monkeypatch):
+    """`stage.anchor_scale=affine` through bireco.train: the map trains (it leaves the identity), final/ keeps it
+    and the probe of inspection reads through it."""
+    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use
+    from bireco.model.anchor import load_conditioning
+    from bireco.model.backbone import Backbone
+    from bireco.training import anchor_probe
+    from bireco.training.run import run
+
+    monkeypatch.setattr(anchor_probe, "heldout_records", lambda cfg, dm, n: list(RECORDS))
+    data = write_pairs(tmp_path / "pairs.jsonl", copies=1)
+    cfg = cfg_factory("stage=reconstruction", "data=jsonl", f"data.path={data}", "data.num_hard_negatives=0",
+                      "data.global_batch_size=4", "trainer.precision=32-true", "trainer.max_steps=3",
+                      "stage.optim.warmup_steps=0", "stage.anchor_scale=affine", "stage.anchor_affine_lr=1e-2",
+                      "stage.probe.every_n_steps=3", "stage.probe.batch_size=4")  # fmt: skip
+    run(cfg)
+    final = Path(cfg.run_dir) / "final"
+    loaded = load_conditioning(final)
+    assert loaded.scale == "affine" and (final / "stage1_anchor.safetensors").is_file()
+    assert not torch.allclose(loaded.affine.weight, torch.eye(loaded.affine.weight.shape[0]))
+    use = checkpoint_anchor_use(Backbone.load(final), list(RECORDS), batch_size=4, bf16=False,
+                                conditioning=loaded)  # fmt: skip
+    logged = probe_rows(Path(cfg.run_dir)).loc[3]
+    assert use["ce_d2q"] == pytest.approx(logged["probe/ce_d2q"], rel=1e-4)  # read as training read it
+
+
 def test_the_probe_does_not_change_training(cfg_factory, tmp_path, monkeypatch):
     """No gradient, eval mode, no global RNG draws: the same losses with and without it (LoRA dropout on)."""
     from conftest import logged_losses
@@ -178,6 +204,47 @@ def test_conditioning_is_recorded_and_inspection_decodes_with_it(backbone, tmp_p
     assert len(ids) <= 3
     assert load_conditioning(tmp_path) is None  # no record: the paper's raw anchor
     assert AnchorConditioning().is_raw
+
+
+def test_affine_anchor_map_starts_as_token_norm_trains_at_its_own_lr_and_round_trips(backbone, tmp_path):
+    """`stage.anchor_scale=affine`: identity-initialised, so step 0 is the token_norm option; its weights get a
+    gradient and an optimizer group at `stage.anchor_affine_lr`, the encoder side still gets its gradient; final/
+    keeps the map beside the record and inspection loads it (a record without its weights is a clear error)."""
+    from bireco.model.anchor import AFFINE_FILE, load_conditioning, save_conditioning
+
+    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog", "red"])
+    m = _module(backbone, anchor_scale="affine", anchor_affine_lr=1e-2)
+    ref = _module(backbone, anchor_scale="token_norm")
+    m.train()
+    anchor = m.anchor(side)
+    assert torch.allclose(m.conditioning(anchor), ref.conditioning(anchor), atol=1e-5)
+    assert "conditioning.affine.weight" in m.state_dict()
+    anchor.retain_grad()
+    m.decode(anchor, side).loss.backward()
+    assert m.conditioning.affine.weight.grad.abs().sum() > 0 and anchor.grad.norm() > 0
+    opt = m.configure_optimizers()["optimizer"]
+    lrs = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the warmup factor
+    assert lrs[id(m.conditioning.affine.weight)] == 1e-2
+    assert lrs[id(next(backbone.parameters()))] == m.optim_cfg.lr
+    opt.step()
+    assert not torch.equal(m.conditioning.affine.weight, torch.eye(backbone.hidden_size))
+    save_conditioning(tmp_path, m.conditioning)
+    loaded = load_conditioning(tmp_path).eval()
+    m.eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(anchor), m.conditioning(anchor))
+    (tmp_path / AFFINE_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match=AFFINE_FILE):
+        load_conditioning(tmp_path)
+
+
+def test_affine_lr_needs_the_affine_scale(cfg_factory):
+    from bireco.config.validate import validate
+    from bireco.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="anchor_scale=affine"):
+        validate(cfg_factory("stage=reconstruction", "stage.anchor_affine_lr=1e-3"))
+    validate(cfg_factory("stage=reconstruction", "stage.anchor_scale=affine", "stage.anchor_affine_lr=1e-3"))
 
 
 @pytest.mark.slow
