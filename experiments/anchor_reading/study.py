@@ -93,7 +93,14 @@ def design_overrides(name: str, embedder: Path | None) -> list[str]:
     return overrides
 
 
-def run_design(name: str, out: Path, seed: int, embedder: Path | None = None) -> dict:
+def run_key(name: str, seed: int, embedder_label: str | None = None) -> str:
+    """results.json key and run variant: `d2q_raw-seed42`, `d2q_raw_from_embedder[demo_anchor]-seed42`."""
+    return f"{name}[{embedder_label}]-seed{seed}" if EMBEDDER in DESIGNS[name] else f"{name}-seed{seed}"
+
+
+def run_design(
+    name: str, out: Path, seed: int, embedder: Path | None = None, embedder_label: str | None = None
+) -> dict:
     import pandas as pd
 
     from bireco.config.compose import compose_train
@@ -103,7 +110,13 @@ def run_design(name: str, out: Path, seed: int, embedder: Path | None = None) ->
 
     overrides = design_overrides(name, embedder)
     cfg = compose_train(
-        [*COMMON, f"output_root={out}", f"variant={name}-seed{seed}", f"seed={seed}", *overrides]
+        [
+            *COMMON,
+            f"output_root={out}",
+            f"variant={run_key(name, seed, embedder_label).replace('[', '-').replace(']', '')}",
+            f"seed={seed}",
+            *overrides,
+        ]
     )
     t0 = time.perf_counter()
     run(cfg)
@@ -119,7 +132,7 @@ def run_design(name: str, out: Path, seed: int, embedder: Path | None = None) ->
     cond = load_conditioning(final_dir(run_dir))
     trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
                             conditioning=cond)  # fmt: skip
-    init = {"init_from": relative(embedder)} if EMBEDDER in DESIGNS[name] else {}
+    init = {"init_from": relative(embedder), "embedder": embedder_label} if EMBEDDER in DESIGNS[name] else {}
     return {"design": name, "seed": seed, "overrides": DESIGNS[name], **init, "seconds": seconds, "probe": curve,
             "train_pairs_probe": trained_on, "run_dir": relative(run_dir)}  # fmt: skip
 
@@ -151,7 +164,7 @@ def write_table(results: dict, path: Path) -> None:
         constant = "stage.anchor=constant" in r["overrides"]
         gain_train = "— (constant)" if constant else f"{r['train_pairs_probe']['anchor_gain_d2q']:+.3f}"
         lines.append(
-            f"| {r['design']} | {r['seconds']} | {first_last('anchor_gain_d2q')} / {first_last('anchor_gain_q2d')} | "
+            f"| {r['design']}{' [' + r['embedder'] + ']' if r.get('embedder') else ''} | {r['seconds']} | {first_last('anchor_gain_d2q')} / {first_last('anchor_gain_q2d')} | "
             f"{p['ce_d2q'][-1][1]:.3f} / {p['acc_d2q'][-1][1]:.3f} | {gain_train} | {shares} |"
         )
     path.write_text("\n".join(lines) + "\n")
@@ -166,6 +179,7 @@ def main() -> None:
         "--overlap", type=int, default=0, help="K dev documents: reconstructed-query word overlap"
     )
     ap.add_argument("--embedder", type=Path, help="checkpoint the *_from_embedder designs start Stage I from")
+    ap.add_argument("--embedder-label", help="a short name for --embedder, e.g. demo_anchor (keys the rows)")
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -175,10 +189,14 @@ def main() -> None:
     store = HERE / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
     for name in args.designs:
-        key = f"{name}-seed{args.seed}"
+        if EMBEDDER in DESIGNS[name] and not args.embedder_label:
+            raise SystemExit(
+                f"{name}: give --embedder-label NAME (what --embedder is; it keys the results row)"
+            )
+        key = run_key(name, args.seed, args.embedder_label)
         if key not in results:
             results[key] = {
-                **run_design(name, args.out, args.seed, args.embedder),
+                **run_design(name, args.out, args.seed, args.embedder, args.embedder_label),
                 "machine": f"{platform.processor() or platform.machine()}",
             }
         if args.overlap and results[key].get("overlap", {}).get("k") != args.overlap:

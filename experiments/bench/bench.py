@@ -556,6 +556,7 @@ GROUPS = {
     "stage2_nockpt": lambda s: stage2_variants(s, ckpt=False),
     "varlen": varlen_variants,
     "stage2_compile": lambda s: stage2_variants(s, ckpt=True, compiled=True),  # GPU: compile time ~1 min
+    "stage2_compile_nockpt": lambda s: stage2_variants(s, ckpt=False, compiled=True),  # next to stage2_nockpt
     # bireco's steps with transformers' sdpa instead of its CPU training attention: run next to stage1_nockpt /
     # stage2_nockpt, the ratio is what bireco.model.attention buys
     "native_attention": lambda s: (
