@@ -19,6 +19,8 @@ import platform
 import time
 from pathlib import Path
 
+import torch
+
 from bireco.core.runs import final_dir, metrics_csv
 
 HERE = Path(__file__).resolve().parent
@@ -65,6 +67,13 @@ DESIGNS: dict[str, list[str]] = {
         f"joint_{k}_from_embedder": [*DEMO_BUDGET, *JOINT, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")
     },
 }
+
+
+def wordnet_data():
+    """The study's data config (data=wordnet as its runs compose it): the probe's pairs carry the same instructions."""
+    from bireco.config.compose import compose_train
+
+    return compose_train(COMMON).data
 
 
 def relative(path: Path) -> str:
@@ -149,9 +158,41 @@ def add_overlap(row: dict, k: int) -> None:
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
 
 
+def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
+    """What a Stage I left of the embedding, on WordNet dev: the probe with *real* anchors (for a constant-anchor
+    run too: does its decoder read an anchor it never saw in training?), how alike the 64 probe documents' anchors
+    are (mean pairwise cosine; 1 = collapsed), and dev retrieval nDCG@10 (200 queries, 500 documents, 32 / 48
+    tokens: the demo's in-training dev check)."""
+    import torch.nn.functional as F
+
+    from bireco.evaluation.anchor_diagnostics import anchor_of, checkpoint_anchor_use, wordnet_dev_pairs
+    from bireco.evaluation.retrieval import evaluate, wordnet_retrieval_set
+    from bireco.model.anchor import load_conditioning
+    from bireco.model.backbone import Backbone
+
+    backbone = Backbone.load(final).eval()
+    pairs = wordnet_dev_pairs(64, seed, data_cfg)
+    probe = checkpoint_anchor_use(backbone, pairs, batch_size=16, conditioning=load_conditioning(final))
+    with torch.no_grad():
+        docs = F.normalize(
+            torch.cat([anchor_of(backbone, r["positive"], max_length=48) for r in pairs]).float(), dim=-1
+        )
+    n = len(pairs)
+    cos = float(((docs @ docs.T).sum() - n) / (n * (n - 1)))
+    dev = evaluate(
+        backbone, wordnet_retrieval_set("dev", corpus_size=500), max_query_length=32, max_doc_length=48
+    )
+    return {
+        "real_anchor_probe": probe,
+        "doc_anchor_mean_cos": round(cos, 4),
+        "dev_ndcg10": round(dev["ndcg@10"], 4),
+    }
+
+
 def write_table(results: dict, path: Path) -> None:
     lines = ["| design | s | held-out gain d2q / q2d (first -> last probe) | held-out CE d2q / acc | "
-             "gain d2q on 64 training pairs | query shares a content word |", "|---|---|---|---|---|---|"]  # fmt: skip
+             "gain d2q on 64 training pairs | query shares a content word | after training, real anchors: held-out "
+             "gain d2q / q2d, doc-anchor cosine, dev nDCG@10 |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in results.values():
         p = r["probe"]
 
@@ -160,12 +201,19 @@ def write_table(results: dict, path: Path) -> None:
 
         ov = r.get("overlap")
         shares = f"{ov['rate']:.2f} of {ov['k']}" if ov else "—"
-        # a constant-anchor model never saw a real anchor: swapping real anchors measures nothing it learned
-        constant = "stage.anchor=constant" in r["overrides"]
+        # a constant-anchor model from the base never saw a real anchor: swapping real anchors measures nothing it
+        # learned (from a trained embedder it measures what it kept)
+        constant = "stage.anchor=constant" in r["overrides"] and not r.get("embedder")
         gain_train = "— (constant)" if constant else f"{r['train_pairs_probe']['anchor_gain_d2q']:+.3f}"
+        st = r.get("stats")
+        after = "—"
+        if st:
+            g = st["real_anchor_probe"]
+            after = (f"{g['anchor_gain_d2q']:+.3f} / {g['anchor_gain_q2d']:+.3f}, {st['doc_anchor_mean_cos']:.3f}, "
+                     f"{100 * st['dev_ndcg10']:.1f}")  # fmt: skip
         lines.append(
             f"| {r['design']}{' [' + r['embedder'] + ']' if r.get('embedder') else ''} | {r['seconds']} | {first_last('anchor_gain_d2q')} / {first_last('anchor_gain_q2d')} | "
-            f"{p['ce_d2q'][-1][1]:.3f} / {p['acc_d2q'][-1][1]:.3f} | {gain_train} | {shares} |"
+            f"{p['ce_d2q'][-1][1]:.3f} / {p['acc_d2q'][-1][1]:.3f} | {gain_train} | {shares} | {after} |"
         )
     path.write_text("\n".join(lines) + "\n")
 
@@ -180,6 +228,14 @@ def main() -> None:
     )
     ap.add_argument("--embedder", type=Path, help="checkpoint the *_from_embedder designs start Stage I from")
     ap.add_argument("--embedder-label", help="a short name for --embedder, e.g. demo_anchor (keys the rows)")
+    ap.add_argument("--stats", action="store_true", help="add checkpoint_stats to each --designs row")
+    ap.add_argument(
+        "--checkpoint-stats",
+        nargs="*",
+        default=[],
+        metavar="LABEL=PATH",
+        help="checkpoint_stats of other checkpoints (the embedder, the base) -> checkpoint_stats.json",
+    )
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -188,6 +244,16 @@ def main() -> None:
         return
     store = HERE / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
+    other = HERE / "checkpoint_stats.json"
+    for item in args.checkpoint_stats:
+        label, path = item.split("=", 1)
+        stats = json.loads(other.read_text()) if other.is_file() else {}
+        stats[label] = {
+            "path": relative(Path(path)),
+            **checkpoint_stats(Path(path), wordnet_data(), args.seed),
+        }
+        other.write_text(json.dumps(stats, indent=1))
+        print(label, json.dumps(stats[label]), flush=True)
     for name in args.designs:
         if EMBEDDER in DESIGNS[name] and not args.embedder_label:
             raise SystemExit(
@@ -201,6 +267,10 @@ def main() -> None:
             }
         if args.overlap and results[key].get("overlap", {}).get("k") != args.overlap:
             add_overlap(results[key], args.overlap)
+        if args.stats and "stats" not in results[key]:
+            results[key]["stats"] = checkpoint_stats(
+                final_dir(results[key]["run_dir"]), wordnet_data(), args.seed
+            )
         store.write_text(json.dumps(results, indent=1))
         write_table(results, HERE / "results.md")
         print(
