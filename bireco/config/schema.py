@@ -103,6 +103,9 @@ class ReconstructionStageConfig:
     # (null = the paper, bos, or a token string of the tokenizer)
     anchor_scale: str = "raw"
     anchor_affine_lr: float | None = None
+    # a diagnostic, beyond the paper (which back-propagates through the anchor): no gradient from the
+    # reconstruction loss into the embedding through the anchor; the shared weights still train as the decoder
+    anchor_detach: bool = False
     anchor_lead_token: str | None = None
     probe: AnchorProbeConfig = field(default_factory=lambda: AnchorProbeConfig())
     init_from: str = "base"

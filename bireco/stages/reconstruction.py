@@ -44,6 +44,7 @@ class ReconstructionModule(StageModule):
         anchor_scale: str = "raw",
         anchor_lead_token: str | None = None,
         anchor_affine_lr: float | None = None,
+        anchor_detach: bool = False,
     ):
         super().__init__(backbone, optim, lr_horizon, on_nonfinite)
         if not 0.0 <= alpha <= 1.0:
@@ -55,6 +56,7 @@ class ReconstructionModule(StageModule):
         self.conditioning = conditioning_for(backbone, anchor_scale, anchor_lead_token)
         self.reader = AnchorReader(backbone, self.conditioning, anchor, labels, reconstruct_instruction)
         self.anchor_affine_lr = anchor_affine_lr
+        self.anchor_detach = anchor_detach
         self.micro_step = 0  # drives the interleave; saved in checkpoints
 
     def lr_of(self, param) -> float | None:
@@ -65,8 +67,10 @@ class ReconstructionModule(StageModule):
         return None
 
     def anchor(self, side: dict) -> torch.Tensor:
-        """(B, H) the anchor of one side (bireco.model.anchor.AnchorReader.anchor)."""
-        return self.reader.anchor(side)
+        """(B, H) the anchor of one side (bireco.model.anchor.AnchorReader.anchor); `stage.anchor_detach`: without
+        its gradient, so the reconstruction loss trains the decoder's reading but not the embedding (a diagnostic)."""
+        anchor = self.reader.anchor(side)
+        return anchor.detach() if self.anchor_detach else anchor
 
     def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
         """CE of `target` decoded from `anchor` (B, H), through the stage's anchor conditioning."""

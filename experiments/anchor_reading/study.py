@@ -38,6 +38,9 @@ OPTIONS = {
     # a learned map (identity at the start) at 10x the decoder's learning rate: fast enough to move the anchor to
     # where the decoder reads before the language prior is spent (one setting, not tuned)
     "affine": ["stage.anchor_scale=affine", "stage.anchor_affine_lr=3e-3"],
+    # the paper's raw anchor without its gradient into the embedding (a diagnostic: does reading die in the
+    # encoder or in the decoder?)
+    "raw_detached": ["stage.anchor_detach=true"],
     "constant": ["stage.anchor=constant"],
 }
 DESIGNS: dict[str, list[str]] = {

@@ -238,6 +238,25 @@ def test_affine_anchor_map_starts_as_token_norm_trains_at_its_own_lr_and_round_t
         load_conditioning(tmp_path)
 
 
+def test_detached_anchor_trains_the_decoder_only(backbone):
+    """`stage.anchor_detach=true`: the step's gradient is exactly that of decoding a detached anchor, and differs
+    from the paper's (whose gradient also reaches the embedding through the anchor)."""
+    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog"])
+    target = make_side(backbone, ["dog", "a domesticated carnivorous mammal"])
+
+    def grads(module, detach_by_hand=False):
+        backbone.zero_grad()
+        anchor = module.anchor(side)
+        module.decode(anchor.detach() if detach_by_hand else anchor, target).loss.backward()
+        return {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
+
+    detached = grads(_module(backbone, anchor_detach=True))
+    by_hand = grads(_module(backbone), detach_by_hand=True)
+    paper = grads(_module(backbone))
+    assert detached.keys() == by_hand.keys() and all(torch.equal(detached[k], by_hand[k]) for k in detached)
+    assert any(not torch.allclose(detached[k], paper[k]) for k in detached)
+
+
 def test_affine_lr_needs_the_affine_scale(cfg_factory):
     from bireco.config.validate import validate
     from bireco.core.errors import ConfigError
