@@ -65,7 +65,10 @@ DESIGNS: dict[str, list[str]] = {
     # Stage I starting from a trained embedder (--embedder PATH, e.g. the demo's Anchor Stage II): its anchors already
     # tell the dev documents apart, so these ask whether the *decoder* learns to read within the budget when the
     # encoder has something to give (the chicken-and-egg of an untrained encoder removed)
-    **{f"d2q_{k}_from_embedder": [*DEMO_BUDGET, *D2Q, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")},
+    **{
+        f"d2q_{k}_from_embedder": [*DEMO_BUDGET, *D2Q, *OPTIONS[k], EMBEDDER]
+        for k in ("raw", "constant", "affine", "raw_detached")
+    },
     **{
         f"joint_{k}_from_embedder": [*DEMO_BUDGET, *JOINT, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")
     },
