@@ -70,10 +70,13 @@ def test_grad_cache_equals_uncached_step(backbone):
         assert torch.allclose(g_a[k], g_b[k], atol=1e-5), k
 
 
-def test_grad_cache_replays_dropout_masks(backbone):
+@pytest.mark.parametrize("poisson", [False, True])
+def test_grad_cache_replays_dropout_masks(backbone, poisson):
     """With dropout on, the recomputation in backward must see the masks of the no-grad pass: two cached
-    steps from the same seed agree exactly, and a changed seed changes the gradient."""
-    backbone.model = apply_lora(backbone.model, {"r": 4, "alpha": 8, "dropout": 0.3}, ["q_proj", "v_proj"])
+    steps from the same seed agree exactly, and a changed seed changes the gradient (torch's nn.Dropout and
+    bireco's CPU Poisson dropout alike)."""
+    lora = {"r": 4, "alpha": 8, "dropout": 0.3, "cpu_poisson_dropout": poisson}
+    backbone.model = apply_lora(backbone.model, lora, ["q_proj", "v_proj"])
     with torch.no_grad():
         for n, p in backbone.model.named_parameters():
             if "lora_B" in n:
