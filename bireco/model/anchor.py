@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from bireco.core.files import atomic_write_text
+from bireco.core.files import atomic_path, atomic_write_text
 from bireco.model.backbone import Backbone, ReconstructionOutput
 from bireco.model.pooling import last_token
 
@@ -120,10 +120,11 @@ def save_conditioning(checkpoint: str | os.PathLike, conditioning: AnchorConditi
     if conditioning.affine is not None:
         from safetensors.torch import save_file
 
-        tmp = Path(checkpoint) / f".{AFFINE_FILE}.partial"
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in conditioning.affine.state_dict().items()},
-                  str(tmp))  # fmt: skip
-        os.replace(tmp, Path(checkpoint) / AFFINE_FILE)
+        weights = {
+            k: v.detach().float().cpu().contiguous() for k, v in conditioning.affine.state_dict().items()
+        }
+        with atomic_path(Path(checkpoint) / AFFINE_FILE) as tmp:
+            save_file(weights, str(tmp))
     atomic_write_text(Path(checkpoint) / CONDITIONING_FILE, json.dumps(conditioning.record(), indent=2))
 
 
