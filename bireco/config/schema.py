@@ -54,9 +54,9 @@ class LoraConfig:
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None -> model.lora_target_modules
     # on a CPU, draw the dropout mask's dropped positions (Poisson) instead of one Bernoulli per element: the same
-    # mask distribution, another random stream, Stage II's step 0.63x (bireco.model.dropout). Opt-in until the
-    # demo's published numbers are rerun with it (they move by dropout noise); false = nn.Dropout
-    cpu_poisson_dropout: bool = False
+    # mask distribution, another random stream, Stage II's step 0.63x (bireco.model.dropout); false = nn.Dropout
+    # (GPUs always use nn.Dropout)
+    cpu_poisson_dropout: bool = True
 
 
 @dataclass

@@ -9,8 +9,7 @@ independently with probability 1 − e^−λ = p: the same i.i.d. Bernoulli mask
 draws instead of n. Kept elements are scaled by 1/(1 − p) in the input's dtype, as `F.dropout` does. The random
 numbers differ from torch's (another stream of the same seed), so runs are reproducible but not bit-identical to
 `nn.Dropout`. Off the CPU (CUDA has a fused kernel) and in eval mode it is `nn.Dropout` itself.
-Switch: `stage.lora.cpu_poisson_dropout=true` (opt-in for now: the default stays `nn.Dropout` until the demo's
-published numbers are rerun with it).
+Switch: `stage.lora.cpu_poisson_dropout` (default true; false = `nn.Dropout` everywhere).
 """
 
 from __future__ import annotations

@@ -140,7 +140,7 @@ def apply_lora(model: nn.Module, lora: dict, family_targets: list[str] | None) -
         bias="none",
     )
     model = get_peft_model(model, config)
-    if lora.get("cpu_poisson_dropout", False):
+    if lora.get("cpu_poisson_dropout", True):
         from bireco.model.dropout import use_cpu_poisson_dropout
 
         use_cpu_poisson_dropout(model)
