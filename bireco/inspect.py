@@ -29,11 +29,12 @@ def _hydra_main(cfg: DictConfig) -> None:
         target_prompt,
         wordnet_dev_pairs,
     )
-    from bireco.model.anchor import load_conditioning
+    from bireco.model.anchor import load_conditioning, load_decoder
     from bireco.model.backbone import Backbone
 
     backbone = Backbone.load(cfg.checkpoint)
     conditioning = load_conditioning(cfg.checkpoint)
+    decoder = load_decoder(cfg.checkpoint)  # None: the checkpoint decodes itself (the paper)
     if cfg.text is None:
         if not cfg.probe:
             sys.exit(
@@ -45,14 +46,14 @@ def _hydra_main(cfg: DictConfig) -> None:
         data = trained.data if trained is not None else {}
         use = checkpoint_anchor_use(backbone, records, max_query_length=data.get("max_query_length", 128),
                                     max_doc_length=data.get("max_doc_length", 256),
-                                    conditioning=conditioning)  # fmt: skip
+                                    conditioning=conditioning, decoder=decoder)  # fmt: skip
         print(f"anchor probe on {len(records)} WordNet dev pairs (nats per token; gain = CE with another pair's "
               "anchor - CE with its own; 0 = the anchor is not read)")  # fmt: skip
         for d in ("q2d", "d2q"):
             ce, acc, gain = use[f"ce_{d}"], use[f"acc_{d}"], use[f"anchor_gain_{d}"]
             print(f"  {d}: CE {ce:.3f}  accuracy {acc:.3f}  anchor gain {gain:+.3f}")
         if cfg.examples:
-            ov = query_overlap(backbone, records[: cfg.examples], conditioning=conditioning)
+            ov = query_overlap(backbone, records[: cfg.examples], conditioning=conditioning, decoder=decoder)
             print(f"reconstructed query shares a content word with the true one: {ov['rate']:.2f} "
                   f"({len(ov['examples'])} dev documents)")  # fmt: skip
             for e in ov["examples"][:5]:
@@ -64,7 +65,9 @@ def _hydra_main(cfg: DictConfig) -> None:
     # decoding a query: its head carries the instruction too, unless Stage I reconstructed it as text
     prompt = target_prompt(backbone, cfg.instruction if cfg.side == "document" else None)
     anchor = anchor_of(backbone, cfg.text, instruction)
-    _, text = reconstruct(backbone, anchor, cfg.max_new_tokens, prompt, conditioning)
+    _, text = reconstruct(
+        backbone if decoder is None else decoder, anchor, cfg.max_new_tokens, prompt, conditioning
+    )
     other = "document" if cfg.side == "query" else "query"
     print(f"{cfg.side}: {cfg.text!r}\nreconstructed {other} from its embedding: {text!r}")
 

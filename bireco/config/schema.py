@@ -108,6 +108,9 @@ class ReconstructionStageConfig:
     # reconstruction loss into the embedding through the anchor; the shared weights still train as the decoder
     anchor_detach: bool = False
     anchor_lead_token: str | None = None
+    # beyond the paper (which decodes with the weights it trains): shared (paper) | frozen (decode with a frozen
+    # copy of the start weights; only the encoder side trains, so the loss falls only as the embedding informs)
+    decoder: str = "shared"
     probe: AnchorProbeConfig = field(default_factory=lambda: AnchorProbeConfig())
     init_from: str = "base"
     lora: LoraConfig = field(default_factory=LoraConfig)

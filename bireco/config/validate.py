@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bireco.core.errors import ConfigError
 from bireco.core.precision import resolve_precision, weights_dtype
-from bireco.model.anchor import ANCHOR_SCALES, ANCHOR_SOURCES, LABEL_MODES
+from bireco.model.anchor import ANCHOR_SCALES, ANCHOR_SOURCES, DECODERS, LABEL_MODES
 from bireco.model.backbone import ATTENTIONS, DTYPES, SAVE_MODES
 from bireco.model.pooling import POOLING_MODES
 from bireco.model.text_format import PADDING_SIDES
@@ -89,6 +89,19 @@ def validate(cfg: DictConfig) -> None:
                 f"stage.anchor_affine_lr={s.anchor_affine_lr}: a positive learning rate, and only with "
                 f"stage.anchor_scale=affine (got {s.anchor_scale})"
             )
+        _choice(s.decoder, DECODERS, "stage.decoder")
+        if s.decoder == "frozen":
+            if s.anchor_scale != "affine" and (s.anchor == "constant" or s.anchor_detach):
+                raise ConfigError(
+                    f"stage.decoder=frozen with stage.anchor={s.anchor} / stage.anchor_detach={s.anchor_detach}: "
+                    "nothing would train (the frozen decoder gets no update and no gradient reaches the "
+                    "embedding); use stage.anchor_scale=affine to train the map alone"
+                )
+            if not cfg.model.name_or_path and s.init_from in (None, "base"):
+                raise ConfigError(
+                    "stage.decoder=frozen needs a start model loadable by name (model.name_or_path or "
+                    "stage.init_from=PATH): the frozen decoder is that model, and inspection loads it again"
+                )
         if s.probe.every_n_steps < 0 or (
             s.probe.every_n_steps and (s.probe.pairs < 2 or s.probe.batch_size < 2)
         ):

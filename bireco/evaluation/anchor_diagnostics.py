@@ -55,7 +55,7 @@ def pair_batches(backbone: Backbone, records: list[dict], *, batch_size: int = 3
 def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = None) -> dict[str, float]:
     """Token CE, accuracy and anchor gain per direction of a Stage I (its AnchorReader) over collated `batches`;
     the backbone's and the conditioning's train/eval modes are restored afterwards."""
-    modules = (reader.backbone, reader.conditioning)
+    modules = (reader.backbone, reader.conditioning)  # a frozen decoder is always in eval mode
     device = next(reader.backbone.parameters()).device
     was_training = [m.training for m in modules]
     for m in modules:
@@ -89,13 +89,16 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
 
 def checkpoint_anchor_use(backbone: Backbone, records: list[dict], *, batch_size: int = 32,
                           max_query_length: int = 32, max_doc_length: int = 48, bf16: bool | None = None,
-                          conditioning: AnchorConditioning | None = None) -> dict[str, float]:  # fmt: skip
+                          conditioning: AnchorConditioning | None = None,
+                          decoder: Backbone | None = None) -> dict[str, float]:  # fmt: skip
     """`anchor_use` for a loaded checkpoint on `records`. `conditioning`: how its Stage I fed the anchor
-    (bireco.model.anchor.load_conditioning), default the paper's raw anchor."""
+    (bireco.model.anchor.load_conditioning), default the paper's raw anchor; `decoder`: the frozen decoder of a
+    `stage.decoder=frozen` Stage I (bireco.model.anchor.load_decoder), default the checkpoint itself."""
     conditioning = (conditioning or AnchorConditioning()).to(next(backbone.parameters()).device)
     batches = pair_batches(backbone, records, batch_size=batch_size, max_query_length=max_query_length,
                            max_doc_length=max_doc_length)  # fmt: skip
-    return anchor_use(AnchorReader(backbone, conditioning), batches, bf16)
+    reader = AnchorReader(backbone, conditioning, decoder=None if decoder is None else decoder.eval())
+    return anchor_use(reader, batches, bf16)
 
 
 def wordnet_dev_pairs(n: int, seed: int = 42, data_cfg=None) -> list[dict]:
@@ -169,16 +172,18 @@ def content_words(text: str) -> set[str]:
 
 
 def query_overlap(backbone: Backbone, records: list[dict], max_new_tokens: int = 24,
-                  conditioning: AnchorConditioning | None = None, constant: bool = False) -> dict:  # fmt: skip
+                  conditioning: AnchorConditioning | None = None, constant: bool = False,
+                  decoder: Backbone | None = None) -> dict:  # fmt: skip
     """Reconstruct each record's query from its document's embedding (EBD2Q, greedy) and count how often the
     reconstruction shares a content word with the true query. Returns the rate and every (true, reconstructed).
     `constant`: decode from the `stage.anchor=constant` control's vector instead (what that model trained with):
-    its rate is what the language prior alone scores."""
+    its rate is what the language prior alone scores. `decoder`: a `stage.decoder=frozen` Stage I's decoder."""
+    decoder = backbone if decoder is None else decoder
     examples = []
     for r in records:
         prompt = target_prompt(backbone, r.get("instruction") or None)
-        anchor = constant_anchor(backbone)[None] if constant else anchor_of(backbone, r["positive"])
-        _, text = reconstruct(backbone, anchor, max_new_tokens, prompt, conditioning)
+        anchor = constant_anchor(decoder)[None] if constant else anchor_of(backbone, r["positive"])
+        _, text = reconstruct(decoder, anchor, max_new_tokens, prompt, conditioning)
         examples.append({"query": r["query"], "document": r["positive"], "reconstructed": text,
                          "shares_word": bool(content_words(text) & content_words(r["query"]))})  # fmt: skip
     rate = sum(e["shares_word"] for e in examples) / max(len(examples), 1)

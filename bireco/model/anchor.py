@@ -7,6 +7,7 @@ use these, so a probe or an inspection decodes exactly as training did (docs/met
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from bireco.model.backbone import Backbone, ReconstructionOutput
 from bireco.model.pooling import last_token
 
 ANCHOR_SOURCES = ("embedding", "constant")
+DECODERS = ("shared", "frozen")
 ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm", "affine")
 LABEL_MODES = ("paper", "released_code")
 CONDITIONING_FILE = "stage1_anchor.json"  # in final/: how Stage I fed the anchor to its decoder
@@ -114,9 +116,11 @@ class AnchorConditioning(torch.nn.Module):
         return c
 
 
-def save_conditioning(checkpoint: str | os.PathLike, conditioning: AnchorConditioning) -> None:
+def save_conditioning(checkpoint: str | os.PathLike, conditioning: AnchorConditioning,
+                      frozen_decoder_model: dict | None = None) -> None:  # fmt: skip
     """final/stage1_anchor.json (+ stage1_anchor.safetensors for the learned affine), the weights first so a
-    record never names a map that is not there."""
+    record never names a map that is not there. `frozen_decoder_model`: under `stage.decoder=frozen`, the
+    `conf/model` node of the weights the run decoded with (the ones it started from), so inspection rebuilds them."""
     if conditioning.affine is not None:
         from safetensors.torch import save_file
 
@@ -125,7 +129,10 @@ def save_conditioning(checkpoint: str | os.PathLike, conditioning: AnchorConditi
         }
         with atomic_path(Path(checkpoint) / AFFINE_FILE) as tmp:
             save_file(weights, str(tmp))
-    atomic_write_text(Path(checkpoint) / CONDITIONING_FILE, json.dumps(conditioning.record(), indent=2))
+    record = conditioning.record()
+    if frozen_decoder_model is not None:
+        record.update(decoder="frozen", decoder_model=frozen_decoder_model)
+    atomic_write_text(Path(checkpoint) / CONDITIONING_FILE, json.dumps(record, indent=2))
 
 
 def load_conditioning(checkpoint: str | os.PathLike) -> AnchorConditioning | None:
@@ -143,6 +150,46 @@ def load_conditioning(checkpoint: str | os.PathLike) -> AnchorConditioning | Non
             raise FileNotFoundError(f"{path} records anchor_scale=affine but {weights} is missing")
         affine = load_file(str(weights))
     return AnchorConditioning.from_record(record, affine)
+
+
+def load_decoder(checkpoint: str | os.PathLike) -> Backbone | None:
+    """The frozen decoder a `stage.decoder=frozen` Stage I decoded with (rebuilt from its recorded model node),
+    None when the checkpoint decoded with its own weights (the paper)."""
+    path = Path(checkpoint) / CONDITIONING_FILE
+    record = json.loads(path.read_text()) if path.is_file() else {}
+    if record.get("decoder", "shared") != "frozen":
+        return None
+    return Backbone.from_config(record["decoder_model"])
+
+
+def frozen_decoder_model(start_model: dict) -> dict:
+    """The model node a frozen decoder is rebuilt from: Stage I's start (loaded by name: validation ensures it)."""
+    if not start_model.get("name_or_path"):
+        raise ValueError(
+            "stage.decoder=frozen: the start model has no name_or_path to rebuild the decoder from"
+        )
+    return dict(start_model, gradient_checkpointing=False, compile=False)
+
+
+class FrozenDecoder(torch.nn.Module):
+    """`stage.decoder=frozen` (beyond the paper, which decodes with the weights it trains): a frozen copy of the
+    backbone as Stage I starts. Only the encoder side (and the conditioning's map) train, so the decoder can learn
+    neither the targets' language prior nor to discount a varying anchor: every fall of the reconstruction loss is
+    information the embedding carries (docs/results.md §6: with shared weights the decoder learns to ignore it).
+    Gradients still pass through it to the anchor. Always in eval mode; costs one more copy of the weights."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        compiled = getattr(backbone.decoder, "_compiled_call_impl", None) is not None
+        self.backbone = copy.deepcopy(backbone)
+        self.backbone.requires_grad_(False)
+        if compiled:  # a deep copy would keep the original's compiled call: compile the copy afresh
+            self.backbone.decoder._compiled_call_impl = None
+            self.backbone.decoder.compile(dynamic=None)
+        self.train(False)
+
+    def train(self, mode: bool = True) -> FrozenDecoder:
+        return super().train(False)
 
 
 def median_token_norm(backbone: Backbone) -> float:
@@ -207,6 +254,7 @@ class AnchorReader:
 
     source: `embedding` (the paper: the last-token final-norm state) or `constant` (the control: one fixed vector
     for every pair). labels / reconstruct_instruction: which target tokens carry the CE (target_labels).
+    decoder: the backbone that decodes (`stage.decoder=frozen`: a FrozenDecoder's), None = `backbone` (the paper).
     """
 
     backbone: Backbone
@@ -214,6 +262,7 @@ class AnchorReader:
     source: str = "embedding"
     labels: str = "paper"
     reconstruct_instruction: bool = False
+    decoder: Backbone | None = None
 
     def __post_init__(self):
         if self.source not in ANCHOR_SOURCES:
@@ -225,17 +274,17 @@ class AnchorReader:
         (no encoder pass: the decoder learns the text alone). Not an all-zero vector: on SmolLM2 an exact zero
         prefix stays zero through every layer and its backward pass gives NaN gradients."""
         if self.source == "constant":
-            return constant_anchor(self.backbone).expand(side["input_ids"].shape[0], -1)
+            table = self.backbone if self.decoder is None else self.decoder  # the decoder's own token scale
+            return constant_anchor(table).expand(side["input_ids"].shape[0], -1)
         hidden = self.backbone.hidden_states(side["input_ids"], side["attention_mask"])  # (B, T, H)
         return last_token(hidden, side["attention_mask"])
 
     def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
         """CE of `target` decoded from `anchor` (B, H), through the conditioning."""
         labels = target_labels(target, self.labels, self.reconstruct_instruction)
-        prefix = self.conditioning.decoder_prefix(anchor, self.backbone.causal_lm.get_input_embeddings())
-        return self.backbone.reconstruction_loss(
-            prefix, target["input_ids"], target["attention_mask"], labels
-        )
+        decoder = self.backbone if self.decoder is None else self.decoder
+        prefix = self.conditioning.decoder_prefix(anchor, decoder.causal_lm.get_input_embeddings())
+        return decoder.reconstruction_loss(prefix, target["input_ids"], target["attention_mask"], labels)
 
 
 def constant_anchor(backbone: Backbone) -> torch.Tensor:

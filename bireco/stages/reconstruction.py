@@ -2,6 +2,9 @@
 state; EBD2Q decodes the query from the document's. The anchor is the raw final-norm hidden state of the last
 token (no normalisation), gradients flow through it, and the same weights encode and decode.
 
+`stage.decoder=frozen` (beyond the paper) decodes with a frozen copy of the start weights instead
+(bireco.model.anchor.FrozenDecoder): only the encoder side learns, so the loss falls only as the embedding informs.
+
 Schedules: `joint` (default) computes both directions on every batch, loss = a*L_Q2D + (1-a)*L_D2Q (Algorithm 1,
 4 transformer passes; a direction of weight 0 is skipped). `alternate` trains one direction per micro-batch (2 passes) with a deterministic
 interleave whose share of Q2D batches is exactly a, so the expected gradient is the paper's objective at half
@@ -15,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bireco.model.anchor import AnchorReader, conditioning_for
+from bireco.model.anchor import DECODERS, AnchorReader, FrozenDecoder, conditioning_for
 from bireco.model.backbone import Backbone, ReconstructionOutput
 from bireco.stages.base import StageModule
 
@@ -45,6 +48,7 @@ class ReconstructionModule(StageModule):
         anchor_lead_token: str | None = None,
         anchor_affine_lr: float | None = None,
         anchor_detach: bool = False,
+        decoder: str = "shared",
     ):
         super().__init__(backbone, optim, lr_horizon, on_nonfinite)
         if not 0.0 <= alpha <= 1.0:
@@ -52,9 +56,14 @@ class ReconstructionModule(StageModule):
         if schedule not in SCHEDULES:
             raise ValueError(f"stage.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
         self.alpha, self.schedule = alpha, schedule
+        if decoder not in DECODERS:
+            raise ValueError(f"stage.decoder={decoder!r}; valid: {', '.join(DECODERS)}")
         # a submodule: the centred option's running mean is in the state dict and follows the module's device
         self.conditioning = conditioning_for(backbone, anchor_scale, anchor_lead_token)
-        self.reader = AnchorReader(backbone, self.conditioning, anchor, labels, reconstruct_instruction)
+        # stage.decoder=frozen: a submodule too (moved with the module, restored exactly on resume)
+        self.frozen_decoder = FrozenDecoder(backbone) if decoder == "frozen" else None
+        self.reader = AnchorReader(backbone, self.conditioning, anchor, labels, reconstruct_instruction,
+                                   None if self.frozen_decoder is None else self.frozen_decoder.backbone)  # fmt: skip
         self.anchor_affine_lr = anchor_affine_lr
         self.anchor_detach = anchor_detach
         self.micro_step = 0  # drives the interleave; saved in checkpoints

@@ -22,16 +22,24 @@ from bireco.model.backbone import Backbone, checkpoint_weights
 log = logging.getLogger(__name__)
 
 
-def build_backbone(cfg: DictConfig) -> Backbone:
-    """The stage's starting model; `model.dtype=auto` loads the weights in the dtype trainer.precision trains
-    (bf16-true: bf16; bf16-mixed / 32-true: fp32 masters), not the hardware's favourite."""
+def start_model_cfg(cfg: DictConfig) -> dict:
+    """The `conf/model` node of the stage's starting weights (`stage.init_from`'s checkpoint, else the model's own);
+    `model.dtype=auto` loads the weights in the dtype trainer.precision trains (bf16-true: bf16; bf16-mixed /
+    32-true: fp32 masters), not the hardware's favourite."""
     model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
     if model_cfg.get("dtype", "auto") == "auto":
         model_cfg["dtype"] = weights_dtype(resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator))
     start = init_checkpoint(cfg)
     if start is not None:
         model_cfg.update(tokenizer=start, architecture=None, **checkpoint_weights(start))
-        log.info("initialising from %s", start)
+    return model_cfg
+
+
+def build_backbone(cfg: DictConfig) -> Backbone:
+    """The stage's starting model (start_model_cfg) with the stage's LoRA, if any."""
+    model_cfg = start_model_cfg(cfg)
+    if cfg.stage.init_from not in (None, "base"):
+        log.info("initialising from %s", model_cfg["name_or_path"])
     return Backbone.from_config(model_cfg, cfg.stage.lora)
 
 
@@ -83,7 +91,7 @@ def build_module(
             backbone, s.optim, horizon, alpha=s.alpha, schedule=s.schedule,
             labels=s.labels, reconstruct_instruction=s.reconstruct_instruction, on_nonfinite=cfg.trainer.on_nonfinite,
             anchor=s.anchor, anchor_scale=s.anchor_scale, anchor_lead_token=s.anchor_lead_token,
-            anchor_affine_lr=s.anchor_affine_lr, anchor_detach=s.anchor_detach,
+            anchor_affine_lr=s.anchor_affine_lr, anchor_detach=s.anchor_detach, decoder=s.decoder,
         )  # fmt: skip
     if s.name == "contrastive":
         from bireco.stages.contrastive import ContrastiveModule

@@ -122,14 +122,17 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> None:
 
 def save_final(cfg: DictConfig, run_dir: Path, export, module, summary: dict) -> None:
     """final/: the model, train_summary.json, Stage I's anchor conditioning (bireco.inspect reads it), the card."""
-    from bireco.model.anchor import save_conditioning
+    from bireco.model.anchor import frozen_decoder_model, save_conditioning
     from bireco.model.model_card import write_final_card
+    from bireco.training.builders import start_model_cfg
 
     final = final_dir(run_dir)
     export.save(final, cfg.save_mode)
     atomic_write_text(final / TRAIN_SUMMARY, json.dumps(summary, indent=2))
     if cfg.stage.name == "reconstruction":
-        save_conditioning(final, module.conditioning)
+        frozen = cfg.stage.decoder == "frozen"
+        model = frozen_decoder_model(start_model_cfg(cfg)) if frozen else None
+        save_conditioning(final, module.conditioning, model)
     base = cfg.model.name_or_path or f"a random-init {cfg.model.family} ({cfg.size.name})"
     write_final_card(final, str(base), cfg.stage.run_name)
 

@@ -29,6 +29,10 @@ DEMO_BUDGET = ["data.global_batch_size=16", "data.max_query_length=32", "data.ma
 COMMON = ["model=smollm2", "stage=reconstruction", "experiment_name=anchor_reading", "trainer.log_every_n_steps=5",
           "stage.probe.every_n_steps=20", "stage.probe.pairs=64", "trainer.enable_progress_bar=false"]  # fmt: skip
 D2Q, JOINT = ["stage.alpha=0.0"], ["stage.alpha=0.2", "stage.schedule=joint"]
+DEMO_SCHEDULE = [
+    "stage.alpha=0.2",
+    "stage.schedule=alternate",
+]  # the demo's Stage I exactly (bireco.demo PRESETS)
 EMBEDDER = "stage.init_from={embedder}"  # filled from --embedder
 OPTIONS = {
     "raw": [],
@@ -42,10 +46,17 @@ OPTIONS = {
     # encoder or in the decoder?)
     "raw_detached": ["stage.anchor_detach=true"],
     "constant": ["stage.anchor=constant"],
+    # a frozen copy of the start model decodes (stage.decoder=frozen): only the encoder (and a map) learn, so the
+    # decoder can neither fit the language prior nor learn to discount the anchor; the loss falls only by reading
+    "frozen": ["stage.decoder=frozen"],
+    "frozen_token_norm": ["stage.decoder=frozen", "stage.anchor_scale=token_norm"],
+    "frozen_affine": ["stage.decoder=frozen", "stage.anchor_scale=affine", "stage.anchor_affine_lr=3e-3"],
 }
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
     **{f"joint_{k}": [*DEMO_BUDGET, *JOINT, *v] for k, v in OPTIONS.items()},
+    # the demo's own Stage I (alternate, alpha 0.2) with an option: the rows `--stage2` carries on to retrieval
+    **{f"demo_{k}": [*DEMO_BUDGET, *DEMO_SCHEDULE, *v] for k, v in OPTIONS.items()},
     # four times the demo's Stage I steps (320, 5,120 pairs; warmup 32), the CPU's budget for one ~25-minute run
     **{
         f"d2q_{k}_x4": [*DEMO_BUDGET, *D2Q, *v, "trainer.max_steps=320", "stage.optim.warmup_steps=32"]
@@ -67,7 +78,7 @@ DESIGNS: dict[str, list[str]] = {
     # encoder has something to give (the chicken-and-egg of an untrained encoder removed)
     **{
         f"d2q_{k}_from_embedder": [*DEMO_BUDGET, *D2Q, *OPTIONS[k], EMBEDDER]
-        for k in ("raw", "constant", "affine", "raw_detached")
+        for k in ("raw", "constant", "affine", "raw_detached", "frozen", "frozen_affine")
     },
     **{
         f"joint_{k}_from_embedder": [*DEMO_BUDGET, *JOINT, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")
@@ -120,7 +131,7 @@ def run_design(
 
     from bireco.config.compose import compose_train
     from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
-    from bireco.model.anchor import load_conditioning
+    from bireco.model.anchor import load_conditioning, load_decoder
     from bireco.training.run import run
 
     overrides = design_overrides(name, embedder)
@@ -144,9 +155,9 @@ def run_design(
     from bireco.model.backbone import Backbone
 
     backbone = Backbone.load(final_dir(run_dir))
-    cond = load_conditioning(final_dir(run_dir))
+    cond, decoder = load_conditioning(final_dir(run_dir)), load_decoder(final_dir(run_dir))
     trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
-                            conditioning=cond)  # fmt: skip
+                            conditioning=cond, decoder=decoder)  # fmt: skip
     init = {"init_from": relative(embedder), "embedder": embedder_label} if EMBEDDER in DESIGNS[name] else {}
     return {"design": name, "seed": seed, "overrides": DESIGNS[name], **init, "seconds": seconds, "probe": curve,
             "train_pairs_probe": trained_on, "run_dir": relative(run_dir)}  # fmt: skip
@@ -154,14 +165,36 @@ def run_design(
 
 def add_overlap(row: dict, k: int) -> None:
     from bireco.evaluation.anchor_diagnostics import query_overlap, wordnet_dev_pairs
-    from bireco.model.anchor import load_conditioning
+    from bireco.model.anchor import load_conditioning, load_decoder
     from bireco.model.backbone import Backbone
 
     final = final_dir(row["run_dir"])
     constant = "stage.anchor=constant" in row["overrides"]  # decoded from the vector it trained with
     ov = query_overlap(Backbone.load(final), wordnet_dev_pairs(k), conditioning=load_conditioning(final),
-                       constant=constant)  # fmt: skip
+                       constant=constant, decoder=load_decoder(final))  # fmt: skip
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
+
+
+def run_stage2(row: dict, out: Path, seed: int) -> dict:
+    """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, 40 steps, dev nDCG@10 every 10 on 200 WordNet dev
+    queries / 500 documents) from this row's Stage I: its dev curve compares with the demo's baseline, Anchor and
+    constant-anchor rows of the same seed (their `dev_curves` in the demo's results.json)."""
+    from bireco.config.compose import compose_train
+    from bireco.core.runs import logged_curve
+    from bireco.demo import PRESETS
+    from bireco.training.run import run
+
+    preset = PRESETS["smollm2"]
+    variant = Path(row["run_dir"]).parent.name  # the Stage I's variant: Stage II lies beside it
+    cfg = compose_train(["experiment_name=anchor_reading", *preset.model, *preset.data, f"output_root={out}", f"variant={variant}",
+                         f"seed={seed}", "stage=contrastive", f"stage.init_from={Path(row['run_dir']).resolve() / 'final'}",
+                         f"trainer.max_steps={preset.stage2_steps}", f"trainer.dev_check_every_n_steps={preset.eval_every}",
+                         "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false", *preset.stage2])  # fmt: skip
+    t0 = time.perf_counter()
+    run(cfg)
+    curve = logged_curve(Path(cfg.run_dir))
+    return {"seconds": round(time.perf_counter() - t0), "dev_ndcg10": [(int(s), round(float(v), 4)) for s, v in curve],
+            "run_dir": relative(Path(cfg.run_dir))}  # fmt: skip
 
 
 def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
@@ -173,12 +206,13 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
 
     from bireco.evaluation.anchor_diagnostics import anchor_of, checkpoint_anchor_use, wordnet_dev_pairs
     from bireco.evaluation.retrieval import evaluate, wordnet_retrieval_set
-    from bireco.model.anchor import load_conditioning
+    from bireco.model.anchor import load_conditioning, load_decoder
     from bireco.model.backbone import Backbone
 
     backbone = Backbone.load(final).eval()
     pairs = wordnet_dev_pairs(64, seed, data_cfg)
-    probe = checkpoint_anchor_use(backbone, pairs, batch_size=16, conditioning=load_conditioning(final))
+    probe = checkpoint_anchor_use(backbone, pairs, batch_size=16, conditioning=load_conditioning(final),
+                                  decoder=load_decoder(final))  # fmt: skip
     with torch.no_grad():
         docs = F.normalize(
             torch.cat([anchor_of(backbone, r["positive"], max_length=48) for r in pairs]).float(), dim=-1
@@ -221,6 +255,15 @@ def write_table(results: dict, path: Path) -> None:
             f"| {r['design']}{' [' + r['embedder'] + ']' if r.get('embedder') else ''} | {r['seconds']} | {first_last('anchor_gain_d2q')} / {first_last('anchor_gain_q2d')} | "
             f"{p['ce_d2q'][-1][1]:.3f} / {p['acc_d2q'][-1][1]:.3f} | {gain_train} | {shares} | {after} |"
         )
+    carried = [r for r in results.values() if r.get("stage2")]
+    if carried:
+        lines += ["", "Carried on through the demo's Stage II (`--stage2`): dev nDCG@10 x 100 at its dev checks", "",
+                  "| design | Stage II dev nDCG@10 (step: value) |", "|---|---|"]  # fmt: skip
+        for r in carried:
+            curve = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["stage2"]["dev_ndcg10"])
+            lines.append(
+                f"| {r['design']}{' [' + r['embedder'] + ']' if r.get('embedder') else ''} | {curve} |"
+            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -235,6 +278,9 @@ def main() -> None:
     ap.add_argument("--embedder", type=Path, help="checkpoint the *_from_embedder designs start Stage I from")
     ap.add_argument("--embedder-label", help="a short name for --embedder, e.g. demo_anchor (keys the rows)")
     ap.add_argument("--stats", action="store_true", help="add checkpoint_stats to each --designs row")
+    ap.add_argument(
+        "--stage2", action="store_true", help="carry each --designs row on through the demo's Stage II"
+    )
     ap.add_argument(
         "--checkpoint-stats",
         nargs="*",
@@ -277,6 +323,8 @@ def main() -> None:
             results[key]["stats"] = checkpoint_stats(
                 final_dir(results[key]["run_dir"]), wordnet_data(), args.seed
             )
+        if args.stage2 and "stage2" not in results[key]:
+            results[key]["stage2"] = run_stage2(results[key], args.out, args.seed)
         store.write_text(json.dumps(results, indent=1))
         write_table(results, HERE / "results.md")
         print(
