@@ -20,7 +20,7 @@ import torch
 
 from bireco.model.anchor import DECODERS, AnchorReader, FrozenDecoder, conditioning_for
 from bireco.model.backbone import Backbone, ReconstructionOutput
-from bireco.stages.base import StageModule
+from bireco.stages.base import StageModule, restore_buffers
 
 Q2D, D2Q = "q2d", "d2q"
 SCHEDULES = ("alternate", "joint")
@@ -67,6 +67,11 @@ class ReconstructionModule(StageModule):
         self.anchor_affine_lr = anchor_affine_lr
         self.anchor_detach = anchor_detach
         self.micro_step = 0  # drives the interleave; saved in checkpoints
+
+    def on_fit_start(self):
+        super().on_fit_start()
+        if self.frozen_decoder is not None:  # the copy's rotary frequencies too (a deep copy: the same names)
+            restore_buffers(self.frozen_decoder.backbone, self._rotary_fp32)
 
     def lr_of(self, param) -> float | None:
         """`stage.anchor_affine_lr` for the learned anchor map of `stage.anchor_scale=affine` (null = the stage's)."""

@@ -54,9 +54,11 @@ def test_encoding_runs_under_bf16_autocast_when_asked(backbone, monkeypatch):
 
 
 @pytest.mark.integration
-def test_rotary_frequencies_stay_fp32_under_bf16_true(cfg_factory):
+@pytest.mark.parametrize("decoder", ["shared", "frozen"])
+def test_rotary_frequencies_stay_fp32_under_bf16_true(cfg_factory, decoder):
     """Lightning's bf16-true casts the module with .to(bfloat16), buffers included; the rotary inv_freq must stay
-    the fp32 values a fresh load has (evaluation and export load those), while the weights do go to bf16."""
+    the fp32 values a fresh load has (evaluation and export load those), while the weights do go to bf16; in a
+    `stage.decoder=frozen` Stage I the frozen decoder's too."""
     import lightning as L
 
     from bireco.model.backbone import Backbone
@@ -69,11 +71,13 @@ def test_rotary_frequencies_stay_fp32_under_bf16_true(cfg_factory):
             seen.update(
                 {n: b.clone() for n, b in pl_module.backbone.named_buffers() if n.endswith("inv_freq")}
             )
+            if pl_module.frozen_decoder is not None:
+                buffers = pl_module.frozen_decoder.backbone.named_buffers()
+                seen.update({f"frozen {n}": b.clone() for n, b in buffers if n.endswith("inv_freq")})
             seen["weight dtype"] = next(pl_module.backbone.parameters()).dtype
 
-    cfg = cfg_factory(
-        "stage=reconstruction", "trainer.max_steps=1", "data.global_batch_size=2", "data.max_train_records=8"
-    )
+    cfg = cfg_factory("stage=reconstruction", "trainer.max_steps=1", "data.global_batch_size=2",
+                      "data.max_train_records=8", f"stage.decoder={decoder}")  # fmt: skip
     backbone = build_backbone(cfg)
     dm = build_datamodule(cfg, backbone)
     module = build_module(cfg, backbone, dm.batches_per_epoch())
@@ -82,6 +86,8 @@ def test_rotary_frequencies_stay_fp32_under_bf16_true(cfg_factory):
     trainer.fit(module, datamodule=dm)
     assert seen.pop("weight dtype") == torch.bfloat16  # the precision plugin did convert the module
     fresh = {n: b for n, b in Backbone.from_config(cfg.model).named_buffers() if n.endswith("inv_freq")}
+    if decoder == "frozen":
+        fresh.update({f"frozen {n}": b for n, b in fresh.items()})
     assert fresh and seen.keys() == fresh.keys()
     for name, value in seen.items():
         assert value.dtype == torch.float32 and torch.equal(value, fresh[name]), name
