@@ -380,4 +380,6 @@ def test_a_frozen_decoder_stage1_run_learns_to_write_what_its_start_reads(
     use = checkpoint_anchor_use(Backbone.load(final), list(RECORDS), batch_size=8, bf16=False,
                                 max_query_length=16, max_doc_length=16,
                                 conditioning=load_conditioning(final), decoder=decoder)  # fmt: skip
-    assert use["anchor_gain_d2q"] == pytest.approx(gain[200], rel=1e-3)
+    logged = probe_rows(run_dir).loc[200]
+    assert use["ce_d2q"] == pytest.approx(logged["probe/ce_d2q"], rel=1e-4)  # decoded as training decoded
+    assert use["anchor_gain_d2q"] == pytest.approx(gain[200], abs=2e-3)  # a difference of CEs: absolute
