@@ -55,7 +55,7 @@ OPTIONS = {
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
     **{f"joint_{k}": [*DEMO_BUDGET, *JOINT, *v] for k, v in OPTIONS.items()},
-    # the demo's own Stage I (alternate, alpha 0.2) with an option: the rows `--stage2` carries on to retrieval
+    # the demo's own Stage I (alternate, alpha 0.2) with an option
     **{f"demo_{k}": [*DEMO_BUDGET, *DEMO_SCHEDULE, *v] for k, v in OPTIONS.items()},
     # four times the demo's Stage I steps (320, 5,120 pairs; warmup 32), the CPU's budget for one ~25-minute run
     **{
@@ -175,28 +175,6 @@ def add_overlap(row: dict, k: int) -> None:
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
 
 
-def run_stage2(row: dict, out: Path, seed: int) -> dict:
-    """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, 40 steps, dev nDCG@10 every 10 on 200 WordNet dev
-    queries / 500 documents) from this row's Stage I: its dev curve compares with the demo's baseline, Anchor and
-    constant-anchor rows of the same seed (their `dev_curves` in the demo's results.json)."""
-    from bireco.config.compose import compose_train
-    from bireco.core.runs import logged_curve
-    from bireco.demo import PRESETS
-    from bireco.training.run import run
-
-    preset = PRESETS["smollm2"]
-    variant = Path(row["run_dir"]).parent.name  # the Stage I's variant: Stage II lies beside it
-    cfg = compose_train(["experiment_name=anchor_reading", *preset.model, *preset.data, f"output_root={out}", f"variant={variant}",
-                         f"seed={seed}", "stage=contrastive", f"stage.init_from={Path(row['run_dir']).resolve() / 'final'}",
-                         f"trainer.max_steps={preset.stage2_steps}", f"trainer.dev_check_every_n_steps={preset.eval_every}",
-                         "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false", *preset.stage2])  # fmt: skip
-    t0 = time.perf_counter()
-    run(cfg)
-    curve = logged_curve(Path(cfg.run_dir))
-    return {"seconds": round(time.perf_counter() - t0), "dev_ndcg10": [(int(s), round(float(v), 4)) for s, v in curve],
-            "run_dir": relative(Path(cfg.run_dir))}  # fmt: skip
-
-
 def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
     """What a Stage I left of the embedding, on WordNet dev: the probe with *real* anchors (for a constant-anchor
     run too: does its decoder read an anchor it never saw in training?), how alike the 64 probe documents' anchors
@@ -255,15 +233,6 @@ def write_table(results: dict, path: Path) -> None:
             f"| {r['design']}{' [' + r['embedder'] + ']' if r.get('embedder') else ''} | {r['seconds']} | {first_last('anchor_gain_d2q')} / {first_last('anchor_gain_q2d')} | "
             f"{p['ce_d2q'][-1][1]:.3f} / {p['acc_d2q'][-1][1]:.3f} | {gain_train} | {shares} | {after} |"
         )
-    carried = [r for r in results.values() if r.get("stage2")]
-    if carried:
-        lines += ["", "Carried on through the demo's Stage II (`--stage2`): dev nDCG@10 x 100 at its dev checks", "",
-                  "| design | Stage II dev nDCG@10 (step: value) |", "|---|---|"]  # fmt: skip
-        for r in carried:
-            curve = ", ".join(f"{s}: {100 * v:.1f}" for s, v in r["stage2"]["dev_ndcg10"])
-            lines.append(
-                f"| {r['design']}{' [' + r['embedder'] + ']' if r.get('embedder') else ''} | {curve} |"
-            )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -278,9 +247,6 @@ def main() -> None:
     ap.add_argument("--embedder", type=Path, help="checkpoint the *_from_embedder designs start Stage I from")
     ap.add_argument("--embedder-label", help="a short name for --embedder, e.g. demo_anchor (keys the rows)")
     ap.add_argument("--stats", action="store_true", help="add checkpoint_stats to each --designs row")
-    ap.add_argument(
-        "--stage2", action="store_true", help="carry each --designs row on through the demo's Stage II"
-    )
     ap.add_argument(
         "--checkpoint-stats",
         nargs="*",
@@ -323,8 +289,6 @@ def main() -> None:
             results[key]["stats"] = checkpoint_stats(
                 final_dir(results[key]["run_dir"]), wordnet_data(), args.seed
             )
-        if args.stage2 and "stage2" not in results[key]:
-            results[key]["stage2"] = run_stage2(results[key], args.out, args.seed)
         store.write_text(json.dumps(results, indent=1))
         write_table(results, HERE / "results.md")
         print(
