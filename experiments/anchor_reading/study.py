@@ -29,10 +29,6 @@ DEMO_BUDGET = ["data.global_batch_size=16", "data.max_query_length=32", "data.ma
 COMMON = ["model=smollm2", "stage=reconstruction", "experiment_name=anchor_reading", "trainer.log_every_n_steps=5",
           "stage.probe.every_n_steps=20", "stage.probe.pairs=64", "trainer.enable_progress_bar=false"]  # fmt: skip
 D2Q, JOINT = ["stage.alpha=0.0"], ["stage.alpha=0.2", "stage.schedule=joint"]
-DEMO_SCHEDULE = [
-    "stage.alpha=0.2",
-    "stage.schedule=alternate",
-]  # the demo's Stage I exactly (bireco.demo PRESETS)
 EMBEDDER = "stage.init_from={embedder}"  # filled from --embedder
 OPTIONS = {
     "raw": [],
@@ -55,8 +51,6 @@ OPTIONS = {
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
     **{f"joint_{k}": [*DEMO_BUDGET, *JOINT, *v] for k, v in OPTIONS.items()},
-    # the demo's own Stage I (alternate, alpha 0.2) with an option
-    **{f"demo_{k}": [*DEMO_BUDGET, *DEMO_SCHEDULE, *v] for k, v in OPTIONS.items()},
     # four times the demo's Stage I steps (320, 5,120 pairs; warmup 32), the CPU's budget for one ~25-minute run
     **{
         f"d2q_{k}_x4": [*DEMO_BUDGET, *D2Q, *v, "trainer.max_steps=320", "stage.optim.warmup_steps=32"]
