@@ -269,12 +269,16 @@ def test_affine_lr_needs_the_affine_scale(cfg_factory):
 @pytest.mark.slow
 def test_the_gpu_anchor_study_runs_end_to_end_in_smoke_mode(tmp_path):
     """experiments/scale/anchor_study.py: the one-command GPU study (baseline, Anchor, constant-anchor control, the
-    probe, the built-in suite, one table), its smoke mode on the tiny model on the CPU."""
+    probe, the built-in suite, one table, and the frozen-decoder rows), its smoke mode on the tiny model on the CPU."""
     study = experiment("scale/anchor_study.py")
-    ROWS, run_study = study.ROWS, study.run_study
+    ROWS, run_study = {**study.ROWS, **study.FROZEN_ROWS}, study.run_study
 
-    result = run_study("smoke", tmp_path / "study")
+    result = run_study("smoke", tmp_path / "study", frozen_decoder=True)
     assert list(result["rows"]) == list(ROWS)
+    frozen_final = tmp_path / "study" / "anchor_study" / "frozen" / "stage1" / "final"
+    recorded = json.loads((frozen_final / "stage1_anchor.json").read_text())
+    assert recorded["decoder"] == "frozen" and "tiny-start" in recorded["decoder_model"]["name_or_path"]
+    assert "probe/anchor_gain_d2q" in result["rows"]["frozen-decoder Stage I only"]
     stage1 = result["rows"]["Stage I only"]
     assert (
         "probe/anchor_gain_d2q" in stage1
