@@ -64,31 +64,49 @@ def autocast(device: torch.device | str, enabled: bool):
     return torch.autocast(kind, dtype=torch.bfloat16)
 
 
-@contextlib.contextmanager
-def linear_weights_cast_once(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
-    """Inference under autocast without the per-call weight casts: every fp32 nn.Linear weight and bias of `model`
-    is cast to `dtype` once for the block and its fp32 tensor put back after (the Parameter objects stay, so an
-    optimizer or DDP holding them sees nothing). Autocast would round the same fp32 values to the same bf16 values
-    at every call, so the outputs are bit-identical; on a CPU those casts were a quarter of encoding time
-    (experiments/bench/encode_vs_st.py). Only for no-grad blocks: gradients would reach the cast copies."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("linear_weights_cast_once is for inference (torch.no_grad) only")
-    # a tied LM head shares its weight with the input embeddings, which must stay as they are
+def cast_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[tuple]:
+    """(parameter, its `dtype` copy) for every fp32 nn.Linear weight and bias of `model`, made once, for
+    `weights_swapped`. A tied LM head shares its weight with the input embeddings, which must stay as they are."""
     elsewhere = {
         id(p)
         for m in model.modules()
         if not isinstance(m, torch.nn.Linear)
         for p in m.parameters(recurse=False)
     }
+    with torch.no_grad():
+        return [
+            (p, p.data.to(dtype))
+            for module in model.modules()
+            if isinstance(module, torch.nn.Linear)
+            for p in (module.weight, module.bias)
+            if p is not None and p.dtype == torch.float32 and id(p) not in elsewhere
+        ]
+
+
+@contextlib.contextmanager
+def weights_swapped(casts: list[tuple]):
+    """Inference under autocast without autocast's per-call weight casts: each parameter's data is its cast copy for
+    the block and its fp32 tensor again after (the Parameter objects stay, so an optimizer or DDP holding them sees
+    nothing). Autocast would round the same fp32 values to the same bf16 values at every call, so the outputs are
+    bit-identical; on a CPU those casts were a quarter of encoding time (experiments/bench/encode_vs_st.py). Only for
+    no-grad blocks: gradients would reach the cast copies."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("weights_swapped is for inference (torch.no_grad) only")
     saved = []
     try:
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear):
-                for p in (module.weight, module.bias):
-                    if p is not None and p.dtype == torch.float32 and id(p) not in elsewhere:
-                        saved.append((p, p.data))
-                        p.data = p.data.to(dtype)
-        yield model
+        for p, cast in casts:
+            saved.append((p, p.data))
+            p.data = cast
+        yield
     finally:
         for p, data in saved:
             p.data = data
+
+
+@contextlib.contextmanager
+def linear_weights_cast_once(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
+    """`weights_swapped` with casts made for this block only (one encoding call)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("linear_weights_cast_once is for inference (torch.no_grad) only")
+    with weights_swapped(cast_linear_weights(model, dtype)):
+        yield model

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from bireco.core.precision import autocast, bf16_for
+from bireco.core.precision import autocast, bf16_for, cast_linear_weights, weights_swapped
 from bireco.model.anchor import AnchorConditioning, AnchorReader, constant_anchor
 from bireco.model.backbone import Backbone, position_ids_from_mask
 from bireco.model.encode import encode_sides
@@ -62,10 +62,15 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
         m.eval()  # dropout off; the conditioning's running mean is read, not updated
     sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in DIRECTIONS}
     tokens = dict.fromkeys(DIRECTIONS, 0)
+    mixed = bf16_for(device, bf16)
+    casts = []  # on a CPU, the Linear weights cast once for the probe instead of at every forward (same bits)
+    if mixed and device.type == "cpu":
+        for m in {id(m): m for m in (reader.backbone, reader.decoder) if m is not None}.values():
+            casts += cast_linear_weights(m)
     try:
         for batch in batches:
             sides = {k: {kk: vv.to(device) for kk, vv in batch[k].items()} for k in ("query", "positive")}
-            with autocast(device, bf16_for(device, bf16)):
+            with weights_swapped(casts), autocast(device, mixed):
                 for direction, (src, tgt) in DIRECTIONS.items():
                     anchor = reader.anchor(sides[src])
                     own, other = (

@@ -148,3 +148,72 @@ def test_encoding_casts_linear_weights_once_with_the_same_bits_and_puts_them_bac
     with pytest.raises(RuntimeError, match="inference"):
         with real(backbone):
             pass
+
+
+def _spy_casts(monkeypatch, module) -> list:
+    """Count cast_linear_weights calls made through `module`'s import of it."""
+    calls = []
+
+    def spying(model, dtype=torch.bfloat16):
+        calls.append(model)
+        return precision.cast_linear_weights(model, dtype)
+
+    monkeypatch.setattr(module, "cast_linear_weights", spying)
+    return calls
+
+
+def test_the_dev_check_casts_linear_weights_once_per_check_with_the_same_bits(backbone, monkeypatch):
+    """The in-training dev check on a CPU under bf16 autocast: the Linear weights are cast once per check (not by
+    autocast at every batch), the embeddings are the same bit for bit, and the weights are their fp32 selves between
+    batches and after (a training step may follow any batch of a failed check)."""
+    from conftest import make_side
+
+    import bireco.stages.base as base
+    from bireco.config.schema import OptimConfig
+    from bireco.stages.contrastive import ContrastiveModule
+
+    monkeypatch.setattr(base, "bf16_for", lambda device, bf16=None: True)
+    module = ContrastiveModule(backbone, OptimConfig(lr=1e-3, warmup_steps=0), lr_horizon=10)
+    params = {n: (p, p.detach().clone()) for n, p in backbone.named_parameters()}
+    batches = [dict(make_side(backbone, TEXTS[i : i + 2]), index=torch.tensor([i, i + 1])) for i in (0, 1, 2)]
+    calls = _spy_casts(monkeypatch, base)
+
+    def check(casts: bool) -> list:
+        module.on_validation_epoch_start()
+        if not casts:
+            module._dev_casts = []
+        with torch.no_grad():
+            for i, batch in enumerate(batches):
+                module.validation_step(batch, i, dataloader_idx=0)
+                for name, p in backbone.named_parameters():
+                    assert p is params[name][0] and p.dtype == torch.float32, name
+        return [e for _, e in module._dev_parts[0]]
+
+    once, per_call = check(True), check(False)
+    assert len(calls) == 2 and all(m is backbone for m in calls)  # one cast per check, not per batch
+    assert all(torch.equal(a, b) for a, b in zip(once, per_call, strict=True))
+    for name, p in backbone.named_parameters():
+        assert torch.equal(p, params[name][1]), name
+
+
+def test_the_anchor_probe_casts_linear_weights_once_with_the_same_bits(backbone, monkeypatch):
+    """anchor_use (the in-training probe, bireco.inspect) on a CPU under bf16: one cast per model per probe, the same
+    CE and gains as autocast's per-call casts, the fp32 weights back after."""
+    import bireco.evaluation.anchor_diagnostics as diagnostics
+    from bireco.evaluation.anchor_diagnostics import anchor_use, pair_batches
+    from bireco.model.anchor import AnchorConditioning, AnchorReader
+
+    records = [
+        {"query": TEXTS[i], "positive": TEXTS[(i + 1) % 4], "instruction": None, "dataset": "t"}
+        for i in range(4)
+    ]
+    batches = pair_batches(backbone, records, batch_size=2, max_query_length=16, max_doc_length=16)
+    reader = AnchorReader(backbone, AnchorConditioning())
+    params = {n: (p, p.detach().clone()) for n, p in backbone.named_parameters()}
+    calls = _spy_casts(monkeypatch, diagnostics)
+    once = anchor_use(reader, batches, bf16=True)
+    assert len(calls) == 1
+    monkeypatch.setattr(diagnostics, "cast_linear_weights", lambda model, dtype=torch.bfloat16: [])
+    assert anchor_use(reader, batches, bf16=True) == once
+    for name, p in backbone.named_parameters():
+        assert p is params[name][0] and p.dtype == torch.float32 and torch.equal(p, params[name][1]), name
