@@ -382,9 +382,10 @@ def optim_cfg(lr: float):
 
 
 # ---------------------------------------------------------------------------------------------- variants
-def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False) -> list:
+def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False, compiled: bool = False) -> list:
     """`native_attention`: only bireco's alternate step, with transformers' sdpa instead of bireco's CPU training
-    attention (bireco.model.attention), to measure that lever against the default in the same process."""
+    attention (bireco.model.attention), to measure that lever against the default in the same process.
+    `compiled`: only bireco's alternate step with `model.compile=true`."""
     from bireco.stages.reconstruction import ReconstructionModule
 
     k = 8 if ckpt else 6
@@ -424,19 +425,23 @@ def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False) ->
 
     def bireco(schedule: str):
         def go():
-            backbone = build_backbone(setup, ckpt, plain=native_attention)
+            backbone = build_backbone(setup, ckpt, compile=compiled, plain=native_attention)
             bb = make_batches(
                 n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False
             )
             module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule=schedule)
-            name = f"bireco Stage I, {schedule} ({tag})" + (NATIVE if native_attention else "")
+            name = (
+                f"bireco Stage I, {schedule} ({tag})"
+                + (", compiled" if compiled else "")
+                + (NATIVE if native_attention else "")
+            )
             return run_bireco(
                 name, setup, bb, module, k * (2 if schedule == "joint" else 1), n_params(backbone), sides
             )
 
         return go
 
-    if native_attention:
+    if native_attention or compiled:
         return [bireco("alternate")]
     return [plain(True), plain(False), bireco("joint"), bireco("alternate")]
 
@@ -493,9 +498,11 @@ def stage2_variants(
 
         return go
 
+    if compiled:
+        return [bireco(True)]
     if native_attention or torch_dropout:
         return [bireco(False)]
-    return [bireco(True)] if compiled else [plain, bireco(False)]
+    return [plain, bireco(False)]
 
 
 def varlen_variants(setup: Setup) -> list:
@@ -557,6 +564,11 @@ GROUPS = {
     "varlen": varlen_variants,
     "stage2_compile": lambda s: stage2_variants(s, ckpt=True, compiled=True),  # GPU: compile time ~1 min
     "stage2_compile_nockpt": lambda s: stage2_variants(s, ckpt=False, compiled=True),  # next to stage2_nockpt
+    # compiled with torch's LoRA dropout: the Poisson dropout's random count recompiles (next to torch_dropout)
+    "stage2_compile_torch_dropout": lambda s: stage2_variants(
+        s, ckpt=False, compiled=True, torch_dropout=True
+    ),
+    "stage1_compile_nockpt": lambda s: stage1_variants(s, ckpt=False, compiled=True),  # next to stage1_nockpt
     # bireco's steps with transformers' sdpa instead of its CPU training attention: run next to stage1_nockpt /
     # stage2_nockpt, the ratio is what bireco.model.attention buys
     "native_attention": lambda s: (

