@@ -9,6 +9,11 @@ rerun skips what is done.
 
     python experiments/anchor_reading/study.py --designs d2q_raw d2q_token_norm      # --list prints DESIGNS
     python experiments/anchor_reading/study.py --overlap 100 --designs d2q_raw d2q_constant
+
+`--stage2` then runs the demo's Stage II (LoRA, lr 1e-3, 40 steps, its dev check every 10 steps) from each design's
+Stage I, and `--stage2-embedder` from --embedder itself (no Stage I between): does a Stage I that reads make a
+better embedder after Stage II? The answer is read on the dev check (WordNet dev, 200 queries, 500 documents), in
+stage2.json / stage2.md here.
 """
 
 from __future__ import annotations
@@ -201,6 +206,43 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
     }
 
 
+def run_stage2(start: Path, key: str, out: Path, seed: int) -> dict:
+    """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps, the dev check every 10 steps)
+    from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
+    import pandas as pd
+
+    from bireco.config.compose import compose_train
+    from bireco.demo import PRESETS
+    from bireco.training.run import run
+
+    preset = PRESETS["smollm2"]
+    cfg = compose_train(["model=smollm2", "stage=contrastive", f"stage.init_from={Path(start).resolve()}",
+                         "experiment_name=anchor_reading_stage2", f"output_root={out}", f"variant={key}",
+                         f"seed={seed}", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
+                         *preset.data, *preset.stage2, f"trainer.max_steps={preset.stage2_steps}",
+                         f"trainer.dev_check_every_n_steps={preset.eval_every}"])  # fmt: skip
+    t0 = time.perf_counter()
+    run(cfg)
+    seconds = round(time.perf_counter() - t0)
+    log = pd.read_csv(metrics_csv(Path(cfg.run_dir))).dropna(subset=["val/ndcg@10"])
+    curve = [(int(s), round(100 * float(v), 2)) for s, v in zip(log["step"], log["val/ndcg@10"])]
+    return {
+        "start": relative(start),
+        "seconds": seconds,
+        "dev_ndcg10": curve,
+        "run_dir": relative(cfg.run_dir),
+    }
+
+
+def write_stage2_table(rows: dict, path: Path) -> None:
+    lines = ["| Stage II from | s | dev nDCG@10 by step (WordNet dev, 200 queries / 500 documents) | last |",
+             "|---|---|---|---|"]  # fmt: skip
+    for key, r in rows.items():
+        curve = " / ".join(f"{v:.1f}" for _, v in r["dev_ndcg10"])
+        lines.append(f"| {key} | {r['seconds']} | {curve} | **{r['dev_ndcg10'][-1][1]:.1f}** |")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def write_table(results: dict, path: Path) -> None:
     lines = ["| design | s | held-out gain d2q / q2d (first -> last probe) | held-out CE d2q / acc | "
              "gain d2q on 64 training pairs | query shares a content word | after training, real anchors: held-out "
@@ -248,6 +290,12 @@ def main() -> None:
         metavar="LABEL=PATH",
         help="checkpoint_stats of other checkpoints (the embedder, the base) -> checkpoint_stats.json",
     )
+    ap.add_argument(
+        "--stage2", action="store_true", help="the demo's Stage II after each --designs row's Stage I"
+    )
+    ap.add_argument(
+        "--stage2-embedder", action="store_true", help="the demo's Stage II from --embedder (no Stage I)"
+    )
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -266,6 +314,20 @@ def main() -> None:
         }
         other.write_text(json.dumps(stats, indent=1))
         print(label, json.dumps(stats[label]), flush=True)
+    stage2_store = HERE / "stage2.json"
+    stage2 = json.loads(stage2_store.read_text()) if stage2_store.is_file() else {}
+
+    def add_stage2(key: str, start: Path) -> None:
+        if key not in stage2:
+            stage2[key] = run_stage2(start, key.replace("[", "-").replace("]", ""), args.out, args.seed)
+            stage2_store.write_text(json.dumps(stage2, indent=1))
+            write_stage2_table(stage2, HERE / "stage2.md")
+        print(key, json.dumps(stage2[key]), flush=True)
+
+    if args.stage2_embedder:
+        if not (args.embedder and args.embedder_label):
+            raise SystemExit("--stage2-embedder: give --embedder PATH and --embedder-label NAME")
+        add_stage2(f"embedder[{args.embedder_label}]-seed{args.seed}", args.embedder)
     for name in args.designs:
         if EMBEDDER in DESIGNS[name] and not args.embedder_label:
             raise SystemExit(
@@ -288,6 +350,8 @@ def main() -> None:
         print(
             json.dumps({k: v for k, v in results[key].items() if k != "probe"}, indent=1)[:2000], flush=True
         )
+        if args.stage2:
+            add_stage2(key, final_dir(results[key]["run_dir"]))
 
 
 if __name__ == "__main__":
