@@ -35,7 +35,9 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--queries", type=int, default=200)
     ap.add_argument("--docs", type=int, default=500)
-    ap.add_argument("--batch-size", type=int, default=16, help="bireco's CPU encoding batch (encode_batch.py)")
+    ap.add_argument(
+        "--batch-size", type=int, default=16, help="bireco's CPU encoding batch (encode_batch.py)"
+    )
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "dev_check")
     args = ap.parse_args(argv)
