@@ -96,7 +96,8 @@ class ReconstructionStageConfig:
     reconstruct_instruction: bool = False
     # embedding: the method. constant: a control, the decoder gets one fixed vector (the mean input-token embedding)
     # instead of the other side's [EOS] state, so Stage I is LM fine-tuning on the same text, steps and schedule
-    # without any reconstruction signal
+    # without any reconstruction signal. shuffled: a control, each target is decoded from another pair's embedding
+    # (the micro-batch's anchors rolled by one): gradients still reach the encoder, but no pair's own content helps
     anchor: str = "embedding"
     # beyond the paper, off by default and in every preset (docs/method.md §2.4): how the decoder
     # receives the anchor. raw (paper) | token_norm | centered_token_norm | affine (token_norm, then a learned

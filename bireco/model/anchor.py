@@ -19,7 +19,7 @@ from bireco.core.files import atomic_path, atomic_write_text
 from bireco.model.backbone import Backbone, ReconstructionOutput
 from bireco.model.pooling import last_token
 
-ANCHOR_SOURCES = ("embedding", "constant")
+ANCHOR_SOURCES = ("embedding", "constant", "shuffled")
 DECODERS = ("shared", "frozen")
 ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm", "affine")
 LABEL_MODES = ("paper", "released_code")
@@ -252,8 +252,9 @@ def target_labels(side: dict, mode: str, reconstruct_instruction: bool) -> torch
 class AnchorReader:
     """Stage I's two halves for one backbone: `anchor(side)` and `decode(anchor, target)`.
 
-    source: `embedding` (the paper: the last-token final-norm state) or `constant` (the control: one fixed vector
-    for every pair). labels / reconstruct_instruction: which target tokens carry the CE (target_labels).
+    source: `embedding` (the paper: the last-token final-norm state), `constant` (the control: one fixed vector
+    for every pair) or `shuffled` (a control: the embedding, which the Stage I step rolls by one pair in the batch;
+    read here as `embedding`, so a probe measures the model's own anchors). labels / reconstruct_instruction: which target tokens carry the CE (target_labels).
     decoder: the backbone that decodes (`stage.decoder=frozen`: a FrozenDecoder's), None = `backbone` (the paper).
     """
 

@@ -82,8 +82,12 @@ class ReconstructionModule(StageModule):
 
     def anchor(self, side: dict) -> torch.Tensor:
         """(B, H) the anchor of one side (bireco.model.anchor.AnchorReader.anchor); `stage.anchor_detach`: without
-        its gradient, so the reconstruction loss trains the decoder's reading but not the embedding (a diagnostic)."""
+        its gradient, so the reconstruction loss trains the decoder's reading but not the embedding (a diagnostic);
+        `stage.anchor=shuffled`: pair i gets pair i-1's anchor (a control: the same steps and gradients into the
+        encoder and decoder, but what an anchor says about its own pair cannot lower the loss)."""
         anchor = self.reader.anchor(side)
+        if self.reader.source == "shuffled":
+            anchor = anchor.roll(1, 0)
         return anchor.detach() if self.anchor_detach else anchor
 
     def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:

@@ -52,6 +52,9 @@ OPTIONS = {
     "frozen": ["stage.decoder=frozen"],
     "frozen_token_norm": ["stage.decoder=frozen", "stage.anchor_scale=token_norm"],
     "frozen_affine": ["stage.decoder=frozen", "stage.anchor_scale=affine", "stage.anchor_affine_lr=3e-3"],
+    # its control: the same frozen decoder and steps, each query decoded from another pair's document anchor, so the
+    # encoder is trained through the anchor as much, but a pair's own content cannot lower the loss
+    "frozen_shuffled": ["stage.decoder=frozen", "stage.anchor=shuffled"],
 }
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
@@ -77,7 +80,7 @@ DESIGNS: dict[str, list[str]] = {
     # encoder has something to give (the chicken-and-egg of an untrained encoder removed)
     **{
         f"d2q_{k}_from_embedder": [*DEMO_BUDGET, *D2Q, *OPTIONS[k], EMBEDDER]
-        for k in ("raw", "constant", "affine", "raw_detached", "frozen", "frozen_affine")
+        for k in ("raw", "constant", "affine", "raw_detached", "frozen", "frozen_affine", "frozen_shuffled")
     },
     **{
         f"joint_{k}_from_embedder": [*DEMO_BUDGET, *JOINT, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")

@@ -75,8 +75,25 @@ def test_constant_anchor_control_decodes_without_the_other_side(backbone):
     const, method = module(backbone, anchor="constant"), module(backbone)
     torch.testing.assert_close(const.q2d(batch).loss, const.q2d(other).loss)
     assert not torch.allclose(method.q2d(batch).loss, method.q2d(other).loss)
-    with pytest.raises(ValueError, match="valid: embedding, constant"):
+    with pytest.raises(ValueError, match="valid: embedding, constant, shuffled"):
         module(backbone, anchor="none")
+
+
+def test_shuffled_anchor_control_decodes_each_target_from_the_previous_pairs_embedding(backbone):
+    """stage.anchor=shuffled: the step's loss is the method's CE with the batch's anchors rolled by one (pair i
+    decoded from pair i-1's embedding), the gradient still reaches the encoder side, and the reader (which the probe
+    uses) still gives each pair its own anchor."""
+    batch = make_batch(backbone)
+    shuffled, method = module(backbone, anchor="shuffled"), module(backbone)
+    own = method.anchor(batch["query"])
+    torch.testing.assert_close(shuffled.anchor(batch["query"]), own.roll(1, 0))
+    torch.testing.assert_close(shuffled.reader.anchor(batch["query"]), own)
+    torch.testing.assert_close(
+        shuffled.q2d(batch).loss, method.decode(own.roll(1, 0), batch["positive"]).loss
+    )
+    assert not torch.allclose(shuffled.q2d(batch).loss, method.q2d(batch).loss)
+    shuffled.d2q(batch).loss.backward()
+    assert backbone.decoder.layers[0].self_attn.q_proj.weight.grad.abs().sum() > 0
 
 
 def test_joint_loss_is_weighted_sum_of_independent_ces(backbone):
