@@ -254,7 +254,8 @@ class AnchorReader:
 
     source: `embedding` (the paper: the last-token final-norm state), `constant` (the control: one fixed vector
     for every pair) or `shuffled` (a control: the embedding, which the Stage I step rolls by one pair in the batch;
-    read here as `embedding`, so a probe measures the model's own anchors). labels / reconstruct_instruction: which target tokens carry the CE (target_labels).
+    read here as `embedding`, so a probe measures the model's own anchors). labels / reconstruct_instruction: which
+    target tokens carry the CE (target_labels).
     decoder: the backbone that decodes (`stage.decoder=frozen`: a FrozenDecoder's), None = `backbone` (the paper).
     """
 
