@@ -65,7 +65,7 @@ def autocast(device: torch.device | str, enabled: bool):
 
 
 def cast_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[tuple]:
-    """(parameter, its `dtype` copy) for every fp32 nn.Linear weight and bias of `model`, made once, for
+    """(module, name, its `dtype` copy) for every fp32 nn.Linear weight and bias of `model`, made once, for
     `weights_swapped`. A tied LM head shares its weight with the input embeddings, which must stay as they are."""
     elsewhere = {
         id(p)
@@ -75,32 +75,33 @@ def cast_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torch.bfloa
     }
     with torch.no_grad():
         return [
-            (p, p.data.to(dtype))
+            (module, name, torch.nn.Parameter(p.detach().to(dtype), requires_grad=False))
             for module in model.modules()
             if isinstance(module, torch.nn.Linear)
-            for p in (module.weight, module.bias)
+            for name, p in (("weight", module.weight), ("bias", module.bias))
             if p is not None and p.dtype == torch.float32 and id(p) not in elsewhere
         ]
 
 
 @contextlib.contextmanager
 def weights_swapped(casts: list[tuple]):
-    """Inference under autocast without autocast's per-call weight casts: each parameter's data is its cast copy for
-    the block and its fp32 tensor again after (the Parameter objects stay, so an optimizer or DDP holding them sees
-    nothing). Autocast would round the same fp32 values to the same bf16 values at every call, so the outputs are
-    bit-identical; on a CPU those casts were a quarter of encoding time (experiments/bench/encode_vs_st.py). Only for
-    no-grad blocks: gradients would reach the cast copies."""
+    """Inference under autocast without autocast's per-call weight casts: each Linear holds its cast copy for the
+    block and its own fp32 Parameter again after. The Parameter objects are never touched (no `.data` assignment,
+    which would reset their gradient accumulators and with them DDP's hooks), so an optimizer or DDP holding them
+    sees nothing. Autocast would round the same fp32 values to the same bf16 values at every call, so the outputs
+    are bit-identical; on a CPU those casts were a quarter of encoding time (experiments/bench/encode_vs_st.py).
+    Only for no-grad blocks."""
     if torch.is_grad_enabled():
         raise RuntimeError("weights_swapped is for inference (torch.no_grad) only")
     saved = []
     try:
-        for p, cast in casts:
-            saved.append((p, p.data))
-            p.data = cast
+        for module, name, cast in casts:
+            saved.append((module, name, module._parameters[name]))
+            module._parameters[name] = cast
         yield
     finally:
-        for p, data in saved:
-            p.data = data
+        for module, name, param in saved:
+            module._parameters[name] = param
 
 
 @contextlib.contextmanager

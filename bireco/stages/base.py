@@ -56,7 +56,7 @@ class StageModule(L.LightningModule):
     def on_validation_epoch_start(self):
         self._dev_parts: tuple[list, list] = ([], [])
         # as encode_texts on a CPU: the fp32 Linear weights cast to bf16 once per check, not by autocast at every
-        # forward (same bits; ~a quarter of the check's time); swapped in per step, so the weights are fp32 between
+        # forward (same bits; 0.64x the check's time, experiments/bench/dev_check.py); swapped in per step
         mixed = bf16_for(self.device)
         self._dev_casts = cast_linear_weights(self.backbone) if mixed and self.device.type == "cpu" else []
 

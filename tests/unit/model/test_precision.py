@@ -175,6 +175,11 @@ def test_the_dev_check_casts_linear_weights_once_per_check_with_the_same_bits(ba
     monkeypatch.setattr(base, "bf16_for", lambda device, bf16=None: True)
     module = ContrastiveModule(backbone, OptimConfig(lr=1e-3, warmup_steps=0), lr_horizon=10)
     params = {n: (p, p.detach().clone()) for n, p in backbone.named_parameters()}
+    # DDP hooks each parameter's gradient accumulator: a check must not replace it (a `.data` swap to another
+    # dtype did, and DDP then saw "unused parameters" at the next step)
+    q_proj = backbone.decoder.layers[0].self_attn.q_proj.weight
+    accumulator, fired = q_proj.expand_as(q_proj).grad_fn.next_functions[0][0], []
+    accumulator.register_hook(lambda *args: fired.append(True))
     batches = [dict(make_side(backbone, TEXTS[i : i + 2]), index=torch.tensor([i, i + 1])) for i in (0, 1, 2)]
     calls = _spy_casts(monkeypatch, base)
 
@@ -194,6 +199,8 @@ def test_the_dev_check_casts_linear_weights_once_per_check_with_the_same_bits(ba
     assert all(torch.equal(a, b) for a, b in zip(once, per_call, strict=True))
     for name, p in backbone.named_parameters():
         assert torch.equal(p, params[name][1]), name
+    backbone.embed(batches[0]).sum().backward()
+    assert fired and q_proj.grad is not None  # the same accumulator (and its hooks) after the checks
 
 
 def test_the_anchor_probe_casts_linear_weights_once_with_the_same_bits(backbone, monkeypatch):
