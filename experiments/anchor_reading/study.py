@@ -212,9 +212,8 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
 def run_stage2(start: Path, key: str, out: Path, seed: int) -> dict:
     """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps, the dev check every 10 steps)
     from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
-    import pandas as pd
-
     from bireco.config.compose import compose_train
+    from bireco.core.runs import logged_curve
     from bireco.demo import PRESETS
     from bireco.training.run import run
 
@@ -227,8 +226,7 @@ def run_stage2(start: Path, key: str, out: Path, seed: int) -> dict:
     t0 = time.perf_counter()
     run(cfg)
     seconds = round(time.perf_counter() - t0)
-    log = pd.read_csv(metrics_csv(Path(cfg.run_dir))).dropna(subset=["val/ndcg@10"])
-    curve = [(int(s), round(100 * float(v), 2)) for s, v in zip(log["step"], log["val/ndcg@10"])]
+    curve = [(s, round(100 * v, 2)) for s, v in logged_curve(cfg.run_dir)]
     return {
         "start": relative(start),
         "seconds": seconds,
