@@ -42,7 +42,8 @@ def _hydra_main(cfg: DictConfig) -> float:
     if cfg.reference is not None:
         summary, label = evaluate_reference(cfg.reference, **common), cfg.reference
     else:
-        summary = evaluate_checkpoint(cfg.checkpoint, max_length=cfg.max_length, wandb=cfg.wandb, **common)
+        summary = evaluate_checkpoint(cfg.checkpoint, max_length=cfg.max_length, wandb=cfg.wandb, dtype=cfg.dtype,
+                                      **common)  # fmt: skip
         label = run_of(cfg.checkpoint).name
     print(markdown_table({label: summary}))
     return summary["categories"]["Average"]

@@ -45,13 +45,16 @@ def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> st
 
 
 def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: int = 512, batch_size: int | None = None,
-                      progress: bool = True):  # fmt: skip
-    """An mteb 2.x encoder around a loaded backbone, with a ModelMeta unique to `checkpoint`."""
+                      progress: bool = True, dtype: str = "auto"):  # fmt: skip
+    """An mteb 2.x encoder around a loaded backbone, with a ModelMeta unique to `checkpoint` and, other than `auto`,
+    to the `dtype` its weights were loaded in (results cached under one dtype are not reused for another)."""
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
 
     revision = checkpoint_revision(checkpoint)
     name = f"bireco/{Path(checkpoint).resolve().parent.name}-{Path(checkpoint).name}-{revision[:8]}"
+    if dtype != "auto":
+        name += f"-{dtype}"
     meta = ModelMeta(
         loader=None, name=name, revision=revision, release_date=None, languages=None,
         n_parameters=sum(p.numel() for p in backbone.parameters()), memory_usage_mb=None, max_tokens=max_length,

@@ -76,9 +76,11 @@ def default_batch_size(device: torch.device | str) -> int:
 
 
 def encode(texts: list[str], checkpoint: str | Path, instruction: str | None = None, batch_size: int | None = None,
-           max_length: int = 512, device: str | None = None) -> np.ndarray:  # fmt: skip
-    """Embed `texts` with a bireco checkpoint (L2-normalised). Queries take an `instruction`, documents none."""
-    backbone = Backbone.load(checkpoint)
+           max_length: int = 512, device: str | None = None, dtype: str = "auto") -> np.ndarray:  # fmt: skip
+    """Embed `texts` with a bireco checkpoint (L2-normalised). Queries take an `instruction`, documents none.
+    `dtype`: the weights' dtype (`auto`: bf16 on a bf16 GPU, fp32 + bf16 autocast on a CPU; `bfloat16`: every op in
+    bf16, as a bf16 sentence-transformers export)."""
+    backbone = Backbone.load(checkpoint, dtype=dtype)
     if device:
         backbone.to(device)
     elif torch.cuda.is_available():

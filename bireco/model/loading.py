@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bireco.core.errors import CheckpointNotFound
+from bireco.core.errors import CheckpointNotFound, ConfigError
 from bireco.core.files import partial_writes
 from bireco.model.attention import attn_implementation
 from bireco.model.checkpoint import METADATA_FILE, checkpoint_weights, read_metadata
@@ -22,13 +22,14 @@ from bireco.model.text_format import TextFormat
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str, key: str = "model.dtype") -> torch.dtype:
+    """`auto`: bf16 weights on a bf16 GPU, fp32 elsewhere (a CPU encodes them under bf16 autocast where it pays)."""
     if name == "auto":
         return (
             torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
         )
     if name not in DTYPES:
-        raise ValueError(f"model.dtype={name!r}; valid: auto, {', '.join(DTYPES)}")
+        raise ConfigError(f"{key}={name!r}; valid: auto, {', '.join(DTYPES)}")
     return DTYPES[name]
 
 

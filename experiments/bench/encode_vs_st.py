@@ -4,7 +4,8 @@
     python experiments/bench/encode_vs_st.py --docs 100 --repeats 1
 
 The untrained SmolLM2 is saved as a bireco checkpoint and exported twice (fp32 and bf16 weights). Then, in turn
-(A B A B, best of `--repeats`): bireco's `encode_texts` in fp32 and under bf16 autocast (its CPU default), and
+(A B C D E, best of `--repeats`): bireco's `encode_texts` in fp32, under bf16 autocast (its CPU default: fp32
+residual stream and norms) and with bf16 weights (`dtype=bfloat16`, every op in bf16 as in the bf16 export), and
 `SentenceTransformer.encode` on the fp32 export and on the bf16 export, all at one batch size on length-sorted texts
 (both sort). Ratios are sentence-transformers time / bireco time (> 1: bireco faster), and every pair's embeddings
 are compared (cosine), so a fast path that embeds different text would show. Writes markdown + JSON to --out.
@@ -23,6 +24,7 @@ import torch
 from encode_batch import debian_documents, tokens_in
 
 ROOT = Path(__file__).resolve().parents[2]
+BF16_WEIGHTS = "bireco, bf16 weights (dtype=bfloat16, as the bf16 export)"
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -62,6 +64,7 @@ def main(argv=None) -> dict:
         exports = {dt: export_sentence_transformers(ckpt, Path(tmp) / f"st-{dt}", max_seq_length=args.max_length,
                                                     dtype=dt) for dt in ("float32", "bfloat16")}  # fmt: skip
         backbone = Backbone.load(ckpt, dtype="float32")
+        backbone_bf16 = Backbone.load(ckpt, dtype="bfloat16")
         st = {dt: SentenceTransformer(str(p), device="cpu") for dt, p in exports.items()}
         tokens = tokens_in(backbone.tokenizer, docs, args.max_length)
         bs = args.batch_size
@@ -70,6 +73,7 @@ def main(argv=None) -> dict:
             "bireco, bf16 autocast (CPU default)": lambda: encode_texts(
                 backbone, docs, None, args.max_length, bs, bf16=True
             ),  # fmt: skip
+            BF16_WEIGHTS: lambda: encode_texts(backbone_bf16, docs, None, args.max_length, bs),
             "sentence-transformers, fp32 export": lambda: st["float32"].encode(
                 docs, batch_size=bs, normalize_embeddings=True
             ),  # fmt: skip
@@ -88,7 +92,8 @@ def main(argv=None) -> dict:
                 best[name] = min(best.get(name, float("inf")), s)
                 emb[name] = torch.nn.functional.normalize(e, dim=-1)
     pairs = [("fp32", "bireco, fp32", "sentence-transformers, fp32 export"),
-             ("bf16", "bireco, bf16 autocast (CPU default)", "sentence-transformers, bf16 export")]  # fmt: skip
+             ("bf16 autocast", "bireco, bf16 autocast (CPU default)", "sentence-transformers, bf16 export"),
+             ("bf16 weights", BF16_WEIGHTS, "sentence-transformers, bf16 export")]  # fmt: skip
     lines = ["| encoder | seconds | tokens/s |", "|---|---|---|"]
     lines += [f"| {n} | {s:.1f} | {tokens / s:.0f} |" for n, s in best.items()]
     ratios, cosine_min = {}, {}

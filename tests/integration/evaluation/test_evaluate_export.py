@@ -46,6 +46,25 @@ def test_builtin_task_through_mteb_matches_numpy_ndcg(checkpoint, tmp_path):
     assert "| Retrieval |" in table.splitlines()[0].replace("| run ", "")
 
 
+def test_evaluation_in_bf16_weights_is_its_own_result_and_a_dtype_typo_fails_fast(checkpoint, tmp_path):
+    """`dtype=bfloat16` (every op in bf16, as a bf16 export) is cached under its own model name, so an fp32 result in
+    the same folder is not reused for it; its score stays near fp32's; a typo names the valid dtypes before any work."""
+    import json
+
+    from bireco.core.errors import ConfigError
+
+    kw = dict(tasks=["WordNetExamplesRetrieval"], output_dir=str(tmp_path / "eval"), max_queries=40, max_docs=200,
+              progress=False, wandb=False)  # fmt: skip
+    fp32 = evaluate_checkpoint(str(checkpoint), **kw)
+    bf16 = evaluate_checkpoint(str(checkpoint), dtype="bfloat16", **kw)
+    saved = json.loads((tmp_path / "eval" / "mteb" / "WordNetExamplesRetrieval.json").read_text())
+    assert saved["bireco_key"]["model"].endswith("-bfloat16")
+    score = lambda s: s["tasks"]["WordNetExamplesRetrieval"]["main_score"]  # noqa: E731
+    assert abs(score(bf16) - score(fp32)) < 5, (score(bf16), score(fp32))
+    with pytest.raises(ConfigError, match="dtype='bf16'; valid: auto, float32, bfloat16"):
+        evaluate_checkpoint(str(checkpoint), dtype="bf16", **kw)
+
+
 def test_named_task_offline_fails_fast(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(TaskUnavailable, match="SciFact.*HF_HUB_OFFLINE=1"):
@@ -113,6 +132,10 @@ def test_encode_helper(checkpoint):
 
     e = encode(["dog", "a canid"], checkpoint, instruction="Find")
     assert e.shape == (2, 64) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    bf16 = encode(["dog", "a canid"], checkpoint, instruction="Find", dtype="bfloat16")
+    assert (
+        not np.array_equal(bf16, e) and (bf16 * e).sum(-1).min() > 0.99
+    )  # bf16 weights: the same vectors, rounded
 
 
 def test_export_defaults_to_bf16_writes_a_model_card_and_does_not_replace_silently(checkpoint, tmp_path):
