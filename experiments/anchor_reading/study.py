@@ -13,7 +13,9 @@ rerun skips what is done.
 `--stage2` then runs the demo's Stage II (LoRA, lr 1e-3, 40 steps, its dev check every 10 steps) from each design's
 Stage I, and `--stage2-embedder` from --embedder itself (no Stage I between): does a Stage I that reads make a
 better embedder after Stage II? The answer is read on the dev check (WordNet dev, 200 queries, 500 documents), in
-stage2.json / stage2.md here.
+stage2.json / stage2.md here. `--suite` then evaluates those Stage II models of one --embedder-label (and the start
+itself) on the demo's built-in suite (WordNet test, out of domain; the demo's subsample), seeds side by side, in
+suite.json / suite.md here: the decisive comparison, run once the recipe was chosen on dev.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import statistics
 import time
 from pathlib import Path
 
@@ -244,6 +248,91 @@ def write_stage2_table(rows: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+SUITE_ROWS = {  # stage2.json key prefix -> the suite table's row
+    "start": "the start (no further training)",
+    "embedder": "Stage II again (no Stage I)",
+    "d2q_frozen_from_embedder": "Stage I, frozen decoder + Stage II",
+    "d2q_frozen_shuffled_from_embedder": "shuffled-anchor control + Stage II",
+}
+SUITE_SCORES = {"Average": ("categories", "Average"), "WordNet avg": ("groups", "WordNet avg"),
+                "Out-of-domain avg": ("groups", "Out-of-domain avg")}  # fmt: skip
+READS, CONTROL = "d2q_frozen_from_embedder", "d2q_frozen_shuffled_from_embedder"
+
+
+def run_suite(stage2: dict, label: str, store: Path) -> dict:
+    """Every Stage II model of stage2.json started from `label`, and the start itself, on the demo's built-in suite
+    and subsample (bireco.demo EVAL_TASKS, PRESETS["smollm2"]); kept in `store` (a rerun skips what is there).
+    Paths in stage2.json are relative to the working directory."""
+    from bireco.demo import EVAL_TASKS, PRESETS
+    from bireco.evaluation.runner import evaluate_checkpoint
+
+    preset = PRESETS["smollm2"]
+    suite = json.loads(store.read_text()) if store.is_file() else {}
+    todo = {key: final_dir(r["run_dir"]) for key, r in stage2.items() if f"[{label}]-seed" in key}
+    starts = {r["start"] for key, r in stage2.items() if key.startswith(f"embedder[{label}]")}
+    todo.update({f"start[{label}]": Path(s) for s in starts})
+    for key, ckpt in todo.items():
+        if key in suite:
+            continue
+        summary = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(Path(ckpt).parent / "eval-suite"),
+                                      max_queries=preset.eval_queries, max_docs=preset.eval_docs, progress=False,
+                                      wandb=False)  # fmt: skip
+        suite[key] = {"checkpoint": relative(ckpt), "scores": {name: summary[a][b] for name, (a, b) in SUITE_SCORES.items()},
+                      "tasks": {t: v["main_score"] for t, v in summary["tasks"].items()}}  # fmt: skip
+        store.write_text(json.dumps(suite, indent=1))
+        print(key, json.dumps(suite[key]["scores"]), flush=True)
+    return suite
+
+
+def seed_row(
+    name: str, values: dict[int, float], seeds: list[int], fmt: str = "{:.2f}", spread: bool = True
+) -> str:
+    """A table row: a cell per seed ("–" where missing), then the mean ± sd over the seeds it has."""
+    got = list(values.values())
+    summary = (
+        f"{fmt.format(statistics.mean(got))} ± {statistics.stdev(got):.2f}"
+        if spread and len(got) > 1
+        else fmt.format(got[0])
+    )
+    return (
+        f"| {name} | "
+        + " | ".join(fmt.format(values[s]) if s in values else "–" for s in seeds)
+        + f" | {summary} |"
+    )
+
+
+def write_suite_table(suite: dict, label: str, path: Path) -> None:
+    """Per score: one row per design, a column per seed, mean ± sd; then the reading Stage I − its control by seed."""
+    from bireco.demo import PRESETS
+
+    cells: dict[str, dict[int, dict]] = {}
+    for key, row in suite.items():
+        m = re.fullmatch(rf"(\w+)\[{re.escape(label)}\](?:-seed(\d+))?", key)
+        if m:
+            cells.setdefault(m.group(1), {})[int(m.group(2) or 0)] = row["scores"]
+    seeds = sorted({s for per_seed in cells.values() for s in per_seed if s})
+    preset = PRESETS["smollm2"]
+    parts = [f"nDCG@10 × 100 on the built-in suite (bireco.demo EVAL_TASKS: the two WordNet test tasks, "
+             f"DebianPackagesRetrieval, PythonAPIRetrieval; {preset.eval_queries} queries, {preset.eval_docs} documents "
+             f"per task, the demo's subsample). Start: {label}; the same start for every seed, the seed drives Stage I "
+             f"and Stage II.\n"]  # fmt: skip
+    for score in SUITE_SCORES:
+        lines = [f"\n{score}:\n", "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
+                 "|---" * (len(seeds) + 2) + "|"]  # fmt: skip
+        for prefix, name in SUITE_ROWS.items():
+            per_seed = cells.get(prefix, {})
+            if 0 in per_seed:  # the start: one model, the same for every seed
+                lines.append(seed_row(name, {s: per_seed[0][score] for s in seeds}, seeds, spread=False))
+            elif per_seed:
+                lines.append(seed_row(name, {s: v[score] for s, v in per_seed.items()}, seeds))
+        both = [s for s in seeds if s in cells.get(READS, {}) and s in cells.get(CONTROL, {})]
+        if both:
+            delta = {s: cells[READS][s][score] - cells[CONTROL][s][score] for s in both}
+            lines.append(seed_row("**reading − control**", delta, seeds, fmt="{:+.2f}"))
+        parts.append("\n".join(lines) + "\n")
+    path.write_text("".join(parts))
+
+
 def write_table(results: dict, path: Path) -> None:
     lines = ["| design | s | held-out gain d2q / q2d (first -> last probe) | held-out CE d2q / acc | "
              "gain d2q on 64 training pairs | query shares a content word | after training, real anchors: held-out "
@@ -296,6 +385,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--stage2-embedder", action="store_true", help="the demo's Stage II from --embedder (no Stage I)"
+    )
+    ap.add_argument(
+        "--suite",
+        action="store_true",
+        help="the built-in suite for every Stage II model from --embedder-label and for the start (suite.md)",
     )
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
@@ -353,6 +447,11 @@ def main() -> None:
         )
         if args.stage2:
             add_stage2(key, final_dir(results[key]["run_dir"]))
+    if args.suite:
+        if not args.embedder_label:
+            raise SystemExit("--suite: give --embedder-label NAME (whose Stage II models to evaluate)")
+        suite = run_suite(stage2, args.embedder_label, HERE / "suite.json")
+        write_suite_table(suite, args.embedder_label, HERE / "suite.md")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,39 @@
+"""experiments/anchor_reading/study.py --suite: evaluated rows are reused, and the table puts the seeds side by side
+with the reading Stage I − its shuffled control per seed."""
+
+import json
+
+from conftest import experiment
+
+
+def scores(avg: float, wordnet: float, ood: float) -> dict:
+    return {"scores": {"Average": avg, "WordNet avg": wordnet, "Out-of-domain avg": ood}}
+
+
+def test_suite_table_gives_seeds_mean_sd_and_reading_minus_control(tmp_path):
+    study = experiment("anchor_reading/study.py")
+    label = "demo_baseline"
+    cached = {
+        f"start[{label}]": scores(20.0, 30.0, 10.0),
+        f"d2q_frozen_from_embedder[{label}]-seed1": scores(60.0, 80.0, 40.0),
+        f"d2q_frozen_from_embedder[{label}]-seed2": scores(70.0, 85.0, 55.0),
+        f"d2q_frozen_shuffled_from_embedder[{label}]-seed1": scores(55.0, 78.0, 32.0),
+        f"d2q_frozen_shuffled_from_embedder[{label}]-seed2": scores(72.0, 84.0, 60.0),
+        "d2q_raw_from_embedder[other]-seed1": scores(1.0, 1.0, 1.0),  # another start: not in this table
+    }
+    store = tmp_path / "suite.json"
+    store.write_text(json.dumps(cached))
+    # every row is in suite.json already: nothing is evaluated again (no checkpoint exists here)
+    stage2 = {f"embedder[{label}]-seed1": {"start": "no/such/start", "run_dir": "no/such/run"}}
+    stage2.update({k: {"run_dir": "no/such/run"} for k in cached if k.startswith("d2q")})
+    suite = study.run_suite({k: v for k, v in stage2.items() if not k.startswith("embedder")}, label, store)
+    assert suite == cached
+    study.write_suite_table(suite, label, tmp_path / "suite.md")
+    md = (tmp_path / "suite.md").read_text()
+    average, wordnet, ood = [chunk for chunk in md.split("\n\n") if chunk.startswith("| run")]
+    assert "| run | seed 1 | seed 2 | mean ± sd |" in average
+    assert "| the start (no further training) | 20.00 | 20.00 | 20.00 |" in average
+    assert "| Stage I, frozen decoder + Stage II | 60.00 | 70.00 | 65.00 ± 7.07 |" in average
+    assert "| **reading − control** | +5.00 | -2.00 | +1.50 ± 4.95 |" in average
+    assert "| **reading − control** | +8.00 | -5.00 | +1.50 ± 9.19 |" in ood
+    assert "| 1.00 " not in md
