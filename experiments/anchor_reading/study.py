@@ -33,8 +33,9 @@ import torch
 from bireco.core.runs import final_dir, metrics_csv
 
 HERE = Path(__file__).resolve().parent
+STAGE1_STEPS = 80  # the demo's
 DEMO_BUDGET = ["data.global_batch_size=16", "data.max_query_length=32", "data.max_doc_length=48",
-               "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8", "trainer.max_steps=80"]  # fmt: skip
+               "stage.optim.lr=3e-4", "stage.optim.warmup_steps=8", f"trainer.max_steps={STAGE1_STEPS}"]  # fmt: skip
 COMMON = ["model=smollm2", "stage=reconstruction", "experiment_name=anchor_reading", "trainer.log_every_n_steps=5",
           "stage.probe.every_n_steps=20", "stage.probe.pairs=64", "trainer.enable_progress_bar=false"]  # fmt: skip
 D2Q, JOINT = ["stage.alpha=0.0"], ["stage.alpha=0.2", "stage.schedule=joint"]
@@ -213,9 +214,9 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
     }
 
 
-def run_stage2(start: Path, key: str, out: Path, seed: int) -> dict:
-    """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps, the dev check every 10 steps)
-    from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
+def run_stage2(start: Path, key: str, out: Path, seed: int, steps: int | None = None) -> dict:
+    """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps or `steps`, the dev check every 10
+    steps) from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
     from bireco.config.compose import compose_train
     from bireco.core.runs import logged_curve
     from bireco.demo import PRESETS
@@ -225,7 +226,7 @@ def run_stage2(start: Path, key: str, out: Path, seed: int) -> dict:
     cfg = compose_train(["model=smollm2", "stage=contrastive", f"stage.init_from={Path(start).resolve()}",
                          "experiment_name=anchor_reading_stage2", f"output_root={out}", f"variant={key}",
                          f"seed={seed}", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
-                         *preset.data, *preset.stage2, f"trainer.max_steps={preset.stage2_steps}",
+                         *preset.data, *preset.stage2, f"trainer.max_steps={steps or preset.stage2_steps}",
                          f"trainer.dev_check_every_n_steps={preset.eval_every}"])  # fmt: skip
     t0 = time.perf_counter()
     run(cfg)
@@ -251,6 +252,7 @@ def write_stage2_table(rows: dict, path: Path) -> None:
 SUITE_ROWS = {  # stage2.json key prefix -> the suite table's row
     "start": "the start (no further training)",
     "embedder": "Stage II again (no Stage I)",
+    "embedder_matched": "Stage II again, compute-matched (120 steps, no Stage I)",
     "d2q_frozen_from_embedder": "Stage I, frozen decoder + Stage II",
     "d2q_frozen_shuffled_from_embedder": "shuffled-anchor control + Stage II",
 }
@@ -391,6 +393,11 @@ def main() -> None:
         action="store_true",
         help="the built-in suite for every Stage II model from --embedder-label and for the start (suite.md)",
     )
+    ap.add_argument(
+        "--stage2-embedder-matched",
+        action="store_true",
+        help="the compute-matched control: Stage II from --embedder for Stage I's steps too (80 + 40)",
+    )
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -412,9 +419,10 @@ def main() -> None:
     stage2_store = HERE / "stage2.json"
     stage2 = json.loads(stage2_store.read_text()) if stage2_store.is_file() else {}
 
-    def add_stage2(key: str, start: Path) -> None:
+    def add_stage2(key: str, start: Path, steps: int | None = None) -> None:
         if key not in stage2:
-            stage2[key] = run_stage2(start, key.replace("[", "-").replace("]", ""), args.out, args.seed)
+            variant = key.replace("[", "-").replace("]", "")
+            stage2[key] = run_stage2(start, variant, args.out, args.seed, steps)
             stage2_store.write_text(json.dumps(stage2, indent=1))
             write_stage2_table(stage2, HERE / "stage2.md")
         print(key, json.dumps(stage2[key]), flush=True)
@@ -423,6 +431,13 @@ def main() -> None:
         if not (args.embedder and args.embedder_label):
             raise SystemExit("--stage2-embedder: give --embedder PATH and --embedder-label NAME")
         add_stage2(f"embedder[{args.embedder_label}]-seed{args.seed}", args.embedder)
+    if args.stage2_embedder_matched:
+        if not (args.embedder and args.embedder_label):
+            raise SystemExit("--stage2-embedder-matched: give --embedder PATH and --embedder-label NAME")
+        from bireco.demo import PRESETS
+
+        steps = PRESETS["smollm2"].stage2_steps + STAGE1_STEPS
+        add_stage2(f"embedder_matched[{args.embedder_label}]-seed{args.seed}", args.embedder, steps)
     for name in args.designs:
         if EMBEDDER in DESIGNS[name] and not args.embedder_label:
             raise SystemExit(
