@@ -304,7 +304,7 @@ def seed_row(
 
 
 def write_suite_table(suite: dict, label: str, path: Path) -> None:
-    """Per score: one row per design, a column per seed, mean ± sd; then the reading Stage I − its control by seed."""
+    """Per score: one row per design, a column per seed, mean ± sd; then the own-anchor Stage I − its shuffled control by seed."""
     from bireco.demo import PRESETS
 
     cells: dict[str, dict[int, dict]] = {}
@@ -330,7 +330,7 @@ def write_suite_table(suite: dict, label: str, path: Path) -> None:
         both = [s for s in seeds if s in cells.get(READS, {}) and s in cells.get(CONTROL, {})]
         if both:
             delta = {s: cells[READS][s][score] - cells[CONTROL][s][score] for s in both}
-            lines.append(seed_row("**reading − control**", delta, seeds, fmt="{:+.2f}"))
+            lines.append(seed_row("**own anchor − shuffled control**", delta, seeds, fmt="{:+.2f}"))
         parts.append("\n".join(lines) + "\n")
     path.write_text("".join(parts))
 

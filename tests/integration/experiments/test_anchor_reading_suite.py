@@ -1,5 +1,5 @@
 """experiments/anchor_reading/study.py --suite: evaluated rows are reused, and the table puts the seeds side by side
-with the reading Stage I − its shuffled control per seed."""
+with the own-anchor Stage I − its shuffled control per seed."""
 
 import json
 
@@ -34,6 +34,6 @@ def test_suite_table_gives_seeds_mean_sd_and_reading_minus_control(tmp_path):
     assert "| run | seed 1 | seed 2 | mean ± sd |" in average
     assert "| the start (no further training) | 20.00 | 20.00 | 20.00 |" in average
     assert "| Stage I, frozen decoder + Stage II | 60.00 | 70.00 | 65.00 ± 7.07 |" in average
-    assert "| **reading − control** | +5.00 | -2.00 | +1.50 ± 4.95 |" in average
-    assert "| **reading − control** | +8.00 | -5.00 | +1.50 ± 9.19 |" in ood
+    assert "| **own anchor − shuffled control** | +5.00 | -2.00 | +1.50 ± 4.95 |" in average
+    assert "| **own anchor − shuffled control** | +8.00 | -5.00 | +1.50 ± 9.19 |" in ood
     assert "| 1.00 " not in md
