@@ -124,7 +124,8 @@ def evaluate_checkpoint(checkpoint: str, *, tasks: list[str] | None = None, benc
                         max_queries: int | None = None, progress: bool = True, max_docs: int | None = None,
                         wandb: bool = True, dtype: str = "auto") -> dict:  # fmt: skip
     """`dtype`: the weights' dtype while encoding (bireco.model.loading.resolve_dtype); `bfloat16` runs every op in
-    bf16, as a bf16 sentence-transformers export does: faster on a CPU, scores move by bf16 rounding."""
+    bf16, as a bf16 sentence-transformers export does (what a published bf16 model computes); scores move by bf16
+    rounding. Not faster than the CPU default (experiments/bench/encode_vs_st.py)."""
     import torch
 
     from bireco.evaluation.mteb_encoder import make_mteb_encoder
