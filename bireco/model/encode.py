@@ -80,6 +80,9 @@ def encode(texts: list[str], checkpoint: str | Path, instruction: str | None = N
     """Embed `texts` with a bireco checkpoint (L2-normalised). Queries take an `instruction`, documents none.
     `dtype`: the weights' dtype (`auto`: bf16 on a bf16 GPU, fp32 + bf16 autocast on a CPU; `bfloat16`: every op in
     bf16, as a bf16 sentence-transformers export)."""
+    from bireco.model.loading import resolve_dtype
+
+    resolve_dtype(dtype, "dtype")  # a typo is named as this argument, before any weights load
     backbone = Backbone.load(checkpoint, dtype=dtype)
     if device:
         backbone.to(device)
