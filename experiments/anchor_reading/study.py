@@ -258,7 +258,7 @@ SUITE_ROWS = {  # stage2.json key prefix -> the suite table's row
 }
 SUITE_SCORES = {"Average": ("categories", "Average"), "WordNet avg": ("groups", "WordNet avg"),
                 "Out-of-domain avg": ("groups", "Out-of-domain avg")}  # fmt: skip
-READS, CONTROL = "d2q_frozen_from_embedder", "d2q_frozen_shuffled_from_embedder"
+OWN_ANCHOR, CONTROL = "d2q_frozen_from_embedder", "d2q_frozen_shuffled_from_embedder"
 
 
 def run_suite(stage2: dict, label: str, store: Path) -> dict:
@@ -327,9 +327,9 @@ def write_suite_table(suite: dict, label: str, path: Path) -> None:
                 lines.append(seed_row(name, {s: per_seed[0][score] for s in seeds}, seeds, spread=False))
             elif per_seed:
                 lines.append(seed_row(name, {s: v[score] for s, v in per_seed.items()}, seeds))
-        both = [s for s in seeds if s in cells.get(READS, {}) and s in cells.get(CONTROL, {})]
+        both = [s for s in seeds if s in cells.get(OWN_ANCHOR, {}) and s in cells.get(CONTROL, {})]
         if both:
-            delta = {s: cells[READS][s][score] - cells[CONTROL][s][score] for s in both}
+            delta = {s: cells[OWN_ANCHOR][s][score] - cells[CONTROL][s][score] for s in both}
             lines.append(seed_row("**own anchor − shuffled control**", delta, seeds, fmt="{:+.2f}"))
         parts.append("\n".join(lines) + "\n")
     path.write_text("".join(parts))
