@@ -11,8 +11,9 @@ rerun skips what is done.
     python experiments/anchor_reading/study.py --overlap 100 --designs d2q_raw d2q_constant
 
 `--stage2` then runs the demo's Stage II (LoRA, lr 1e-3, 40 steps, its dev check every 10 steps) from each design's
-Stage I, and `--stage2-embedder` from --embedder itself (no Stage I between): does a Stage I that reads make a
-better embedder after Stage II? The answer is read on the dev check (WordNet dev, 200 queries, 500 documents), in
+Stage I, and `--stage2-embedder` from --embedder itself (no Stage I between), with `--stage2-embedder-matched` for
+Stage I's steps too (the compute-matched control) and `--stage2-embedder-full-ft` with every weight trained (the
+capacity control): does a Stage I that reads make a better embedder after Stage II? The answer is read on the dev check (WordNet dev, 200 queries, 500 documents), in
 stage2.json / stage2.md here. `--suite` then evaluates those Stage II models of one --embedder-label (and the start
 itself) on the demo's built-in suite (WordNet test, out of domain; the demo's subsample), seeds side by side, in
 suite.json / suite.md here: the decisive comparison, run once the recipe was chosen on dev.
@@ -40,6 +41,9 @@ COMMON = ["model=smollm2", "stage=reconstruction", "experiment_name=anchor_readi
           "stage.probe.every_n_steps=20", "stage.probe.pairs=64", "trainer.enable_progress_bar=false"]  # fmt: skip
 D2Q, JOINT = ["stage.alpha=0.0"], ["stage.alpha=0.2", "stage.schedule=joint"]
 EMBEDDER = "stage.init_from={embedder}"  # filled from --embedder
+# Stage II with every weight trained, at the rate the demo trains every weight with (Stage I's), as
+# experiments/seeds/seeds.py's capacity control: the frozen-decoder Stage I trains the whole encoder, LoRA never does
+FULL_FT = ("stage.lora.enabled=false", next(o for o in DEMO_BUDGET if o.startswith("stage.optim.lr=")))
 OPTIONS = {
     "raw": [],
     "token_norm": ["stage.anchor_scale=token_norm"],
@@ -214,9 +218,11 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
     }
 
 
-def run_stage2(start: Path, key: str, out: Path, seed: int, steps: int | None = None) -> dict:
+def run_stage2(
+    start: Path, key: str, out: Path, seed: int, steps: int | None = None, extra: tuple[str, ...] = ()
+) -> dict:
     """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps or `steps`, the dev check every 10
-    steps) from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
+    steps; `extra` overrides last) from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
     from bireco.config.compose import compose_train
     from bireco.core.runs import logged_curve
     from bireco.demo import PRESETS
@@ -227,13 +233,14 @@ def run_stage2(start: Path, key: str, out: Path, seed: int, steps: int | None = 
                          "experiment_name=anchor_reading_stage2", f"output_root={out}", f"variant={key}",
                          f"seed={seed}", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
                          *preset.data, *preset.stage2, f"trainer.max_steps={steps or preset.stage2_steps}",
-                         f"trainer.dev_check_every_n_steps={preset.eval_every}"])  # fmt: skip
+                         f"trainer.dev_check_every_n_steps={preset.eval_every}", *extra])  # fmt: skip
     t0 = time.perf_counter()
     run(cfg)
     seconds = round(time.perf_counter() - t0)
     curve = [(s, round(100 * v, 2)) for s, v in logged_curve(cfg.run_dir)]
     return {
         "start": relative(start),
+        **({"overrides": list(extra)} if extra else {}),
         "seconds": seconds,
         "dev_ndcg10": curve,
         "run_dir": relative(cfg.run_dir),
@@ -253,6 +260,7 @@ SUITE_ROWS = {  # stage2.json key prefix -> the suite table's row
     "start": "the start (no further training)",
     "embedder": "Stage II again (no Stage I)",
     "embedder_matched": "Stage II again, compute-matched (120 steps, no Stage I)",
+    "embedder_full_ft": "Stage II again, full fine-tuning (40 steps, no Stage I)",
     "d2q_frozen_from_embedder": "Stage I, frozen decoder + Stage II",
     "d2q_frozen_shuffled_from_embedder": "shuffled-anchor control + Stage II",
 }
@@ -398,6 +406,11 @@ def main() -> None:
         action="store_true",
         help="the compute-matched control: Stage II from --embedder for Stage I's steps too (80 + 40)",
     )
+    ap.add_argument(
+        "--stage2-embedder-full-ft",
+        action="store_true",
+        help="the capacity control: Stage II from --embedder with every weight trained (Stage I's lr, 40 steps)",
+    )
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
     if args.list:
@@ -419,25 +432,31 @@ def main() -> None:
     stage2_store = HERE / "stage2.json"
     stage2 = json.loads(stage2_store.read_text()) if stage2_store.is_file() else {}
 
-    def add_stage2(key: str, start: Path, steps: int | None = None) -> None:
+    def add_stage2(key: str, start: Path, steps: int | None = None, extra: tuple[str, ...] = ()) -> None:
         if key not in stage2:
             variant = key.replace("[", "-").replace("]", "")
-            stage2[key] = run_stage2(start, variant, args.out, args.seed, steps)
+            stage2[key] = run_stage2(start, variant, args.out, args.seed, steps, extra)
             stage2_store.write_text(json.dumps(stage2, indent=1))
             write_stage2_table(stage2, HERE / "stage2.md")
         print(key, json.dumps(stage2[key]), flush=True)
 
-    if args.stage2_embedder:
-        if not (args.embedder and args.embedder_label):
-            raise SystemExit("--stage2-embedder: give --embedder PATH and --embedder-label NAME")
-        add_stage2(f"embedder[{args.embedder_label}]-seed{args.seed}", args.embedder)
-    if args.stage2_embedder_matched:
-        if not (args.embedder and args.embedder_label):
-            raise SystemExit("--stage2-embedder-matched: give --embedder PATH and --embedder-label NAME")
-        from bireco.demo import PRESETS
+    from bireco.demo import PRESETS
 
-        steps = PRESETS["smollm2"].stage2_steps + STAGE1_STEPS
-        add_stage2(f"embedder_matched[{args.embedder_label}]-seed{args.seed}", args.embedder, steps)
+    from_embedder = {  # Stage II from --embedder itself (no Stage I between): the controls, by stage2.json prefix
+        "embedder": (args.stage2_embedder, {}),
+        "embedder_matched": (
+            args.stage2_embedder_matched,
+            {"steps": PRESETS["smollm2"].stage2_steps + STAGE1_STEPS},
+        ),
+        "embedder_full_ft": (args.stage2_embedder_full_ft, {"extra": FULL_FT}),
+    }
+    for prefix, (wanted, how) in from_embedder.items():
+        if not wanted:
+            continue
+        if not (args.embedder and args.embedder_label):
+            flag = "--stage2-" + prefix.replace("_", "-")
+            raise SystemExit(f"{flag}: give --embedder PATH and --embedder-label NAME")
+        add_stage2(f"{prefix}[{args.embedder_label}]-seed{args.seed}", args.embedder, **how)
     for name in args.designs:
         if EMBEDDER in DESIGNS[name] and not args.embedder_label:
             raise SystemExit(

@@ -3,6 +3,7 @@ with the own-anchor Stage I − its shuffled control per seed."""
 
 import json
 
+import pytest
 from conftest import experiment
 
 
@@ -36,3 +37,31 @@ def test_suite_table_gives_seeds_mean_sd_and_reading_minus_control(tmp_path):
     assert "| **own anchor − shuffled control** | +5.00 | -2.00 | +1.50 ± 4.95 |" in average
     assert "| **own anchor − shuffled control** | +8.00 | -5.00 | +1.50 ± 9.19 |" in ood
     assert "| 1.00 " not in md
+
+
+def test_full_ft_control_trains_every_weight_from_the_embedder(tmp_path, monkeypatch):
+    """--stage2-embedder-full-ft: the demo's Stage II data and steps from the start, LoRA off, the full-parameter lr."""
+    import bireco.core.runs
+    import bireco.training.run
+
+    study = experiment("anchor_reading/study.py")
+    seen = []
+    monkeypatch.setattr(bireco.training.run, "run", seen.append)
+    monkeypatch.setattr(bireco.core.runs, "logged_curve", lambda run_dir: [(40, 0.5)])
+    start = tmp_path / "start"
+    row = study.run_stage2(start, "embedder_full_ft-x-seed3", tmp_path, 3, extra=study.FULL_FT)
+    (cfg,) = seen
+    assert cfg.stage.lora.enabled is False and cfg.stage.optim.lr == 3e-4
+    assert cfg.trainer.max_steps == 40 and cfg.seed == 3 and cfg.stage.init_from == str(start.resolve())
+    assert row["overrides"] == list(study.FULL_FT) and row["dev_ndcg10"] == [(40, 50.0)]
+    baseline = study.run_stage2(start, "embedder-x-seed3", tmp_path, 3)
+    assert (
+        seen[1].stage.lora.enabled is True and seen[1].stage.optim.lr == 1e-3 and "overrides" not in baseline
+    )
+
+
+def test_controls_from_the_embedder_name_their_flag_when_it_is_missing(monkeypatch):
+    study = experiment("anchor_reading/study.py")
+    monkeypatch.setattr("sys.argv", ["study.py", "--stage2-embedder-full-ft", "--designs"])
+    with pytest.raises(SystemExit, match="--stage2-embedder-full-ft: give --embedder PATH"):
+        study.main()
