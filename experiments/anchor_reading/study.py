@@ -25,13 +25,13 @@ import argparse
 import json
 import platform
 import re
-import statistics
 import time
 from pathlib import Path
 
 import torch
 
 from bireco.core.runs import final_dir, metrics_csv
+from bireco.evaluation.seed_table import seed_row, seed_table_head
 
 HERE = Path(__file__).resolve().parent
 STAGE1_STEPS = 80  # the demo's
@@ -294,23 +294,6 @@ def run_suite(stage2: dict, label: str, store: Path) -> dict:
     return suite
 
 
-def seed_row(
-    name: str, values: dict[int, float], seeds: list[int], fmt: str = "{:.2f}", spread: bool = True
-) -> str:
-    """A table row: a cell per seed ("–" where missing), then the mean ± sd over the seeds it has."""
-    got = list(values.values())
-    summary = (
-        f"{fmt.format(statistics.mean(got))} ± {statistics.stdev(got):.2f}"
-        if spread and len(got) > 1
-        else fmt.format(got[0])
-    )
-    return (
-        f"| {name} | "
-        + " | ".join(fmt.format(values[s]) if s in values else "–" for s in seeds)
-        + f" | {summary} |"
-    )
-
-
 def write_suite_table(suite: dict, label: str, path: Path) -> None:
     """Per score: one row per design, a column per seed, mean ± sd; then the own-anchor Stage I − its shuffled control by seed."""
     from bireco.demo import PRESETS
@@ -327,8 +310,7 @@ def write_suite_table(suite: dict, label: str, path: Path) -> None:
              f"per task, the demo's subsample). Start: {label}; the same start for every seed, the seed drives Stage I "
              f"and Stage II.\n"]  # fmt: skip
     for score in SUITE_SCORES:
-        lines = [f"\n{score}:\n", "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
-                 "|---" * (len(seeds) + 2) + "|"]  # fmt: skip
+        lines = [f"\n{score}:\n", *seed_table_head(seeds)]
         for prefix, name in SUITE_ROWS.items():
             per_seed = cells.get(prefix, {})
             if 0 in per_seed:  # the start: one model, the same for every seed

@@ -23,11 +23,11 @@ import json
 import logging
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
 from bireco.core.runs import final_dir
+from bireco.evaluation.seed_table import seed_row, seed_table_head
 
 CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
 CONSTANT_ANCHOR = "Stage I with a constant anchor + Stage II (control)"
@@ -165,19 +165,13 @@ def suite_report(suite: dict[int, dict], queries: int, docs: int) -> str:
     for title, score in (("Average of the four tasks", lambda r: r["categories"]["Average"]),
                          ("WordNet avg (test split)", lambda r: r["groups"]["WordNet avg"]),
                          ("Out-of-domain avg (Debian packages, Python API)", lambda r: r["groups"]["Out-of-domain avg"])):  # fmt: skip
-        lines = [f"\n{title}:\n", *table_head(seeds)]
+        lines = [f"\n{title}:\n", *seed_table_head(seeds)]
         for label in labels:
             lines.append(
-                table_row(label, {s: score(suite[s][label]) for s in seeds if label in suite[s]}, seeds)
+                seed_row(label, {s: score(suite[s][label]) for s in seeds if label in suite[s]}, seeds)
             )
         parts.append("\n".join(lines) + "\n")
     return "".join(parts)
-
-
-def mean_sd(values: list[float]) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def dev_corpus_size(overrides: list[str]) -> int:
@@ -188,19 +182,6 @@ def dev_corpus_size(overrides: list[str]) -> int:
     return sizes[-1] if sizes else DataConfig.dev_corpus_size
 
 
-def table_head(seeds: list[int]) -> list[str]:
-    return [
-        "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",
-        "|---" * (len(seeds) + 2) + "|",
-    ]
-
-
-def table_row(label: str, values: dict[int, float], seeds: list[int], fmt: str = "{:.2f}") -> str:
-    """One run's cell per seed ("–" where a seed lacks it) and the mean ± sd of those it has."""
-    cells = [fmt.format(values[s]) if s in values else "–" for s in seeds]
-    return f"| {label} | " + " | ".join(cells) + f" | {mean_sd(list(values.values()))} |"
-
-
 def report(results: dict[int, dict]) -> str:
     seeds = sorted(results)
     # a control may miss seeds
@@ -209,16 +190,16 @@ def report(results: dict[int, dict]) -> str:
     def score(seed: int, row: str) -> float:
         return results[seed]["summaries"][row]["categories"]["Average"]
 
-    lines = table_head(seeds)
+    lines = seed_table_head(seeds)
     for row in rows:
         lines.append(
-            table_row(row, {s: score(s, row) for s in seeds if row in results[s]["summaries"]}, seeds)
+            seed_row(row, {s: score(s, row) for s in seeds if row in results[s]["summaries"]}, seeds)
         )
     for label, other in (("baseline", "Only Stage II (baseline)"), ("compute-matched", CONTROL)):
         delta = {s: score(s, "Stage I + Stage II (Anchor)") - score(s, other)
                  for s in seeds if other in results[s]["summaries"]}  # fmt: skip
         if delta:
-            lines.append(table_row(f"**Anchor − {label}**", delta, seeds, "{:+.2f}"))
+            lines.append(seed_row(f"**Anchor − {label}**", delta, seeds, "{:+.2f}"))
     curves = ["", "Stage II dev nDCG@10 × 100 (200 WordNet dev queries) by step:", ""]
     for s in seeds:
         docs = dev_corpus_size(results[s]["overrides"])
