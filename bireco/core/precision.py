@@ -104,10 +104,12 @@ def weights_swapped(casts: list[tuple]):
             module._parameters[name] = param
 
 
-@contextlib.contextmanager
-def linear_weights_cast_once(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
-    """`weights_swapped` with casts made for this block only (one encoding call)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("linear_weights_cast_once is for inference (torch.no_grad) only")
-    with weights_swapped(cast_linear_weights(model, dtype)):
-        yield model
+def inference_casts(device: torch.device | str, mixed: bool, *models: torch.nn.Module | None) -> list[tuple]:
+    """What `weights_swapped` swaps in for one no-grad pass (encoding, the dev check, the anchor probe): on a CPU
+    under bf16 autocast, each model's fp32 Linear weights cast once (autocast would recast them at every call, a
+    quarter of encoding time there; the same bits); elsewhere nothing (a GPU's casts are cheap, fp32 needs none).
+    A model given twice, or None (no separate decoder), is cast once or skipped."""
+    if not (mixed and torch.device(device).type == "cpu"):
+        return []
+    unique = {id(m): m for m in models if m is not None}
+    return [cast for m in unique.values() for cast in cast_linear_weights(m)]

@@ -19,7 +19,7 @@ import re
 
 import torch
 
-from bireco.core.precision import autocast, bf16_for, cast_linear_weights, weights_swapped
+from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
 from bireco.model.anchor import AnchorConditioning, AnchorReader, constant_anchor
 from bireco.model.backbone import Backbone, position_ids_from_mask
 from bireco.model.encode import encode_sides
@@ -63,10 +63,7 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
     sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in DIRECTIONS}
     tokens = dict.fromkeys(DIRECTIONS, 0)
     mixed = bf16_for(device, bf16)
-    casts = []  # on a CPU, the Linear weights cast once for the probe instead of at every forward (same bits)
-    if mixed and device.type == "cpu":
-        for m in {id(m): m for m in (reader.backbone, reader.decoder) if m is not None}.values():
-            casts += cast_linear_weights(m)
+    casts = inference_casts(device, mixed, reader.backbone, reader.decoder)  # once per probe, not per forward
     try:
         for batch in batches:
             sides = {k: {kk: vv.to(device) for kk, vv in batch[k].items()} for k in ("query", "positive")}

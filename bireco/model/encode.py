@@ -3,13 +3,12 @@
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bireco.core.precision import autocast, bf16_for, linear_weights_cast_once
+from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
 from bireco.model.backbone import Backbone
 from bireco.model.text_format import encode_side, pad_sides
 
@@ -50,11 +49,7 @@ def encode_texts(
     order = sorted(range(len(texts)), key=lambda i: -sides[i].length)
     out = torch.empty(len(texts), backbone.hidden_size)
     mixed = bf16_for(device, bf16)
-    # on a CPU, autocast's per-call weight casts cost a quarter of the time; cast once, same bits (core.precision)
-    weights = (
-        linear_weights_cast_once(backbone) if mixed and device.type == "cpu" else contextlib.nullcontext()
-    )
-    with weights, autocast(device, mixed):
+    with weights_swapped(inference_casts(device, mixed, backbone)), autocast(device, mixed):
         for start in tqdm(
             range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False
         ):

@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from bireco.core.precision import autocast, bf16_for, cast_linear_weights, weights_swapped
+from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
 from bireco.evaluation.dev_check import score
 from bireco.model.backbone import Backbone
 from bireco.stages.optim import build_optimizer, build_scheduler
@@ -57,8 +57,7 @@ class StageModule(L.LightningModule):
         self._dev_parts: tuple[list, list] = ([], [])
         # as encode_texts on a CPU: the fp32 Linear weights cast to bf16 once per check, not by autocast at every
         # forward (same bits; 0.64x the check's time, experiments/bench/dev_check.py); swapped in per step
-        mixed = bf16_for(self.device)
-        self._dev_casts = cast_linear_weights(self.backbone) if mixed and self.device.type == "cpu" else []
+        self._dev_casts = inference_casts(self.device, bf16_for(self.device), self.backbone)
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         # as bireco.model.encode.encode_texts encodes

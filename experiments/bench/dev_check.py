@@ -7,7 +7,7 @@ SmolLM2-135M-Instruct (offline) with the demo's Stage II LoRA (r16) in fp32, as 
 between steps; the demo's dev set (WordNet dev, 32 / 48 tokens). Each variant runs the stage module's own validation
 hooks over the dev check's loaders (the check Lightning runs every `trainer.dev_check_every_n_steps`), in turn
 (A B A B, best of `--repeats`): "per batch" is the path before 2026-12-02 (autocast casts each fp32 weight at
-every forward), "once" casts the Linear weights once per check (bireco.core.precision.cast_linear_weights). The two
+every forward), "once" casts the Linear weights once per check (bireco.core.precision.inference_casts). The two
 embeddings must be equal bit for bit. Writes markdown + JSON to --out.
 """
 
@@ -52,10 +52,10 @@ def main(argv=None) -> dict:
     data = DevCheckData(dev_retrieval_set(cfg), backbone, 32, 48)
     loaders = data.loaders(0, 1, args.batch_size)
     n_tokens = sum(s.length for s in data.queries) + sum(s.length for s in data.corpus)
-    real_casts = stage_base.cast_linear_weights
+    real_casts = stage_base.inference_casts
 
     def check(once: bool) -> torch.Tensor:
-        stage_base.cast_linear_weights = real_casts if once else (lambda model, dtype=torch.bfloat16: [])
+        stage_base.inference_casts = real_casts if once else (lambda device, mixed, *models: [])
         try:
             with torch.no_grad():
                 module.on_validation_epoch_start()
@@ -64,7 +64,7 @@ def main(argv=None) -> dict:
                         module.validation_step(batch, i, dataloader_idx=idx)
             return torch.cat([e for side in module._dev_parts for _, e in side])
         finally:
-            stage_base.cast_linear_weights = real_casts
+            stage_base.inference_casts = real_casts
 
     best = {"per batch": float("inf"), "once": float("inf")}
     out = {}

@@ -116,50 +116,51 @@ def test_weights_load_in_the_dtype_the_precision_trains(cfg_factory, monkeypatch
     )  # LoRA: frozen bf16 base
 
 
+def _spy_casts(monkeypatch, module) -> list:
+    """Record the models of each inference_casts call made through `module`'s import of it."""
+    calls = []
+
+    def spying(device, mixed, *models):
+        casts = precision.inference_casts(device, mixed, *models)
+        calls.append([m for m in models if m is not None] if casts else [])
+        return casts
+
+    monkeypatch.setattr(module, "inference_casts", spying)
+    return calls
+
+
 def test_encoding_casts_linear_weights_once_with_the_same_bits_and_puts_them_back(backbone, monkeypatch):
     """On a CPU under bf16 autocast, encode_texts casts the Linear weights once instead of at every call: the same
     embeddings bit for bit, the fp32 weights (same Parameter objects, same values) back after, and a tied LM head
     (which shares the input embeddings' weight) left alone."""
-    import contextlib
-
     import bireco.model.encode as encode_module
 
     backbone.causal_lm.tie_weights()
     head, table = backbone.causal_lm.get_output_embeddings(), backbone.causal_lm.get_input_embeddings()
     params = {n: (p, p.detach().clone()) for n, p in backbone.named_parameters()}
-    seen = []
-    real = precision.linear_weights_cast_once
-
-    @contextlib.contextmanager
-    def spying(model):
-        with real(model):
-            q_proj = backbone.decoder.layers[0].self_attn.q_proj
-            seen.append((q_proj.weight.dtype, table.weight.dtype, head.weight.dtype))
-            yield model
-
-    monkeypatch.setattr(encode_module, "linear_weights_cast_once", spying)
+    calls = _spy_casts(monkeypatch, encode_module)
     once = encode_texts(backbone, TEXTS * 3, None, 32, 4, bf16=True)
-    assert seen == [(torch.bfloat16, torch.float32, table.weight.dtype)]
-    monkeypatch.setattr(encode_module, "linear_weights_cast_once", lambda model: contextlib.nullcontext())
+    assert calls == [[backbone]]
+    casts = precision.inference_casts("cpu", True, backbone)
+    q_proj = backbone.decoder.layers[0].self_attn.q_proj
+    assert any(m is q_proj and name == "weight" and c.dtype == torch.bfloat16 for m, name, c in casts)
+    assert not any(m is head for m, _, _ in casts)  # tied to the input embeddings, which stay fp32
+    monkeypatch.setattr(encode_module, "inference_casts", lambda device, mixed, *models: [])
     per_call = encode_texts(backbone, TEXTS * 3, None, 32, 4, bf16=True)
     assert torch.equal(once, per_call)
     for name, p in backbone.named_parameters():
         assert p is params[name][0] and p.dtype == torch.float32 and torch.equal(p, params[name][1]), name
+    assert table.weight.dtype == torch.float32
     with pytest.raises(RuntimeError, match="inference"):
-        with real(backbone):
+        with precision.weights_swapped(casts):
             pass
 
 
-def _spy_casts(monkeypatch, module) -> list:
-    """Count cast_linear_weights calls made through `module`'s import of it."""
-    calls = []
-
-    def spying(model, dtype=torch.bfloat16):
-        calls.append(model)
-        return precision.cast_linear_weights(model, dtype)
-
-    monkeypatch.setattr(module, "cast_linear_weights", spying)
-    return calls
+def test_casts_only_pay_on_a_cpu_under_bf16_and_each_model_is_cast_once(backbone):
+    one = precision.inference_casts("cpu", True, backbone)
+    assert one and len(precision.inference_casts("cpu", True, backbone, None, backbone)) == len(one)
+    assert precision.inference_casts("cpu", False, backbone) == []
+    assert precision.inference_casts("meta", True, backbone) == []  # any accelerator: autocast's own casts
 
 
 def test_the_dev_check_casts_linear_weights_once_per_check_with_the_same_bits(backbone, monkeypatch):
@@ -195,7 +196,7 @@ def test_the_dev_check_casts_linear_weights_once_per_check_with_the_same_bits(ba
         return [e for _, e in module._dev_parts[0]]
 
     once, per_call = check(True), check(False)
-    assert len(calls) == 2 and all(m is backbone for m in calls)  # one cast per check, not per batch
+    assert calls == [[backbone], [backbone]]  # one cast per check, not per batch
     assert all(torch.equal(a, b) for a, b in zip(once, per_call, strict=True))
     for name, p in backbone.named_parameters():
         assert torch.equal(p, params[name][1]), name
@@ -219,8 +220,8 @@ def test_the_anchor_probe_casts_linear_weights_once_with_the_same_bits(backbone,
     params = {n: (p, p.detach().clone()) for n, p in backbone.named_parameters()}
     calls = _spy_casts(monkeypatch, diagnostics)
     once = anchor_use(reader, batches, bf16=True)
-    assert len(calls) == 1
-    monkeypatch.setattr(diagnostics, "cast_linear_weights", lambda model, dtype=torch.bfloat16: [])
+    assert calls == [[backbone]]
+    monkeypatch.setattr(diagnostics, "inference_casts", lambda device, mixed, *models: [])
     assert anchor_use(reader, batches, bf16=True) == once
     for name, p in backbone.named_parameters():
         assert p is params[name][0] and p.dtype == torch.float32 and torch.equal(p, params[name][1]), name
