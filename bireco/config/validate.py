@@ -90,6 +90,12 @@ def validate(cfg: DictConfig) -> None:
                 f"stage.anchor_scale=affine (got {s.anchor_scale})"
             )
         _choice(s.decoder, DECODERS, "stage.decoder")
+        if s.anchor == "shuffled" and cfg.data.global_batch_size // _world_size(cfg) < 2:
+            raise ConfigError(
+                f"stage.anchor=shuffled rolls the anchors within each device's batch, which is "
+                f"data.global_batch_size={cfg.data.global_batch_size} / {_world_size(cfg)} device(s) here: one pair "
+                "would get its own anchor back (no control at all); use a global batch of at least 2 per device"
+            )
         if s.decoder == "frozen":
             if s.anchor_scale != "affine" and (s.anchor == "constant" or s.anchor_detach):
                 raise ConfigError(

@@ -88,6 +88,10 @@ def test_wrong_type_fails_at_compose():
         (["model.pooling=cls"], "choose one of: last, mean, weighted_mean"),
         (["data.global_batch_size=33", "trainer=ddp_cpu"], "not divisible by the world size 2"),
         (
+            ["stage.anchor=shuffled", "data.global_batch_size=2", "trainer=ddp_cpu"],
+            "stage.anchor=shuffled rolls the anchors within each device's batch",
+        ),  # one pair per device: rolled by one it is its own anchor, and the "control" is the method
+        (
             [
                 "stage=contrastive",
                 "stage.lora.enabled=false",
