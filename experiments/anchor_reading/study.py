@@ -266,7 +266,12 @@ SUITE_ROWS = {  # stage2.json key prefix -> the suite table's row
 }
 SUITE_SCORES = {"Average": ("categories", "Average"), "WordNet avg": ("groups", "WordNet avg"),
                 "Out-of-domain avg": ("groups", "Out-of-domain avg")}  # fmt: skip
-OWN_ANCHOR, CONTROL = "d2q_frozen_from_embedder", "d2q_frozen_shuffled_from_embedder"
+OWN_ANCHOR = "d2q_frozen_from_embedder"
+SUITE_DELTAS = {  # the own-anchor recipe against each control that has run, per seed
+    "d2q_frozen_shuffled_from_embedder": "own anchor − shuffled control",
+    "embedder_matched": "own anchor − compute-matched",
+    "embedder_full_ft": "own anchor − full fine-tuning",
+}
 
 
 def run_suite(stage2: dict, label: str, store: Path) -> dict:
@@ -295,7 +300,7 @@ def run_suite(stage2: dict, label: str, store: Path) -> dict:
 
 
 def write_suite_table(suite: dict, label: str, path: Path) -> None:
-    """Per score: one row per design, a column per seed, mean ± sd; then the own-anchor Stage I − its shuffled control by seed."""
+    """Per score: one row per design, a column per seed, mean ± sd; then the own-anchor recipe − each control by seed."""
     from bireco.demo import PRESETS
 
     cells: dict[str, dict[int, dict]] = {}
@@ -317,10 +322,12 @@ def write_suite_table(suite: dict, label: str, path: Path) -> None:
                 lines.append(seed_row(name, {s: per_seed[0][score] for s in seeds}, seeds, spread=False))
             elif per_seed:
                 lines.append(seed_row(name, {s: v[score] for s, v in per_seed.items()}, seeds))
-        both = [s for s in seeds if s in cells.get(OWN_ANCHOR, {}) and s in cells.get(CONTROL, {})]
-        if both:
-            delta = {s: cells[OWN_ANCHOR][s][score] - cells[CONTROL][s][score] for s in both}
-            lines.append(seed_row("**own anchor − shuffled control**", delta, seeds, fmt="{:+.2f}"))
+        own = cells.get(OWN_ANCHOR, {})
+        for control, name in SUITE_DELTAS.items():
+            other = cells.get(control, {})
+            delta = {s: own[s][score] - other[s][score] for s in seeds if s in own and s in other}
+            if delta:
+                lines.append(seed_row(f"**{name}**", delta, seeds, fmt="{:+.2f}"))
         parts.append("\n".join(lines) + "\n")
     path.write_text("".join(parts))
 

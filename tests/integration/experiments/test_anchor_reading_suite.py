@@ -20,6 +20,7 @@ def test_suite_table_gives_seeds_mean_sd_and_reading_minus_control(tmp_path):
         f"d2q_frozen_from_embedder[{label}]-seed2": scores(70.0, 85.0, 55.0),
         f"d2q_frozen_shuffled_from_embedder[{label}]-seed1": scores(55.0, 78.0, 32.0),
         f"d2q_frozen_shuffled_from_embedder[{label}]-seed2": scores(72.0, 84.0, 60.0),
+        f"embedder_matched[{label}]-seed1": scores(40.0, 50.0, 30.0),  # the compute-matched control: one seed
         "d2q_raw_from_embedder[other]-seed1": scores(1.0, 1.0, 1.0),  # another start: not in this table
     }
     store = tmp_path / "suite.json"
@@ -36,6 +37,8 @@ def test_suite_table_gives_seeds_mean_sd_and_reading_minus_control(tmp_path):
     assert "| Stage I, frozen decoder + Stage II | 60.00 | 70.00 | 65.00 ± 7.07 |" in average
     assert "| **own anchor − shuffled control** | +5.00 | -2.00 | +1.50 ± 4.95 |" in average
     assert "| **own anchor − shuffled control** | +8.00 | -5.00 | +1.50 ± 9.19 |" in ood
+    assert "| **own anchor − compute-matched** | +20.00 | – | +20.00 |" in average
+    assert "full fine-tuning" not in md  # no such run: no row
     assert "| 1.00 " not in md
 
 
