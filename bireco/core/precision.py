@@ -64,9 +64,12 @@ def autocast(device: torch.device | str, enabled: bool):
     return torch.autocast(kind, dtype=torch.bfloat16)
 
 
-def cast_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16) -> list[tuple]:
-    """(module, name, its `dtype` copy) for every fp32 nn.Linear weight and bias of `model`, made once, for
-    `weights_swapped`. A tied LM head shares its weight with the input embeddings, which must stay as they are."""
+def cast_linear_weights(
+    model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16, frozen_only: bool = False
+) -> list[tuple]:
+    """(module, name, its `dtype` copy) for every fp32 nn.Linear weight and bias of `model` (`frozen_only`: those
+    that take no gradient), made once, for `weights_swapped`. A tied LM head shares its weight with the input
+    embeddings, which must stay as they are."""
     elsewhere = {
         id(p)
         for m in model.modules()
@@ -80,7 +83,8 @@ def cast_linear_weights(model: torch.nn.Module, dtype: torch.dtype = torch.bfloa
             if isinstance(module, torch.nn.Linear)
             for name, p in (("weight", module.weight), ("bias", module.bias))
             if p is not None and p.dtype == torch.float32 and id(p) not in elsewhere
-        ]
+            and not (frozen_only and p.requires_grad)
+        ]  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -90,9 +94,13 @@ def weights_swapped(casts: list[tuple]):
     which would reset their gradient accumulators and with them DDP's hooks), so an optimizer or DDP holding them
     sees nothing. Autocast would round the same fp32 values to the same bf16 values at every call, so the outputs
     are bit-identical; on a CPU those casts were a quarter of encoding time (experiments/bench/encode_vs_st.py).
-    Only for no-grad blocks."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("weights_swapped is for inference (torch.no_grad) only")
+    For no-grad blocks, or, while autograd records, for weights that take no gradient (a copy would steal it)."""
+    trained = [name for module, name, _ in casts if module._parameters[name].requires_grad]
+    if torch.is_grad_enabled() and trained:
+        raise RuntimeError(
+            "weights_swapped swaps weights that take a gradient only for inference (torch.no_grad); "
+            f"{len(trained)} of these do"
+        )
     saved = []
     try:
         for module, name, cast in casts:
@@ -113,3 +121,17 @@ def inference_casts(device: torch.device | str, mixed: bool, *models: torch.nn.M
         return []
     unique = {id(m): m for m in models if m is not None}
     return [cast for m in unique.values() for cast in cast_linear_weights(m)]
+
+
+def training_casts(
+    device: torch.device | str, precision: str, *models: torch.nn.Module | None
+) -> list[tuple]:
+    """What `weights_swapped` swaps in for a training step: on a CPU under bf16-mixed, the fp32 Linear weights that
+    take no gradient (LoRA's base layers, a frozen decoder) cast to bf16 once for the run. Autocast caches its casts
+    only for weights that take a gradient, so it recasts frozen ones at every forward (and every recomputation),
+    rounding the same values to the same bits; elsewhere nothing. Cast once, at the start of training: a frozen
+    weight never changes."""
+    if not (str(precision) == "bf16-mixed" and torch.device(device).type == "cpu"):
+        return []
+    unique = {id(m): m for m in models if m is not None}
+    return [cast for m in unique.values() for cast in cast_linear_weights(m, frozen_only=True)]

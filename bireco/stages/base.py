@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
+from bireco.core.precision import autocast, bf16_for, inference_casts, training_casts, weights_swapped
 from bireco.evaluation.dev_check import score
 from bireco.model.backbone import Backbone
 from bireco.stages.optim import build_optimizer, build_scheduler
@@ -48,6 +48,7 @@ class StageModule(L.LightningModule):
         self._rotary_fp32 = {
             n: b.detach().float().clone() for n, b in backbone.named_buffers() if n.endswith("inv_freq")
         }
+        self._frozen_casts: list[tuple] = []  # set in on_train_start (core.precision.training_casts)
 
     def on_fit_start(self):
         restore_buffers(self.backbone, self._rotary_fp32)
@@ -93,6 +94,16 @@ class StageModule(L.LightningModule):
 
     def on_train_start(self):
         self.backbone.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA) must be on
+        # on a CPU under bf16-mixed, the weights that take no gradient (LoRA's base layers, a frozen decoder) cast to
+        # bf16 once for the run instead of by autocast at every forward: the same bits (sharded weights: left alone)
+        if not self._sharded():
+            self._frozen_casts = training_casts(self.device, self.trainer.precision, self)
+
+    def frozen_weights_cast(self):
+        """Around a training step's forward passes: the frozen weights' bf16 copies in place (their fp32 selves
+        again after, for checkpoints and the dev check). A recomputation in the backward pass (activation
+        checkpointing, GradCache) runs after the block and lets autocast cast again: the same bits."""
+        return weights_swapped(self._frozen_casts)
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._rng_to_restore is not None:  # after resume: continue the interrupted run's random streams

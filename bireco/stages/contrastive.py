@@ -100,7 +100,8 @@ class ContrastiveModule(StageModule):
         return self.loss_fn(q, p, n, gather=self._gather, rank=self.global_rank, n_mask=n_mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        out = self.step_loss(batch)
+        with self.frozen_weights_cast():
+            out = self.step_loss(batch)
         self.nonfinite.record(out.loss, batch)
         B = batch["query"]["input_ids"].shape[0]
         # every rank holds B queries: the mean over ranks is the global mean

@@ -150,7 +150,8 @@ class ReconstructionModule(StageModule):
         return loss, logs
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss, logs = self.step_loss(batch)
+        with self.frozen_weights_cast():
+            loss, logs = self.step_loss(batch)
         self.micro_step += 1
         self.nonfinite.record(loss, batch)
         B = batch["query"]["input_ids"].shape[0]

@@ -452,8 +452,11 @@ def stage2_variants(
     compiled: bool = False,
     native_attention: bool = False,
     torch_dropout: bool = False,
+    frozen_autocast: bool = False,
 ) -> list:
-    """`native_attention` / `torch_dropout`: only bireco's step, with transformers' sdpa / torch's LoRA dropout."""
+    """`native_attention` / `torch_dropout` / `frozen_autocast`: only bireco's step, with transformers' sdpa / torch's
+    LoRA dropout / autocast recasting the frozen base weights at every forward (bireco.core.precision.training_casts
+    off)."""
     from bireco.stages.contrastive import ContrastiveModule
 
     k = 6 if ckpt else 4
@@ -493,14 +496,23 @@ def stage2_variants(
                 + (", compiled" if compile else "")
                 + (NATIVE if native_attention else "")
                 + (TORCH_DROPOUT if torch_dropout else "")
+                + (FROZEN_AUTOCAST if frozen_autocast else "")
             )
-            return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
+            if not frozen_autocast:
+                return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
+            import bireco.stages.base as stage_base
+
+            real, stage_base.training_casts = stage_base.training_casts, lambda device, prec, *models: []
+            try:
+                return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
+            finally:
+                stage_base.training_casts = real
 
         return go
 
     if compiled:
         return [bireco(True)]
-    if native_attention or torch_dropout:
+    if native_attention or torch_dropout or frozen_autocast:
         return [bireco(False)]
     return [plain, bireco(False)]
 
@@ -555,6 +567,9 @@ NATIVE = ", transformers' sdpa"  # bench variants without bireco's CPU training 
 TORCH_DROPOUT = (
     ", torch's LoRA dropout"  # ... without bireco's CPU Poisson LoRA dropout (bireco.model.dropout)
 )
+FROZEN_AUTOCAST = (
+    ", frozen weights cast by autocast"  # ... at every forward, not once (precision.training_casts)
+)
 
 GROUPS = {
     "stage1_ckpt": lambda s: stage1_variants(s, ckpt=True),
@@ -577,12 +592,26 @@ GROUPS = {
     ),
     # bireco's Stage II with torch's nn.Dropout for LoRA: next to stage2_nockpt, what bireco.model.dropout buys
     "torch_dropout": lambda s: stage2_variants(s, ckpt=False, torch_dropout=True),
+    # bireco's Stage II with autocast recasting LoRA's frozen base weights at every forward: next to stage2_nockpt /
+    # stage2, what casting them once (bireco.core.precision.training_casts) buys on a CPU under bf16-mixed
+    "frozen_autocast": lambda s: (
+        stage2_variants(s, ckpt=False, frozen_autocast=True)
+        + stage2_variants(s, ckpt=True, frozen_autocast=True)
+    ),
 }
 DEFAULT_GROUPS = {
     "cpu": ["stage1_nockpt", "stage2", "varlen"],
     "gpu": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "stage2_compile"],
-    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "native_attention", "torch_dropout"],
-    "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention", "torch_dropout"],
+    "smoke": [
+        "stage1_ckpt",
+        "stage1_nockpt",
+        "stage2",
+        "varlen",
+        "native_attention",
+        "torch_dropout",
+        "frozen_autocast",
+    ],  # fmt: skip
+    "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention", "torch_dropout", "frozen_autocast"],
 }
 
 
@@ -674,6 +703,9 @@ def ratios(results: list[Result]) -> list[str]:
           "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + NATIVE, "step_s")  # fmt: skip
     ratio("Stage II step time, bireco's CPU Poisson LoRA dropout / torch's nn.Dropout (LoRA r16)",
           "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + TORCH_DROPOUT, "step_s")  # fmt: skip
+    for s2 in ("LoRA r16", "LoRA r16, ckpt"):
+        ratio(f"Stage II step time, frozen weights cast once / by autocast at every forward ({s2})",
+              f"bireco Stage II, {s2}", f"bireco Stage II, {s2}" + FROZEN_AUTOCAST, "step_s")  # fmt: skip
     ratio("Variable lengths, real tokens/s, bucketed / random batches",
           "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
     return out

@@ -20,15 +20,18 @@ def test_bench_smoke_mode_runs_every_variant(tmp_path):
     results = bench.main(["--mode", "smoke", "--out", str(tmp_path)])
     names = {r.name for r in results}
     # 4 Stage I x 2, 2 Stage II, 2 variable-length, 2 with transformers' sdpa instead of bireco's CPU attention,
-    # 1 with torch's LoRA dropout instead of bireco's CPU Poisson dropout
-    assert len(results) == 15, names
+    # 1 with torch's LoRA dropout instead of bireco's CPU Poisson dropout, 2 with autocast recasting the frozen
+    # weights at every forward
+    assert len(results) == 17, names
     assert "bireco Stage II, LoRA r16, torch's LoRA dropout" in names
+    assert "bireco Stage II, LoRA r16, ckpt, frozen weights cast by autocast" in names
     for r in results:
         assert r.error is None, (r.name, r.error)
         assert r.step_s > 0 and math.isfinite(r.pairs_per_s) and r.tokens_per_s > 0
     report = (tmp_path / "bench-smoke.md").read_text()
     assert "| bireco Stage I, alternate (ckpt) |" in report and "bucketed / random" in report
     assert "bireco's CPU training attention / transformers' sdpa (alternate, no ckpt)" in report
+    assert "frozen weights cast once / by autocast at every forward (LoRA r16, ckpt)" in report
     # on a CPU the MFU is measured against this machine's own matmul limit at the model's shapes
     assert "Matmul limit of this machine" in report and all(0 < r.mfu for r in results), [
         r.mfu for r in results
@@ -121,3 +124,15 @@ def test_dev_check_bench_times_both_cast_paths_on_the_same_embeddings(tmp_path):
     res = script.main(["--queries", "8", "--docs", "16", "--repeats", "1", "--out", str(tmp_path / "d")])
     assert res["bit_equal"] and set(res["seconds"]) == {"per batch", "once"}
     assert "once / per batch" in (tmp_path / "d" / "dev_check.md").read_text()
+
+
+def test_frozen_casts_bench_interleaves_the_two_variants(tmp_path):
+    """experiments/bench/frozen_casts.py: one run per setting, the cast-once and autocast steps interleaved, each
+    variant timed on its own steps, with LoRA's frozen base weights (and only those) cast."""
+    frozen_casts = experiment("bench/frozen_casts.py")
+    rows = frozen_casts.main(["--mode", "smoke", "--steps", "2", "--out", str(tmp_path)])
+    assert [r["setting"] for r in rows] == ["LoRA r16", "LoRA r16, ckpt"]
+    for r in rows:
+        assert all(len(t) == 2 and min(t) > 0 for t in r["times_s"].values()), r["times_s"]
+        assert 0 < r["cast_params"] and math.isfinite(r["ratio"]) and r["ratio"] > 0
+    assert "| LoRA r16, ckpt |" in (tmp_path / "frozen-casts-smoke.md").read_text()

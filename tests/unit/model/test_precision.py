@@ -225,3 +225,88 @@ def test_the_anchor_probe_casts_linear_weights_once_with_the_same_bits(backbone,
     assert anchor_use(reader, batches, bf16=True) == once
     for name, p in backbone.named_parameters():
         assert p is params[name][0] and p.dtype == torch.float32 and torch.equal(p, params[name][1]), name
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", ["baseline", "frozen_decoder"])
+def test_training_casts_frozen_weights_once_with_the_same_bits(cfg_factory, monkeypatch, stage):
+    """On a CPU under bf16-mixed, a training step swaps in bf16 copies of the weights that take no gradient (LoRA's
+    base layers; a `stage.decoder=frozen` Stage I's frozen copy) made once at the start, instead of autocast
+    recasting them at every forward: the same losses and trained weights bit for bit as autocast's own casts, and
+    every weight its fp32 Parameter again outside the step (checkpoints, the dev check)."""
+    import lightning as L
+
+    import bireco.stages.base as base
+    from bireco.training.builders import build_backbone, build_datamodule, build_module
+
+    overrides = (
+        ["stage=baseline"] if stage == "baseline" else ["stage=reconstruction", "stage.decoder=frozen"]
+    )
+    cfg = cfg_factory(
+        *overrides, "trainer.max_steps=3", "data.global_batch_size=4", "data.max_train_records=16"
+    )
+    seen: dict = {}
+
+    class Watch(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen["between steps"] = {p.dtype for p in module.parameters()}
+
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            seen.setdefault("losses", []).append(outputs["loss"].item())
+
+    def fit(casts: bool) -> tuple:
+        if not casts:
+            monkeypatch.setattr(base, "training_casts", lambda device, prec, *models: [])
+        seen.clear()
+        torch.manual_seed(0)
+        backbone = build_backbone(cfg)
+        dm = build_datamodule(cfg, backbone)
+        module = build_module(cfg, backbone, dm.batches_per_epoch())
+        params = dict(module.named_parameters())
+        for m in module.modules():  # the dtype each frozen Linear weight has when a step's forward reads it
+            if isinstance(m, torch.nn.Linear) and not m.weight.requires_grad:
+                m.register_forward_pre_hook(
+                    lambda m, args: seen.setdefault("frozen in a step", set()).add(m.weight.dtype)
+                    if torch.is_grad_enabled() else None
+                )  # fmt: skip
+        trainer = L.Trainer(max_steps=3, precision="bf16-mixed", accelerator="cpu", devices=1, logger=False,
+                            callbacks=[Watch()], enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+        trainer.fit(module, datamodule=dm)
+        assert all(params[n] is p and p.dtype == torch.float32 for n, p in module.named_parameters())
+        assert seen["between steps"] == {torch.float32}
+        assert seen["frozen in a step"] == {torch.bfloat16 if casts else torch.float32}
+        return module, seen["losses"], {n: p.detach().clone() for n, p in module.named_parameters()}
+
+    module, losses, weights = fit(casts=True)
+    casts = module._frozen_casts
+    assert casts and all(c.dtype == torch.bfloat16 and not c.requires_grad for _, _, c in casts)
+    trained = {id(p) for p in module.parameters() if p.requires_grad}
+    assert not any(
+        id(m._parameters[name]) in trained for m, name, _ in casts
+    )  # LoRA A/B, the encoder: autocast's
+    if stage == "frozen_decoder":
+        frozen = set(map(id, module.frozen_decoder.modules()))
+        assert all(id(m) in frozen for m, _, _ in casts)
+    _, per_call_losses, per_call_weights = fit(casts=False)
+    assert losses == per_call_losses
+    assert all(torch.equal(weights[n], per_call_weights[n]) for n in weights)
+
+
+def test_training_casts_only_frozen_weights_on_a_cpu_under_bf16_mixed(backbone):
+    """A full fine-tune has nothing to cast; with LoRA-like frozen layers only those; other precisions and devices
+    nothing; and a swap of weights that take a gradient is refused while autograd records."""
+    assert precision.training_casts("cpu", "bf16-mixed", backbone) == []  # every weight trains
+    q_proj = backbone.decoder.layers[0].self_attn.q_proj
+    q_proj.weight.requires_grad_(False)
+    casts = precision.training_casts("cpu", "bf16-mixed", backbone)
+    assert [(m, name) for m, name, _ in casts] == [(q_proj, "weight")]
+    assert precision.training_casts("cpu", "32-true", backbone) == []
+    assert precision.training_casts("cpu", "bf16-true", backbone) == []
+    assert precision.training_casts("meta", "bf16-mixed", backbone) == []
+    with precision.weights_swapped(casts):  # frozen only: fine while autograd records
+        assert q_proj.weight.dtype == torch.bfloat16
+    assert q_proj.weight.dtype == torch.float32
+    with pytest.raises(RuntimeError, match="take a gradient"):
+        with precision.weights_swapped(precision.inference_casts("cpu", True, backbone)):
+            pass

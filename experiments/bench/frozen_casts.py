@@ -1,0 +1,103 @@
+"""Stage II on a CPU under bf16-mixed: LoRA's frozen base weights cast to bf16 once for the run
+(bireco.core.precision.training_casts, the default) vs autocast's casts at every forward.
+
+    python experiments/bench/frozen_casts.py                 # SmolLM2-135M, bench.py's smollm2 setup, 8 + 8 steps
+    python experiments/bench/frozen_casts.py --steps 12
+    python experiments/bench/frozen_casts.py --mode smoke --steps 1   # the toy model (the test suite runs it)
+
+One Lightning run per setting (without / with activation recomputation), the two variants interleaved step by step
+(A B A B ...: the stage module's swap list emptied on every other step), so the machine's drift, ±20% between two
+runs of the same variant here, falls on both alike; the medians of each variant's step times and their ratio.
+The two give the same losses and weights bit for bit (tests/unit/model/test_precision.py). Writes markdown + JSON
+to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from bench import SETUPS, build_backbone, make_batches, optim_cfg, precision
+from torch.utils.data import DataLoader
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Interleave(L.Callback):
+    """Even steps with the module's cast-once list, odd steps with none (autocast casts); step times per variant."""
+
+    def __init__(self, warmup: int):
+        self.warmup, self.casts, self.t0 = warmup, None, 0.0
+        self.times: dict[str, list[float]] = {"cast once": [], "autocast per forward": []}
+
+    def variant(self, batch_idx: int) -> str:
+        return "cast once" if batch_idx % 2 == 0 else "autocast per forward"
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        if self.casts is None:  # the module's on_train_start has run
+            self.casts = module._frozen_casts
+        module._frozen_casts = self.casts if self.variant(batch_idx) == "cast once" else []
+        self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx >= self.warmup:
+            self.times[self.variant(batch_idx)].append(time.perf_counter() - self.t0)
+
+
+def measure(setup, ckpt: bool, steps: int) -> dict:
+    from bireco.stages.contrastive import ContrastiveModule
+
+    backbone = build_backbone(setup, ckpt=ckpt, lora=True)
+    warmup = 2 * setup.warmup
+    batches = make_batches(warmup + 2 * steps, setup, backbone.text_format.eos_id(backbone.tokenizer),
+                           backbone.pad_id, True)  # fmt: skip
+    module = ContrastiveModule(backbone, optim_cfg(2e-4), len(batches), scale=50.0)
+    clock = Interleave(warmup)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision(setup), max_steps=len(batches),
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[clock], gradient_clip_val=1.0,
+                        num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+    medians = {k: statistics.median(v) for k, v in clock.times.items()}
+    n_cast = sum(c.numel() for _, _, c in clock.casts)
+    return {"setting": "LoRA r16" + (", ckpt" if ckpt else ""), "steps_each": steps, "cast_params": n_cast,
+            "median_s": medians, "times_s": clock.times,
+            "ratio": medians["cast once"] / medians["autocast per forward"]}  # fmt: skip
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["smollm2", "smoke"], default="smollm2")
+    ap.add_argument("--steps", type=int, default=8, help="timed steps per variant (interleaved)")
+    ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "frozen_casts")
+    args = ap.parse_args(argv)
+    setup = SETUPS[args.mode]
+    if args.mode == "smoke":  # its toy model in fp32 under bf16 autocast, as a CPU trains SmolLM2
+        setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
+    rows = [measure(setup, ckpt, args.steps) for ckpt in (False, True)]
+    lines = [f"Stage II ({args.mode}, {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}, "
+             f"{torch.get_num_threads()} threads; {platform.machine()}, {platform.processor() or 'cpu'}, "
+             f"torch {torch.__version__}), {args.steps} steps per variant, interleaved:", "",
+             "| setting | frozen weights cast to bf16 | cast once: median s/step | autocast per forward | ratio |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        m = r["median_s"]
+        lines.append(f"| {r['setting']} | {r['cast_params'] / 1e6:.1f} M | {m['cast once']:.3f} | "
+                     f"{m['autocast per forward']:.3f} | **{r['ratio']:.2f}×** |")  # fmt: skip
+    report = "\n".join(lines)
+    print(report)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"frozen-casts-{args.mode}.md").write_text(report + "\n")
+    (args.out / f"frozen-casts-{args.mode}.json").write_text(json.dumps(rows, indent=1))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
