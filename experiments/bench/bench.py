@@ -610,7 +610,7 @@ DEFAULT_GROUPS = {
         "native_attention",
         "torch_dropout",
         "frozen_autocast",
-    ],  # fmt: skip
+    ],
     "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention", "torch_dropout", "frozen_autocast"],
 }
 
