@@ -95,12 +95,13 @@ def weights_swapped(casts: list[tuple]):
     sees nothing. Autocast would round the same fp32 values to the same bf16 values at every call, so the outputs
     are bit-identical; on a CPU those casts were a quarter of encoding time (experiments/bench/encode_vs_st.py).
     For no-grad blocks, or, while autograd records, for weights that take no gradient (a copy would steal it)."""
-    trained = [name for module, name, _ in casts if module._parameters[name].requires_grad]
-    if torch.is_grad_enabled() and trained:
-        raise RuntimeError(
-            "weights_swapped swaps weights that take a gradient only for inference (torch.no_grad); "
-            f"{len(trained)} of these do"
-        )
+    if torch.is_grad_enabled():
+        trained = [name for module, name, _ in casts if module._parameters[name].requires_grad]
+        if trained:
+            raise RuntimeError(
+                "weights_swapped swaps weights that take a gradient only for inference (torch.no_grad); "
+                f"{len(trained)} of these do"
+            )
     saved = []
     try:
         for module, name, cast in casts:
@@ -119,8 +120,7 @@ def inference_casts(device: torch.device | str, mixed: bool, *models: torch.nn.M
     A model given twice, or None (no separate decoder), is cast once or skipped."""
     if not (mixed and torch.device(device).type == "cpu"):
         return []
-    unique = {id(m): m for m in models if m is not None}
-    return [cast for m in unique.values() for cast in cast_linear_weights(m)]
+    return casts_of(models)
 
 
 def training_casts(
@@ -133,5 +133,11 @@ def training_casts(
     weight never changes."""
     if not (str(precision) == "bf16-mixed" and torch.device(device).type == "cpu"):
         return []
+    return casts_of(models, frozen_only=True)
+
+
+def casts_of(models: tuple, frozen_only: bool = False) -> list[tuple]:
+    """`cast_linear_weights` of each model; a model given twice, or None (no separate decoder), cast once or
+    skipped."""
     unique = {id(m): m for m in models if m is not None}
-    return [cast for m in unique.values() for cast in cast_linear_weights(m, frozen_only=True)]
+    return [cast for m in unique.values() for cast in cast_linear_weights(m, frozen_only=frozen_only)]
