@@ -6,7 +6,7 @@
     python experiments/bench/frozen_casts.py --mode smoke --steps 1   # the toy model (the test suite runs it)
 
 One Lightning run per setting (without / with activation recomputation), the two variants interleaved step by step
-(A B A B ...: the stage module's swap list emptied on every other step), so the machine's drift, ±20% between two
+(A B A B ...: the stage module's swap list emptied on every other step), so the machine's drift, up to 24% between two
 runs of the same variant here, falls on both alike; the medians of each variant's step times and their ratio.
 The two give the same losses and weights bit for bit (tests/unit/model/test_precision.py). Writes markdown + JSON
 to --out.
