@@ -225,18 +225,39 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
     return {"summaries": summaries, **meta}
 
 
-def reference_rows(out: Path, eval_queries: int, eval_docs: int, progress: bool) -> dict[str, dict]:
-    """BM25 and all-MiniLM-L6-v2 on the same tasks and subsample, where their packages are installed."""
+def reference_rows(out: Path, eval_queries: int, eval_docs: int, progress: bool,
+                   references: dict[str, str] = REFERENCES) -> dict[str, dict]:  # fmt: skip
+    """BM25 and all-MiniLM-L6-v2 on the same tasks and subsample, where their packages are installed. Their inputs
+    never change between demo runs, so each task's result is kept in $BIRECO_CACHE/demo-references and reused while
+    the subsample and the scoring libraries are the same (runner.evaluate_model's key); out/references gets the
+    files either way."""
+    from bireco.core.paths import cache_root
     from bireco.evaluation.runner import evaluate_reference
 
     rows = {}
-    for label, reference in REFERENCES.items():
+    for label, reference in references.items():
+        here, kept = (
+            out / "references" / reference / "mteb",
+            cache_root() / "demo-references" / reference / "mteb",
+        )
+        copy_json(kept, here)
         try:
-            rows[label] = evaluate_reference(reference, tasks=EVAL_TASKS, output_dir=str(out / "references" / reference),
+            rows[label] = evaluate_reference(reference, tasks=EVAL_TASKS, output_dir=str(here.parent),
                                              max_queries=eval_queries, max_docs=eval_docs, progress=progress)  # fmt: skip
         except ConfigError as err:  # not installed: the table goes without this row
             log.warning("no %s row: %s", label, err)
+            continue
+        copy_json(here, kept)
     return rows
+
+
+def copy_json(src: Path, dst: Path) -> None:
+    """Each <src>/*.json to <dst>, written atomically (a copy cut off midway leaves no half file to be read)."""
+    from bireco.core.files import atomic_write_text
+
+    for path in sorted(src.glob("*.json")):
+        dst.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dst / path.name, path.read_text())
 
 
 def probe_sentence(probe: dict[str, dict[str, list[tuple[int, float]]]]) -> str:

@@ -168,7 +168,8 @@ def evaluate_reference(reference: str, *, tasks: list[str] | None = None, benchm
 def evaluate_model(model, model_key: str, task_objs: list, out: Path, *, batch_size: int | None = None,
                    progress: bool = True) -> dict:  # fmt: skip
     """Run mteb task by task, writing <out>/mteb/<task>.json as each finishes; a task whose file was written for
-    the same model and the same queries and documents is read back instead of run again."""
+    the same model, the same queries and documents and the same scoring libraries (score_versions) is read back
+    instead of run again."""
     import mteb
     from mteb.results import TaskResult
 
@@ -181,9 +182,12 @@ def evaluate_model(model, model_key: str, task_objs: list, out: Path, *, batch_s
     for i, task in enumerate(task_objs, 1):
         log.info("task %d/%d: %s", i, len(task_objs), task.metadata.name)
         path = out / "mteb" / f"{task.metadata.name}.json"
-        key = {"model": model_key, "data": task_fingerprint(task)}
+        key = {"model": model_key, "data": task_fingerprint(task), "versions": score_versions()}
         if path.is_file():
-            saved = json.loads(path.read_text())
+            try:
+                saved = json.loads(path.read_text())
+            except ValueError:  # cut off or not ours: evaluate again and overwrite it
+                saved = {}
             if saved.get("bireco_key") == key:
                 log.info("%s: reusing %s", task.metadata.name, path)
                 results.append(TaskResult.from_dict({k: v for k, v in saved.items() if k != "bireco_key"}))
@@ -198,6 +202,20 @@ def evaluate_model(model, model_key: str, task_objs: list, out: Path, *, batch_s
         atomic_write_text(path, json.dumps({**result.to_dict(), "bireco_key": key}, indent=2, default=str))
         results.append(result)
     return summarise(results, {t.metadata.name: t.metadata.type for t in task_objs})
+
+
+def score_versions() -> dict[str, str]:
+    """The installed versions of the libraries that compute a score (mteb's metrics, the models' numerics, BM25): a
+    saved result from other versions is evaluated again, not reused."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {}
+    for package in ("mteb", "torch", "transformers", "sentence-transformers", "bm25s"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return versions
 
 
 def task_fingerprint(task) -> str:

@@ -164,3 +164,43 @@ def test_dev_check_is_lightnings_validation_loop_leaves_training_alone_and_drive
     run(cfg)
     steps = pd.read_csv(f"{cfg.run_dir}/logs/metrics.csv")[["step", "val/ndcg@10"]].dropna()["step"].tolist()
     assert steps == [0, 2, 4], steps
+
+
+def test_reference_rows_are_kept_in_the_cache_and_reused_by_the_next_demo(tmp_path, monkeypatch):
+    """Their inputs never change between demo runs: the second demo reads BM25's results back from $BIRECO_CACHE
+    (into its own out/references too), and evaluates again once a scoring library's version differs."""
+    pytest.importorskip("bm25s")
+    pytest.importorskip("Stemmer")
+    import mteb
+
+    import bireco.evaluation.runner as runner
+    from bireco.demo import reference_rows
+
+    monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
+    refs = {"BM25 (reference)": "bm25"}
+    first = reference_rows(tmp_path / "one", 30, 100, False, refs)
+    assert 0 < first["BM25 (reference)"]["categories"]["Average"] <= 100
+    evaluate = mteb.evaluate
+    runs = []
+
+    def counted(*a, **k):
+        runs.append(a[1][0].metadata.name)
+        return evaluate(*a, **k)
+
+    monkeypatch.setattr(mteb, "evaluate", counted)
+    again = reference_rows(tmp_path / "two", 30, 100, False, refs)
+    assert runs == [] and again["BM25 (reference)"]["tasks"] == first["BM25 (reference)"]["tasks"]
+    assert sorted(
+        p.name for p in (tmp_path / "two" / "references" / "bm25" / "mteb").glob("*.json")
+    ) == sorted(f"{t}.json" for t in first["BM25 (reference)"]["tasks"])
+    cut = tmp_path / "cache" / "demo-references" / "bm25" / "mteb" / "DebianPackagesRetrieval.json"
+    cut.write_text(cut.read_text()[:100])  # a file cut off midway is evaluated again, not a crash
+    reference_rows(tmp_path / "cut", 30, 100, False, refs)
+    assert runs == ["DebianPackagesRetrieval"]
+    runs.clear()
+    versions = runner.score_versions()
+    monkeypatch.setattr(runner, "score_versions", lambda: {**versions, "mteb": "0.0.0"})
+    reference_rows(tmp_path / "three", 30, 100, False, refs)
+    assert sorted(runs) == sorted(
+        first["BM25 (reference)"]["tasks"]
+    )  # another mteb: every task evaluated again
