@@ -112,6 +112,9 @@ class ReconstructionStageConfig:
     # beyond the paper (which decodes with the weights it trains): shared (paper) | frozen (decode with a frozen
     # copy of the start weights; only the encoder side trains, so the loss falls only as the embedding informs)
     decoder: str = "shared"
+    # beyond the paper: what the decoder regenerates. other (paper: the pair's other side) | self (the side the
+    # anchor came from: Q2Q / D2D, an autoencoding warm-up; α weights the query side as it weights Q2D)
+    target: str = "other"
     probe: AnchorProbeConfig = field(default_factory=lambda: AnchorProbeConfig())
     init_from: str = "base"
     lora: LoraConfig = field(default_factory=LoraConfig)

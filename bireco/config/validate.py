@@ -9,7 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from bireco.core.errors import ConfigError
 from bireco.core.precision import resolve_precision, weights_dtype
-from bireco.model.anchor import ANCHOR_SCALES, ANCHOR_SOURCES, DECODERS, LABEL_MODES
+from bireco.model.anchor import ANCHOR_SCALES, ANCHOR_SOURCES, DECODERS, LABEL_MODES, TARGETS
 from bireco.model.backbone import ATTENTIONS, DTYPES, SAVE_MODES
 from bireco.model.pooling import POOLING_MODES
 from bireco.model.text_format import PADDING_SIDES
@@ -90,6 +90,7 @@ def validate(cfg: DictConfig) -> None:
                 f"stage.anchor_scale=affine (got {s.anchor_scale})"
             )
         _choice(s.decoder, DECODERS, "stage.decoder")
+        _choice(s.target, tuple(TARGETS), "stage.target")
         if s.anchor == "shuffled" and cfg.data.global_batch_size // _world_size(cfg) < 2:
             raise ConfigError(
                 f"stage.anchor=shuffled rolls the anchors within each device's batch, which is "

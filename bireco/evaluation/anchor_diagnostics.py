@@ -20,13 +20,13 @@ import re
 import torch
 
 from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
-from bireco.model.anchor import AnchorConditioning, AnchorReader, constant_anchor
+from bireco.model.anchor import DIRECTIONS, AnchorConditioning, AnchorReader, constant_anchor
 from bireco.model.backbone import Backbone, position_ids_from_mask
 from bireco.model.encode import encode_sides
 from bireco.model.pooling import last_token
 from bireco.model.text_format import pad_sides
 
-DIRECTIONS = {"q2d": ("query", "positive"), "d2q": ("positive", "query")}
+PAIR_DIRECTIONS = ("q2d", "d2q")
 
 
 def probe_batches(records: list[dict], collate, batch_size: int) -> list[dict]:
@@ -52,23 +52,26 @@ def pair_batches(backbone: Backbone, records: list[dict], *, batch_size: int = 3
 
 
 @torch.no_grad()
-def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = None) -> dict[str, float]:
+def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = None,
+               directions: tuple[str, ...] = PAIR_DIRECTIONS) -> dict[str, float]:  # fmt: skip
     """Token CE, accuracy and anchor gain per direction of a Stage I (its AnchorReader) over collated `batches`;
-    the backbone's and the conditioning's train/eval modes are restored afterwards."""
+    the backbone's and the conditioning's train/eval modes are restored afterwards. `directions`: the paper's two,
+    plus `q2q` / `d2d` for a Stage I that regenerates each side itself (`stage.target=self`)."""
     modules = (reader.backbone, reader.conditioning)  # a frozen decoder is always in eval mode
     device = next(reader.backbone.parameters()).device
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()  # dropout off; the conditioning's running mean is read, not updated
-    sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in DIRECTIONS}
-    tokens = dict.fromkeys(DIRECTIONS, 0)
+    sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in directions}
+    tokens = dict.fromkeys(directions, 0)
     mixed = bf16_for(device, bf16)
     casts = inference_casts(device, mixed, reader.backbone, reader.decoder)  # once per probe, not per forward
     try:
         for batch in batches:
             sides = {k: {kk: vv.to(device) for kk, vv in batch[k].items()} for k in ("query", "positive")}
             with weights_swapped(casts), autocast(device, mixed):
-                for direction, (src, tgt) in DIRECTIONS.items():
+                for direction in directions:
+                    src, tgt = DIRECTIONS[direction]
                     anchor = reader.anchor(sides[src])
                     own, other = (
                         reader.decode(anchor, sides[tgt]),
@@ -82,7 +85,7 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
         for m, mode in zip(modules, was_training):
             m.train(mode)
     out = {}
-    for d in DIRECTIONS:
+    for d in directions:
         out[f"ce_{d}"] = sums[f"own_{d}"] / tokens[d]
         out[f"acc_{d}"] = sums[f"acc_{d}"] / tokens[d]
         out[f"anchor_gain_{d}"] = (sums[f"other_{d}"] - sums[f"own_{d}"]) / tokens[d]

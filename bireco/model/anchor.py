@@ -23,6 +23,15 @@ ANCHOR_SOURCES = ("embedding", "constant", "shuffled")
 DECODERS = ("shared", "frozen")
 ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm", "affine")
 LABEL_MODES = ("paper", "released_code")
+# (anchor side, target side) of each direction: the paper's two, and the two of `stage.target=self` (beyond the paper)
+DIRECTIONS = {
+    "q2d": ("query", "positive"),
+    "d2q": ("positive", "query"),
+    "q2q": ("query", "query"),
+    "d2d": ("positive", "positive"),
+}
+# what the decoder regenerates: other (the paper: the pair's other side) | self (the side the anchor came from)
+TARGETS = {"other": ("q2d", "d2q"), "self": ("q2q", "d2d")}
 CONDITIONING_FILE = "stage1_anchor.json"  # in final/: how Stage I fed the anchor to its decoder
 AFFINE_FILE = "stage1_anchor.safetensors"  # ... and, for anchor_scale=affine, the learned map
 

@@ -4,6 +4,9 @@ token (no normalisation), gradients flow through it, and the same weights encode
 
 `stage.decoder=frozen` (beyond the paper) decodes with a frozen copy of the start weights instead
 (bireco.model.anchor.FrozenDecoder): only the encoder side learns, so the loss falls only as the embedding informs.
+`stage.target=self` (beyond the paper) regenerates the side the anchor came from (Q2Q, D2D: an autoencoder), where
+the language prior cannot predict the text and only the anchor can: a warm-up that may teach the decoder to read,
+before the paper's Stage I (stage.init_from) on the same schedule and α.
 
 Schedules: `joint` (default) computes both directions on every batch, loss = a*L_Q2D + (1-a)*L_D2Q (Algorithm 1,
 4 transformer passes; a direction of weight 0 is skipped). `alternate` trains one direction per micro-batch (2 passes) with a deterministic
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 
-from bireco.model.anchor import DECODERS, AnchorReader, FrozenDecoder, conditioning_for
+from bireco.model.anchor import DECODERS, DIRECTIONS, TARGETS, AnchorReader, FrozenDecoder, conditioning_for
 from bireco.model.backbone import Backbone, ReconstructionOutput
 from bireco.stages.base import StageModule, restore_buffers
 
@@ -49,6 +52,7 @@ class ReconstructionModule(StageModule):
         anchor_affine_lr: float | None = None,
         anchor_detach: bool = False,
         decoder: str = "shared",
+        target: str = "other",
     ):
         super().__init__(backbone, optim, lr_horizon, on_nonfinite)
         if not 0.0 <= alpha <= 1.0:
@@ -56,6 +60,11 @@ class ReconstructionModule(StageModule):
         if schedule not in SCHEDULES:
             raise ValueError(f"stage.schedule={schedule!r}; valid: {', '.join(SCHEDULES)}")
         self.alpha, self.schedule = alpha, schedule
+        if target not in TARGETS:
+            raise ValueError(f"stage.target={target!r}; valid: {', '.join(TARGETS)}")
+        self.target = target
+        # the log name of the query-anchor and the document-anchor direction: q2d / d2q, or q2q / d2d under self
+        self.names = dict(zip((Q2D, D2Q), TARGETS[target]))
         if decoder not in DECODERS:
             raise ValueError(f"stage.decoder={decoder!r}; valid: {', '.join(DECODERS)}")
         # a submodule: the centred option's running mean is in the state dict and follows the module's device
@@ -95,10 +104,19 @@ class ReconstructionModule(StageModule):
         return self.reader.decode(anchor, target)
 
     def q2d(self, batch: dict) -> ReconstructionOutput:
-        return self.decode(self.anchor(batch["query"]), batch["positive"])
+        """The query's anchor decodes the document (the paper), or the query itself under `stage.target=self`."""
+        src, tgt = DIRECTIONS[self.names[Q2D]]
+        return self.decode(self.anchor(batch[src]), batch[tgt])
 
     def d2q(self, batch: dict) -> ReconstructionOutput:
-        return self.decode(self.anchor(batch["positive"]), batch["query"])
+        """The document's anchor decodes the query (the paper), or the document itself under `stage.target=self`."""
+        src, tgt = DIRECTIONS[self.names[D2Q]]
+        return self.decode(self.anchor(batch[src]), batch[tgt])
+
+    @property
+    def probe_directions(self) -> tuple[str, ...]:
+        """What the anchor probe measures: the paper's two directions, and the ones this stage trains."""
+        return tuple(dict.fromkeys(("q2d", "d2q", *TARGETS[self.target])))
 
     def global_mean(self, out: ReconstructionOutput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loss to back-propagate, global token-mean loss, global accuracy). With several ranks each rank's sum is
@@ -124,7 +142,11 @@ class ReconstructionModule(StageModule):
             direction = Q2D if self.alpha == 1.0 else D2Q
             loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
             logs.update(
-                {f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged}
+                {
+                    f"train/loss_{self.names[direction]}": logged,
+                    f"train/acc_{self.names[direction]}": acc,
+                    "train/loss": logged,
+                }
             )
         elif self.schedule == "joint":
             (q, q_log, q_acc), (d, d_log, d_acc) = (
@@ -134,10 +156,10 @@ class ReconstructionModule(StageModule):
             loss = self.alpha * q + (1 - self.alpha) * d
             logs.update(
                 {
-                    "train/loss_q2d": q_log,
-                    "train/acc_q2d": q_acc,
-                    "train/loss_d2q": d_log,
-                    "train/acc_d2q": d_acc,
+                    f"train/loss_{self.names[Q2D]}": q_log,
+                    f"train/acc_{self.names[Q2D]}": q_acc,
+                    f"train/loss_{self.names[D2Q]}": d_log,
+                    f"train/acc_{self.names[D2Q]}": d_acc,
                 }
             )
             logs["train/loss"] = self.alpha * q_log + (1 - self.alpha) * d_log
@@ -145,7 +167,11 @@ class ReconstructionModule(StageModule):
             direction = direction_at(self.micro_step, self.alpha)
             loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
             logs.update(
-                {f"train/loss_{direction}": logged, f"train/acc_{direction}": acc, "train/loss": logged}
+                {
+                    f"train/loss_{self.names[direction]}": logged,
+                    f"train/acc_{self.names[direction]}": acc,
+                    "train/loss": logged,
+                }
             )
         return loss, logs
 

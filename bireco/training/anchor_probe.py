@@ -25,7 +25,7 @@ def heldout_records(cfg, datamodule, n: int) -> list[dict]:
 
 
 class AnchorProbe(L.Callback):
-    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` before the first optimizer step, every `every_n_steps` steps and
+    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` (and `_{q2q,d2d}` under `stage.target=self`) before the first optimizer step, every `every_n_steps` steps and
     after the last one, to every logger (CSV, wandb) at the optimizer step it ran after. `last` holds the latest
     values (bireco.training.run writes them into final/train_summary.json)."""
 
@@ -39,7 +39,8 @@ class AnchorProbe(L.Callback):
         if step == self._done_at:
             return
         self._done_at = step
-        self.last = {f"probe/{k}": v for k, v in anchor_use(module.reader, self.batches).items()}
+        use = anchor_use(module.reader, self.batches, directions=module.probe_directions)
+        self.last = {f"probe/{k}": v for k, v in use.items()}
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(self.last, step=step)

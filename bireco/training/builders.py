@@ -92,6 +92,7 @@ def build_module(
             labels=s.labels, reconstruct_instruction=s.reconstruct_instruction, on_nonfinite=cfg.trainer.on_nonfinite,
             anchor=s.anchor, anchor_scale=s.anchor_scale, anchor_lead_token=s.anchor_lead_token,
             anchor_affine_lr=s.anchor_affine_lr, anchor_detach=s.anchor_detach, decoder=s.decoder,
+            target=s.target,
         )  # fmt: skip
     if s.name == "contrastive":
         from bireco.stages.contrastive import ContrastiveModule

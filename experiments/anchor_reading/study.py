@@ -84,6 +84,13 @@ DESIGNS: dict[str, list[str]] = {
         ]
         for p in (64, 512)
     },  # fmt: skip
+    # beyond the paper: each side regenerates itself (stage.target=self; D2D at alpha 0), where the language prior
+    # cannot predict the text and the anchor can: does an autoencoding Stage I teach the decoder to read? Then the
+    # paper's D2Q from it (--embedder its final/, --embedder-label d2d_raw: d2q_*_from_embedder)
+    **{
+        f"d2d_{k}": [*DEMO_BUDGET, *D2Q, "stage.target=self", *OPTIONS[k]]
+        for k in ("raw", "lead_token_norm", "constant")
+    },
     # Stage I starting from a trained embedder (--embedder PATH, e.g. the demo's Anchor Stage II): its anchors already
     # tell the dev documents apart, so these ask whether the *decoder* learns to read within the budget when the
     # encoder has something to give (the chicken-and-egg of an untrained encoder removed)

@@ -61,6 +61,35 @@ def test_probe_logs_anchor_gain_while_training(cfg_factory, tmp_path, monkeypatc
     assert json.loads((run_dir / "final" / "stage1_anchor.json").read_text())["scale"] == "raw"
 
 
+def test_a_self_target_stage1_logs_the_probe_of_the_directions_it_trains(cfg_factory, tmp_path, monkeypatch):
+    """`stage.target=self` through bireco.train: the run trains D2D (alpha 0), logs it as such, and the probe logs
+    the D2D gain beside the paper's two directions, in the CSV and in final/train_summary.json; where only the anchor
+    says which of eight documents to write, the decoder reads it."""
+    from bireco.training import anchor_probe
+    from bireco.training.run import run
+
+    monkeypatch.setattr(anchor_probe, "heldout_records", lambda cfg, dm, n: list(RECORDS))
+    STEPS = 150
+    data = write_pairs(tmp_path / "pairs.jsonl", copies=4)
+    cfg = cfg_factory("stage=reconstruction", "data=jsonl", f"data.path={data}", "data.num_hard_negatives=0",
+                      "data.global_batch_size=8", "data.max_query_length=16", "data.max_doc_length=16",
+                      "stage.alpha=0.0", "stage.target=self", "stage.optim.lr=3e-3", "stage.optim.warmup_steps=0",
+                      "stage.optim.schedule=constant", "trainer.precision=32-true", f"trainer.max_steps={STEPS}",
+                      f"stage.probe.every_n_steps={STEPS}", "stage.probe.batch_size=8")  # fmt: skip
+    run(cfg)
+    run_dir = Path(cfg.run_dir)
+    rows = pd.read_csv(run_dir / "logs" / "metrics.csv")
+    assert "train/loss_d2d" in rows and "train/loss_d2q" not in rows
+    probe = rows.dropna(subset=["probe/anchor_gain_d2d"]).set_index("step")
+    assert list(probe.index) == [0, STEPS]
+    assert not {"probe/anchor_gain_q2q", "probe/anchor_gain_q2d", "probe/anchor_gain_d2q"} - set(probe)
+    summary = json.loads((run_dir / "final" / "train_summary.json").read_text())
+    assert summary["probe/anchor_gain_d2d"] == pytest.approx(probe.loc[STEPS, "probe/anchor_gain_d2d"])
+    gain = probe["probe/anchor_gain_d2d"]
+    print(probe.filter(like="gain").to_dict())
+    assert gain[STEPS] > 0.3 and gain[STEPS] > gain[0] + 0.3, gain.to_dict()
+
+
 def test_a_stage1_run_trains_and_keeps_the_affine_anchor_map(cfg_factory, tmp_path, monkeypatch):
     """`stage.anchor_scale=affine` through bireco.train: the map trains (it leaves the identity), final/ keeps it
     and the probe of inspection reads through it."""

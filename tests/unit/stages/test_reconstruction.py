@@ -341,3 +341,35 @@ def test_inspect_embeds_a_query_as_evaluation_does(backbone):
     got = anchor_of(backbone, "a small dog", instruction, max_length=48)[0]
     want = encode_texts(backbone, ["a small dog"], instruction, 48, normalize=False, bf16=False)[0]
     torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_self_target_decodes_each_side_from_its_own_anchor(backbone):
+    """stage.target=self (beyond the paper): the query's anchor decodes the query and the document's the document,
+    the gradient reaches the encoder side through the anchor, the logs are named q2q / d2d, and the probe measures
+    the paper's directions and these; the default decodes the other side, as before."""
+    batch = make_batch(backbone)
+    auto, paper = module(backbone, target="self"), module(backbone)
+    a_q, a_d = paper.anchor(batch["query"]), paper.anchor(batch["positive"])
+    torch.testing.assert_close(auto.q2d(batch).loss, paper.decode(a_q, batch["query"]).loss)
+    torch.testing.assert_close(auto.d2q(batch).loss, paper.decode(a_d, batch["positive"]).loss)
+    torch.testing.assert_close(paper.d2q(batch).loss, paper.decode(a_d, batch["query"]).loss)
+    assert paper.probe_directions == ("q2d", "d2q") and auto.probe_directions == ("q2d", "d2q", "q2q", "d2d")
+    _, logs = auto.step_loss(batch)
+    assert set(logs) == {"train/loss", "train/loss_q2q", "train/acc_q2q", "train/loss_d2d", "train/acc_d2d"}
+    backbone.zero_grad()
+    auto.d2q(batch).loss.backward()
+    # the encoder's last-token state gets a gradient only through the anchor (the target side is the same text)
+    anchor = auto.anchor(batch["positive"])
+    (grad,) = torch.autograd.grad(auto.decode(anchor, batch["positive"]).loss, anchor)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="valid: other, self"):
+        module(backbone, target="both")
+
+
+def test_self_target_is_a_validated_config_key(cfg_factory):
+    from bireco.config.validate import validate
+    from bireco.core.errors import ConfigError
+
+    validate(cfg_factory("stage=reconstruction", "stage.target=self"))
+    with pytest.raises(ConfigError, match="stage.target='selfs' is not valid; choose one of: other, self"):
+        validate(cfg_factory("stage=reconstruction", "stage.target=selfs"))
