@@ -17,6 +17,7 @@ from bireco.data.instructions import load_table
 from bireco.evaluation.tasks import BEIR_INSTRUCTIONS, TASK_DATASET
 from bireco.model.backbone import Backbone
 from bireco.model.encode import encode_texts
+from bireco.model.loading import resolve_dtype
 
 QUERY_ONLY_TYPES = {"Retrieval", "Reranking", "InstructionRetrieval", "InstructionReranking"}
 
@@ -46,15 +47,15 @@ def instruction_for_task(task_name: str, task_type: str, prompt_type: Any) -> st
 
 def make_mteb_encoder(backbone: Backbone, checkpoint: str | Path, max_length: int = 512, batch_size: int | None = None,
                       progress: bool = True, dtype: str = "auto"):  # fmt: skip
-    """An mteb 2.x encoder around a loaded backbone, with a ModelMeta unique to `checkpoint` and, other than `auto`,
-    to the `dtype` its weights were loaded in (results cached under one dtype are not reused for another)."""
+    """An mteb 2.x encoder around a loaded backbone, with a ModelMeta unique to `checkpoint` and to the `dtype` its
+    weights were loaded in, `auto` named by what it resolves to here (bf16 on a bf16 GPU, fp32 on a CPU): a result
+    saved under one is not reused for another (runner.evaluate_model keys reuse by this name)."""
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
 
     revision = checkpoint_revision(checkpoint)
     name = f"bireco/{Path(checkpoint).resolve().parent.name}-{Path(checkpoint).name}-{revision[:8]}"
-    if dtype != "auto":
-        name += f"-{dtype}"
+    name += f"-{dtype}" if dtype != "auto" else f"-auto-{str(resolve_dtype('auto')).removeprefix('torch.')}"
     meta = ModelMeta(
         loader=None, name=name, revision=revision, release_date=None, languages=None,
         n_parameters=sum(p.numel() for p in backbone.parameters()), memory_usage_mb=None, max_tokens=max_length,
