@@ -89,8 +89,17 @@ DESIGNS: dict[str, list[str]] = {
     # paper's D2Q from it (--embedder its final/, --embedder-label d2d_raw: d2q_*_from_embedder)
     **{
         f"d2d_{k}": [*DEMO_BUDGET, *D2Q, "stage.target=self", *OPTIONS[k]]
-        for k in ("raw", "lead_token_norm", "constant")
+        for k in ("raw", "lead_token_norm", "constant", "frozen")
     },
+    # ... through a frozen copy of the start model (the encoder must write what the base decoder reads), 4x the steps
+    "d2d_frozen_x4": [
+        *DEMO_BUDGET,
+        *D2Q,
+        "stage.target=self",
+        *OPTIONS["frozen"],
+        "trainer.max_steps=320",
+        "stage.optim.warmup_steps=32",
+    ],  # fmt: skip
     # Stage I starting from a trained embedder (--embedder PATH, e.g. the demo's Anchor Stage II): its anchors already
     # tell the dev documents apart, so these ask whether the *decoder* learns to read within the budget when the
     # encoder has something to give (the chicken-and-egg of an untrained encoder removed)
