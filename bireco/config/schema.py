@@ -100,7 +100,8 @@ class ReconstructionStageConfig:
     # (the micro-batch's anchors rolled by one): gradients still reach the encoder, but no pair's own content helps
     anchor: str = "embedding"
     # beyond the paper, off by default and in every preset (docs/method.md §2.4): how the decoder
-    # receives the anchor. raw (paper) | token_norm | centered_token_norm | affine (token_norm, then a learned
+    # receives the anchor. raw (paper) | token_norm | centered_token_norm | batch_centered_token_norm (in training
+    # the batch's own mean anchor subtracted) | affine (token_norm, then a learned
     # H x H map initialised to the identity, at anchor_affine_lr; null = optim.lr); a real token before the anchor
     # (null = the paper, bos, or a token string of the tokenizer)
     anchor_scale: str = "raw"

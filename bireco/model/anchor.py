@@ -21,7 +21,8 @@ from bireco.model.pooling import last_token
 
 ANCHOR_SOURCES = ("embedding", "constant", "shuffled")
 DECODERS = ("shared", "frozen")
-ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm", "affine")
+ANCHOR_SCALES = ("raw", "token_norm", "centered_token_norm", "batch_centered_token_norm", "affine")
+CENTERED = ("centered_token_norm", "batch_centered_token_norm")  # the scales that keep a running mean
 LABEL_MODES = ("paper", "released_code")
 # (anchor side, target side) of each direction: the paper's two, and the two of `stage.target=self` (beyond the paper)
 DIRECTIONS = {
@@ -44,6 +45,9 @@ class AnchorConditioning(torch.nn.Module):
     at the scale the layers expect of an input position.
     centered_token_norm: a running mean of anchors is subtracted first (updated in training from detached batch
     means, momentum 0.01; the same vector in training and inference), then rescaled: what differs between pairs.
+    batch_centered_token_norm: in training the batch's own mean is subtracted (with its gradient, as batch norm
+    does), so a component every anchor of the batch shares reaches the decoder as nothing at all and cannot serve
+    as a generic prompt; inference subtracts the running mean kept as above.
     affine: rescaled as token_norm, then a learned affine map (H x H weight initialised to the identity, bias 0;
     the only new parameters, trained with Stage I, `stage.anchor_affine_lr`): the decoder-side analogue of the
     projector that one-token context compressors train, so the anchor can be moved to where the decoder reads.
@@ -59,7 +63,7 @@ class AnchorConditioning(torch.nn.Module):
         self.scale, self.token_norm, self.momentum = scale, float(token_norm), momentum
         self.lead_token_id = lead_token_id
         # in checkpoints only where used: the paper's layout keeps the state dict it always had
-        keep = scale == "centered_token_norm"
+        keep = scale in CENTERED
         self.register_buffer("center", torch.zeros(hidden_size), persistent=keep)
         self.register_buffer("center_ready", torch.zeros((), dtype=torch.bool), persistent=keep)
         self.affine = None
@@ -77,7 +81,7 @@ class AnchorConditioning(torch.nn.Module):
         """(B, H) anchor -> (B, H) decoder-input vector."""
         if self.scale == "raw":
             return anchor
-        if self.scale == "centered_token_norm":
+        if self.scale in CENTERED:
             if self.training:
                 with torch.no_grad():
                     mean = anchor.detach().float().mean(0)
@@ -86,7 +90,10 @@ class AnchorConditioning(torch.nn.Module):
                     else:
                         self.center.copy_(mean)
                         self.center_ready.fill_(True)
-            anchor = anchor - self.center.to(anchor.dtype)
+            if self.training and self.scale == "batch_centered_token_norm":
+                anchor = anchor - anchor.mean(0, keepdim=True)
+            else:
+                anchor = anchor - self.center.to(anchor.dtype)
         norm = anchor.float().norm(dim=-1, keepdim=True).clamp_min(1e-6)
         anchor = anchor * (self.token_norm / norm).to(anchor.dtype)
         return anchor if self.affine is None else self.affine(anchor)
@@ -106,7 +113,7 @@ class AnchorConditioning(torch.nn.Module):
     def record(self) -> dict:
         """What a checkpoint keeps so inspection decodes as training did."""
         out = {"scale": self.scale, "token_norm": self.token_norm, "lead_token_id": self.lead_token_id}
-        if self.scale == "centered_token_norm":
+        if self.scale in CENTERED:
             out["center"] = self.center.tolist()
         return out
 

@@ -64,6 +64,16 @@ OPTIONS = {
     # its control: the same frozen decoder and steps, each query decoded from another pair's document anchor, so the
     # encoder is trained through the anchor as much, but a pair's own content cannot lower the loss
     "frozen_shuffled": ["stage.decoder=frozen", "stage.anchor=shuffled"],
+    # a frozen decoder with the batch's mean anchor subtracted in training: a frozen decoder's encoder otherwise
+    # learns one generic prompt (the query's anchor decodes a document as well as the document's own); here what all
+    # anchors share reaches the decoder as nothing, so the loss can fall only by what differs between pairs
+    "frozen_batch_centered": ["stage.decoder=frozen", "stage.anchor_scale=batch_centered_token_norm"],
+    "frozen_batch_centered_lead": [
+        "stage.decoder=frozen",
+        "stage.anchor_scale=batch_centered_token_norm",
+        "stage.anchor_lead_token=bos",
+    ],  # fmt: skip
+    "batch_centered_lead": ["stage.anchor_scale=batch_centered_token_norm", "stage.anchor_lead_token=bos"],
 }
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},

@@ -158,7 +158,7 @@ def test_default_decoder_input_is_the_papers_bit_for_bit(backbone):
     assert torch.equal(m.decode(anchor, side).loss, ref.loss)
 
 
-@pytest.mark.parametrize("scale", ["token_norm", "centered_token_norm"])
+@pytest.mark.parametrize("scale", ["token_norm", "centered_token_norm", "batch_centered_token_norm"])
 def test_scaled_anchor_has_token_norm_and_gradient_reaches_the_encoder(backbone, scale):
     side = make_side(backbone, ["a domesticated carnivorous mammal", "dog", "red"])
     m = _module(backbone, anchor_scale=scale)
@@ -168,13 +168,45 @@ def test_scaled_anchor_has_token_norm_and_gradient_reaches_the_encoder(backbone,
     anchor = m.anchor(side)
     conditioned = m.conditioning(anchor)
     assert torch.allclose(conditioned.norm(dim=-1), torch.full((3,), m.conditioning.token_norm), rtol=1e-4)
-    if scale == "centered_token_norm":  # the first training batch sets the running mean; later ones move it
+    if scale != "token_norm":  # the first training batch sets the running mean; later ones move it
         assert torch.allclose(m.conditioning.center, anchor.detach().mean(0), atol=1e-5)
         assert "conditioning.center" in m.state_dict()
     anchor = m.anchor(side)
     anchor.retain_grad()
     m.decode(anchor, side).loss.backward()
     assert anchor.grad is not None and bool((anchor.grad.norm(dim=-1) > 0).all())  # on to the encoder pass
+
+
+def test_batch_centering_gives_a_shared_component_no_effect_in_training_and_keeps_the_mean_for_inference(
+    backbone,
+):
+    """`stage.anchor_scale=batch_centered_token_norm`: in training, a vector added to every anchor of the batch
+    changes nothing the decoder gets (it cannot serve as a generic prompt); in eval mode the running mean is
+    subtracted, and the record keeps it for inspection."""
+    m = _module(backbone, anchor_scale="batch_centered_token_norm")
+    cond = m.conditioning
+    anchor = torch.randn(4, backbone.hidden_size)
+    shared = 10 * torch.randn(backbone.hidden_size)
+    cond.train()
+    first = cond(anchor)
+    torch.testing.assert_close(cond(anchor + shared), first, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(cond.center, torch.zeros_like(cond.center))  # the running mean moved
+    cond.eval()
+    expected = anchor - cond.center
+    expected = expected * (cond.token_norm / expected.norm(dim=-1, keepdim=True))
+    torch.testing.assert_close(cond(anchor), expected)
+    loaded = AnchorConditioning.from_record(json.loads(json.dumps(cond.record())))
+    assert loaded.scale == "batch_centered_token_norm" and torch.allclose(loaded.center, cond.center)
+
+
+def test_batch_centering_needs_two_pairs_per_device(cfg_factory):
+    from bireco.config.validate import validate
+    from bireco.core.errors import ConfigError
+
+    validate(cfg_factory("stage=reconstruction", "stage.anchor_scale=batch_centered_token_norm"))
+    with pytest.raises(ConfigError, match="batch_centered_token_norm subtracts each device batch's mean"):
+        validate(cfg_factory("stage=reconstruction", "stage.anchor_scale=batch_centered_token_norm",
+                             "data.global_batch_size=1"))  # fmt: skip
 
 
 def test_lead_token_sits_before_the_anchor_with_positions_and_mask(backbone, monkeypatch):
