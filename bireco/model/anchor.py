@@ -47,7 +47,7 @@ class AnchorConditioning(torch.nn.Module):
     means, momentum 0.01; the same vector in training and inference), then rescaled: what differs between pairs.
     batch_centered_token_norm: in training the batch's own mean is subtracted (with its gradient, as batch norm
     does), so a component every anchor of the batch shares reaches the decoder as nothing at all and cannot serve
-    as a generic prompt; inference subtracts the running mean kept as above.
+    as a generic prompt; inference subtracts a running mean kept as above, at momentum 0.1.
     affine: rescaled as token_norm, then a learned affine map (H x H weight initialised to the identity, bias 0;
     the only new parameters, trained with Stage I, `stage.anchor_affine_lr`): the decoder-side analogue of the
     projector that one-token context compressors train, so the anchor can be moved to where the decoder reads.
@@ -56,11 +56,18 @@ class AnchorConditioning(torch.nn.Module):
     """
 
     def __init__(self, scale: str = "raw", token_norm: float = 1.0, hidden_size: int = 1,
-                 lead_token_id: int | None = None, momentum: float = 0.01):  # fmt: skip
+                 lead_token_id: int | None = None, momentum: float | None = None):  # fmt: skip
         super().__init__()
         if scale not in ANCHOR_SCALES:
             raise ValueError(f"stage.anchor_scale={scale!r}; valid: {', '.join(ANCHOR_SCALES)}")
-        self.scale, self.token_norm, self.momentum = scale, float(token_norm), momentum
+        # batch centering's running mean is only read in inference: it follows the anchors closely (0.1) so that
+        # inference subtracts what training's batches last shared, not the start's anchors
+        default = 0.1 if scale == "batch_centered_token_norm" else 0.01
+        self.scale, self.token_norm, self.momentum = (
+            scale,
+            float(token_norm),
+            default if momentum is None else momentum,
+        )
         self.lead_token_id = lead_token_id
         # in checkpoints only where used: the paper's layout keeps the state dict it always had
         keep = scale in CENTERED
