@@ -1,6 +1,5 @@
 import gzip
 import json
-import time
 from pathlib import Path
 
 import datasets
@@ -241,11 +240,9 @@ def test_length_bucketing_reduces_padding():
 
 
 # ---------------------------------------------------------------- built-in dataset
-def test_wordnet_loads_fast_and_splits_are_disjoint_by_synset():
+def test_wordnet_splits_are_disjoint_by_synset():
     wordnet.load_synsets.cache_clear()
-    t0 = time.perf_counter()
     train = wordnet.pair_records("train")
-    assert time.perf_counter() - t0 < 10
     dev, test = wordnet.pair_records("dev"), wordnet.pair_records("test")
     ids = {s: {r["id"] for r in recs} for s, recs in (("train", train), ("dev", dev), ("test", test))}
     assert not ids["train"] & ids["dev"] and not ids["train"] & ids["test"] and not ids["dev"] & ids["test"]
