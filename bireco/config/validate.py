@@ -91,16 +91,14 @@ def validate(cfg: DictConfig) -> None:
             )
         _choice(s.decoder, DECODERS, "stage.decoder")
         _choice(s.target, tuple(TARGETS), "stage.target")
-        if (
-            s.anchor_scale == "batch_centered_token_norm"
-            and cfg.data.global_batch_size // _world_size(cfg) < 2
-        ):
+        one_pair_per_device = cfg.data.global_batch_size // _world_size(cfg) < 2
+        if one_pair_per_device and s.anchor_scale == "batch_centered_token_norm":
             raise ConfigError(
                 f"stage.anchor_scale=batch_centered_token_norm subtracts each device batch's mean anchor, and "
                 f"data.global_batch_size={cfg.data.global_batch_size} / {_world_size(cfg)} device(s) is one pair: "
                 "its anchor would be zero; use a global batch of at least 2 per device"
             )
-        if s.anchor == "shuffled" and cfg.data.global_batch_size // _world_size(cfg) < 2:
+        if one_pair_per_device and s.anchor == "shuffled":
             raise ConfigError(
                 f"stage.anchor=shuffled rolls the anchors within each device's batch, which is "
                 f"data.global_batch_size={cfg.data.global_batch_size} / {_world_size(cfg)} device(s) here: one pair "

@@ -70,9 +70,14 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
         for batch in batches:
             sides = {k: {kk: vv.to(device) for kk, vv in batch[k].items()} for k in ("query", "positive")}
             with weights_swapped(casts), autocast(device, mixed):
+                # each side's anchor once, however many directions read it (q2d and q2q share the query's)
+                anchors = {
+                    src: reader.anchor(sides[src])
+                    for src in dict.fromkeys(DIRECTIONS[d][0] for d in directions)
+                }
                 for direction in directions:
                     src, tgt = DIRECTIONS[direction]
-                    anchor = reader.anchor(sides[src])
+                    anchor = anchors[src]
                     own, other = (
                         reader.decode(anchor, sides[tgt]),
                         reader.decode(anchor.roll(1, 0), sides[tgt]),

@@ -63,11 +63,8 @@ class AnchorConditioning(torch.nn.Module):
         # batch centering's running mean is only read in inference: it follows the anchors closely (0.1) so that
         # inference subtracts what training's batches last shared, not the start's anchors
         default = 0.1 if scale == "batch_centered_token_norm" else 0.01
-        self.scale, self.token_norm, self.momentum = (
-            scale,
-            float(token_norm),
-            default if momentum is None else momentum,
-        )
+        self.momentum = default if momentum is None else momentum
+        self.scale, self.token_norm = scale, float(token_norm)
         self.lead_token_id = lead_token_id
         # in checkpoints only where used: the paper's layout keeps the state dict it always had
         keep = scale in CENTERED

@@ -133,47 +133,30 @@ class ReconstructionModule(StageModule):
         n_global = stats[0]
         return out.loss * (out.n_tokens * world / n_global), stats[1] / n_global, stats[2] / n_global
 
+    def direction_logs(
+        self, direction: str, loss: torch.Tensor, acc: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """A direction's loss and accuracy under the name it trains as (q2d / d2q, or q2q / d2d)."""
+        return {f"train/loss_{self.names[direction]}": loss, f"train/acc_{self.names[direction]}": acc}
+
     def step_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
-        logs: dict[str, float | torch.Tensor] = {}
-        if self.schedule == "joint" and self.alpha in (
-            0.0,
-            1.0,
-        ):  # one direction has weight 0: skip its passes
-            direction = Q2D if self.alpha == 1.0 else D2Q
-            loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
-            logs.update(
-                {
-                    f"train/loss_{self.names[direction]}": logged,
-                    f"train/acc_{self.names[direction]}": acc,
-                    "train/loss": logged,
-                }
-            )
-        elif self.schedule == "joint":
+        if self.schedule == "joint" and self.alpha not in (0.0, 1.0):
             (q, q_log, q_acc), (d, d_log, d_acc) = (
                 self.global_mean(self.q2d(batch)),
                 self.global_mean(self.d2q(batch)),
             )
             loss = self.alpha * q + (1 - self.alpha) * d
-            logs.update(
-                {
-                    f"train/loss_{self.names[Q2D]}": q_log,
-                    f"train/acc_{self.names[Q2D]}": q_acc,
-                    f"train/loss_{self.names[D2Q]}": d_log,
-                    f"train/acc_{self.names[D2Q]}": d_acc,
-                }
-            )
+            logs = {**self.direction_logs(Q2D, q_log, q_acc), **self.direction_logs(D2Q, d_log, d_acc)}
             logs["train/loss"] = self.alpha * q_log + (1 - self.alpha) * d_log
+            return loss, logs
+        # one direction per batch: the alternate schedule's, or the joint one's where the other has weight 0 (its
+        # passes skipped)
+        if self.schedule == "joint":
+            direction = Q2D if self.alpha == 1.0 else D2Q
         else:
             direction = direction_at(self.micro_step, self.alpha)
-            loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
-            logs.update(
-                {
-                    f"train/loss_{self.names[direction]}": logged,
-                    f"train/acc_{self.names[direction]}": acc,
-                    "train/loss": logged,
-                }
-            )
-        return loss, logs
+        loss, logged, acc = self.global_mean(self.q2d(batch) if direction == Q2D else self.d2q(batch))
+        return loss, {**self.direction_logs(direction, logged, acc), "train/loss": logged}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         with self.frozen_weights_cast():

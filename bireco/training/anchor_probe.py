@@ -25,8 +25,8 @@ def heldout_records(cfg, datamodule, n: int) -> list[dict]:
 
 
 class AnchorProbe(L.Callback):
-    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` (and `_{q2q,d2d}` under `stage.target=self`) before the first optimizer step, every `every_n_steps` steps and
-    after the last one, to every logger (CSV, wandb) at the optimizer step it ran after. `last` holds the latest
+    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` (and `_{q2q,d2d}` under `stage.target=self`) before the first
+    optimizer step, every `every_n_steps` steps and after the last one, to every logger (CSV, wandb) at the optimizer step it ran after. `last` holds the latest
     values (bireco.training.run writes them into final/train_summary.json)."""
 
     def __init__(self, batches: list[dict], every_n_steps: int):

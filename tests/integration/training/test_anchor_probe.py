@@ -86,7 +86,6 @@ def test_a_self_target_stage1_logs_the_probe_of_the_directions_it_trains(cfg_fac
     summary = json.loads((run_dir / "final" / "train_summary.json").read_text())
     assert summary["probe/anchor_gain_d2d"] == pytest.approx(probe.loc[STEPS, "probe/anchor_gain_d2d"])
     gain = probe["probe/anchor_gain_d2d"]
-    print(probe.filter(like="gain").to_dict())
     assert gain[STEPS] > 0.3 and gain[STEPS] > gain[0] + 0.3, gain.to_dict()
 
 
