@@ -10,11 +10,17 @@ fixed lengths: query / document / hard negative). bireco runs through its real p
 LightningModule under a Lightning Trainer (hooks, logging, guards included). The plain loops are what a researcher
 writes by hand (released-code style: full-vocabulary logits through the HF loss, both directions per batch).
 Step time is the median wall time between consecutive steps after warm-up (device synchronised), so data transfer
-and framework overhead count. MFU counts model FLOPs only: 6*N per token (8*N with activation recomputation) for a
-full fine-tune, 4*N (6*N) under LoRA, N = every parameter including the (tied) embedding / LM head, over the padded
-tokens that went through the transformer. That counts the LM head on every token: the plain loops form full logits,
-bireco's label-only CE forms them at target positions only, so bireco's MFU is slightly overstated, never the plain
-loop's. On a GPU the ceiling is the 989 TFLOP/s bf16 datasheet figure of an H100; on a CPU it is measured in the same
+and framework overhead count. MFU counts the model FLOPs the step's method needs (`StepWork`, the same count for
+bireco and the plain loop of one group, so their MFU ratio is their speed ratio): per token through the transformer
+body, 2 FLOPs per matmul weight forward, 2 more for the gradient to its input, 2 more for its own gradient where it
+trains (full fine-tuning: 6 per weight; LoRA: 4 per frozen base weight, 6 per LoRA weight), 2 more per
+recomputation; causal attention 2*T*d per layer and token forward (times 3, or 4 recomputed); the LM head (V*H,
+tied or not) only on the tokens Stage I predicts, 6 FLOPs per weight, and nowhere in Stage II, which never forms
+logits. The embedding table is a lookup, not a matmul. Tokens through the body are the padded ones. (Until
+2026-12-03 the bench counted 6*N / 4*N over every parameter N, embedding included, on every token, which
+overstated MFU where the embedding is a large share of N: SmolLM2's tied 28 M-weight table is a fifth of its 135 M;
+the JSON keeps that figure as `mfu_all_params` beside each row.) On a GPU the
+ceiling is the 989 TFLOP/s bf16 datasheet figure of an H100; on a CPU it is measured in the same
 process: the GEMM mix of the model's own shapes in the precision the variant trains in (matmul_limit.py), so MFU
 reads "fraction of what this machine's matmuls can do". The `varlen` group draws E5-like lengths (short queries, long-tailed
 documents) and compares real-token throughput of length-bucketed batches with random batches.
@@ -241,6 +247,39 @@ def n_params(backbone: Backbone) -> int:
     return sum(p.numel() for p in backbone.causal_lm.parameters())
 
 
+@dataclass
+class StepWork:
+    """What one training step computes, per side of the batch, for its model FLOPs (module docstring).
+    `body`: how many times (on average per step) each side's tokens go through the transformer body;
+    `head`: how many times each side's target tokens (its embed_mask) are predicted through the LM head."""
+
+    body: dict[str, float]
+    head: dict[str, float] = field(default_factory=dict)
+    recompute: bool = False
+
+    def flops(self, backbone: Backbone, batch: dict) -> float:
+        lm = backbone.causal_lm
+        table, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
+        skip = {id(table), id(head)}
+        weights = [p for p in lm.parameters() if p.dim() == 2 and id(p) not in skip]
+        extra = 2 if self.recompute else 0
+        per_token = sum(((6 if p.requires_grad else 4) + extra) * p.numel() for p in weights)
+        cfg = lm.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        attn_width = cfg.num_attention_heads * head_dim
+        total = 0.0
+        for side, times in self.body.items():
+            if side not in batch:
+                continue
+            B, T = batch[side]["input_ids"].shape
+            attention = 2 * T * attn_width * cfg.num_hidden_layers * (4 if self.recompute else 3)
+            total += times * B * T * (per_token + attention)
+        for side, times in self.head.items():
+            if side in batch:
+                total += times * 6 * head.numel() * int(batch[side]["embed_mask"].sum())
+        return total
+
+
 # ---------------------------------------------------------------------------------------------- timing
 def sync(device: str) -> None:
     if device == "cuda":
@@ -258,19 +297,25 @@ def peak_gb(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
 
 
-def summarise(name, times, batches, setup, flops_per_token, n, token_sides) -> Result:
+def summarise(name, times, batches, setup, work: StepWork, backbone: Backbone, token_sides) -> Result:
     step = statistics.median(times)
     timed = batches[setup.warmup + 1 : setup.warmup + 1 + len(times)] or batches[-len(times) :]
     pairs = statistics.mean(len(b["dataset"]) for b in timed)
     real = statistics.mean(real_tokens(b, token_sides) for b in timed)
     padded = statistics.mean(padded_tokens(b, token_sides) for b in timed)
-    flops = flops_per_token * n * padded / step
+    flops = statistics.mean(work.flops(backbone, b) for b in timed) / step
+    # the count before 2026-12-03: 6*N (4*N LoRA, +2*N recomputed) over every parameter and padded token
+    k = (6 if not backbone.is_lora else 4) + (2 if work.recompute else 0)
+    legacy = k * max(work.body.values()) * n_params(backbone) * padded / step
     if setup.device == "cuda":
-        mfu = flops / (PEAK_TFLOPS * 1e12)
+        limit = PEAK_TFLOPS * 1e3
     else:
         limit = CPU_LIMIT_GFLOPS.get("bfloat16" if precision(setup).startswith("bf16") else "float32")
-        mfu = flops / (limit * 1e9) if limit else None
-    return Result(name, step, pairs / step, real / step, peak_gb(setup.device), mfu, extra={"times": times})
+    mfu = flops / (limit * 1e9) if limit else None
+    extra = {"times": times, "model_gflop_per_step": flops * step / 1e9}
+    if limit:
+        extra["mfu_all_params"] = legacy / (limit * 1e9)
+    return Result(name, step, pairs / step, real / step, peak_gb(setup.device), mfu, extra=extra)
 
 
 # ---------------------------------------------------------------------------------------------- plain loops
@@ -317,7 +362,7 @@ def precision(setup: Setup) -> str:
     return resolve_precision(setup.precision, "gpu" if setup.device == "cuda" else "cpu")
 
 
-def run_plain(name, setup, batches, loss_fn, params, flops_per_token, n, token_sides) -> Result:
+def run_plain(name, setup, batches, loss_fn, params, work, backbone, token_sides) -> Result:
     from bireco.core.precision import autocast
 
     opt = torch.optim.AdamW(params, lr=1e-5, fused=setup.device == "cuda")
@@ -335,11 +380,11 @@ def run_plain(name, setup, batches, loss_fn, params, flops_per_token, n, token_s
         if i > setup.warmup:
             times.append(now - last)
         last = now
-    return summarise(name, times, batches, setup, flops_per_token, n, token_sides)
+    return summarise(name, times, batches, setup, work, backbone, token_sides)
 
 
 # ---------------------------------------------------------------------------------------------- bireco
-def run_bireco(name, setup, batches, module, flops_per_token, n, token_sides) -> Result:
+def run_bireco(name, setup, batches, module, work, token_sides) -> Result:
     import lightning as L
     from torch.utils.data import DataLoader
 
@@ -363,7 +408,42 @@ def run_bireco(name, setup, batches, module, flops_per_token, n, token_sides) ->
     )  # fmt: skip
     loader = DataLoader(batches, batch_size=None, shuffle=False, pin_memory=setup.device == "cuda")
     trainer.fit(module, train_dataloaders=loader)
-    return summarise(name, clock.times, batches, setup, flops_per_token, n, token_sides)
+    return summarise(name, clock.times, batches, setup, work, module.backbone, token_sides)
+
+
+class Interleaved:
+    """Two or more variants of one training run taking turns step by step (A B A B ...), so the machine's drift,
+    up to 24% between two runs of one variant on the 2-core CPU, falls on all alike. `variants`: name -> a function
+    that sets the module up for that variant before its step; step times per variant after `warmup` steps."""
+
+    def __init__(self, variants: dict, warmup: int):
+        import lightning as L
+
+        names, outer = list(variants), self
+
+        class Turns(L.Callback):
+            def on_train_batch_start(self, trainer, module, batch, batch_idx):
+                variants[names[batch_idx % len(names)]](module)
+                outer.t0 = time.perf_counter()
+
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                if batch_idx >= warmup:
+                    outer.times[names[batch_idx % len(names)]].append(time.perf_counter() - outer.t0)
+
+        self.callback, self.t0 = Turns(), 0.0
+        self.times: dict[str, list[float]] = {n: [] for n in names}
+
+    def fit(self, module, batches: list[dict], setup: Setup) -> dict[str, float]:
+        """Train `module` on `batches` (CPU, the setup's precision); the median step time of each variant."""
+        import lightning as L
+        from torch.utils.data import DataLoader
+
+        trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision(setup), max_steps=len(batches),
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, callbacks=[self.callback], gradient_clip_val=1.0,
+                            num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+        return {k: statistics.median(v) for k, v in self.times.items()}
 
 
 def optim_cfg(lr: float):
@@ -382,13 +462,26 @@ def optim_cfg(lr: float):
 
 
 # ---------------------------------------------------------------------------------------------- variants
+def stage1_work(both: bool, recompute: bool) -> StepWork:
+    """Stage I's step: each side through the body once per direction it takes part in (as anchor or as target);
+    the target's tokens through the LM head. One direction per step (bireco's alternate schedule, the plain loop's
+    one direction) is Q2D on a fifth of the steps (alpha 0.2)."""
+    both_sides = ("query", "positive")
+    if both:
+        return StepWork(
+            body=dict.fromkeys(both_sides, 2), head=dict.fromkeys(both_sides, 1), recompute=recompute
+        )
+    return StepWork(
+        body=dict.fromkeys(both_sides, 1), head={"positive": 0.2, "query": 0.8}, recompute=recompute
+    )
+
+
 def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False, compiled: bool = False) -> list:
     """`native_attention`: only bireco's alternate step, with transformers' sdpa instead of bireco's CPU training
     attention (bireco.model.attention), to measure that lever against the default in the same process.
     `compiled`: only bireco's alternate step with `model.compile=true`."""
     from bireco.stages.reconstruction import ReconstructionModule
 
-    k = 8 if ckpt else 6
     tag = "ckpt" if ckpt else "no ckpt"
     sides = ("query", "positive")
     n_steps = setup.warmup + 1 + setup.steps
@@ -416,8 +509,8 @@ def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False, co
                 bb,
                 loss_fn,
                 model.parameters(),
-                k * (2 if both else 1),
-                n_params(backbone),
+                stage1_work(both, ckpt),
+                backbone,
                 sides,
             )
 
@@ -435,9 +528,7 @@ def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False, co
                 + (", compiled" if compiled else "")
                 + (NATIVE if native_attention else "")
             )
-            return run_bireco(
-                name, setup, bb, module, k * (2 if schedule == "joint" else 1), n_params(backbone), sides
-            )
+            return run_bireco(name, setup, bb, module, stage1_work(schedule == "joint", ckpt), sides)
 
         return go
 
@@ -459,9 +550,9 @@ def stage2_variants(
     off)."""
     from bireco.stages.contrastive import ContrastiveModule
 
-    k = 6 if ckpt else 4
     tag = "LoRA r16" + (", ckpt" if ckpt else "")
     sides = ("query", "positive", "negatives")
+    work = StepWork(body=dict.fromkeys(sides, 1), recompute=ckpt)  # three embeddings, no LM head
     n_steps = setup.warmup + 1 + setup.steps
 
     def plain():
@@ -477,8 +568,8 @@ def stage2_variants(
             bb,
             lambda b, i: plain_stage2_loss(backbone.decoder, b),
             params,
-            k,
-            n_params(backbone),
+            work,
+            backbone,
             sides,
         )
 
@@ -499,12 +590,12 @@ def stage2_variants(
                 + (FROZEN_AUTOCAST if frozen_autocast else "")
             )
             if not frozen_autocast:
-                return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
+                return run_bireco(name, setup, bb, module, work, sides)
             import bireco.stages.base as stage_base
 
             real, stage_base.training_casts = stage_base.training_casts, lambda device, prec, *models: []
             try:
-                return run_bireco(name, setup, bb, module, k, n_params(backbone), sides)
+                return run_bireco(name, setup, bb, module, work, sides)
             finally:
                 stage_base.training_casts = real
 
@@ -549,7 +640,8 @@ def varlen_variants(setup: Setup) -> list:
                 backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate", on_nonfinite="skip"
             )
             name = f"bireco Stage I, E5-like lengths, {'length-bucketed' if bucketed else 'random'} batches"
-            r = run_bireco(name, setup, bb, module, 8, n_params(backbone), ("query", "positive"))
+            work = stage1_work(False, setup.device == "cuda")
+            r = run_bireco(name, setup, bb, module, work, ("query", "positive"))
             r.extra["nonfinite_skipped"] = module.nonfinite.skipped
             # throughput over the whole timed stretch (batches differ in size): real tokens / total time
             timed = bb[setup.warmup + 1 :]

@@ -18,37 +18,12 @@ import argparse
 import dataclasses
 import json
 import platform
-import statistics
-import time
 from pathlib import Path
 
-import lightning as L
 import torch
-from bench import SETUPS, build_backbone, make_batches, optim_cfg, precision
-from torch.utils.data import DataLoader
+from bench import SETUPS, Interleaved, build_backbone, make_batches, optim_cfg, precision
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-class Interleave(L.Callback):
-    """Even steps with the module's cast-once list, odd steps with none (autocast casts); step times per variant."""
-
-    def __init__(self, warmup: int):
-        self.warmup, self.casts, self.t0 = warmup, None, 0.0
-        self.times: dict[str, list[float]] = {"cast once": [], "autocast per forward": []}
-
-    def variant(self, batch_idx: int) -> str:
-        return "cast once" if batch_idx % 2 == 0 else "autocast per forward"
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self.casts is None:  # the module's on_train_start has run
-            self.casts = module._frozen_casts
-        module._frozen_casts = self.casts if self.variant(batch_idx) == "cast once" else []
-        self.t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        if batch_idx >= self.warmup:
-            self.times[self.variant(batch_idx)].append(time.perf_counter() - self.t0)
 
 
 def measure(setup, ckpt: bool, steps: int) -> dict:
@@ -59,16 +34,20 @@ def measure(setup, ckpt: bool, steps: int) -> dict:
     batches = make_batches(warmup + 2 * steps, setup, backbone.text_format.eos_id(backbone.tokenizer),
                            backbone.pad_id, True)  # fmt: skip
     module = ContrastiveModule(backbone, optim_cfg(2e-4), len(batches), scale=50.0)
-    clock = Interleave(warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision(setup), max_steps=len(batches),
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[clock], gradient_clip_val=1.0,
-                        num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
-    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
-    medians = {k: statistics.median(v) for k, v in clock.times.items()}
-    n_cast = sum(c.numel() for _, _, c in clock.casts)
+    cast = {}  # the module's cast-once list, made in its on_train_start, kept while the autocast steps run without
+
+    def with_casts(use: bool):
+        def apply(m):
+            cast.setdefault("list", m._frozen_casts)
+            m._frozen_casts = cast["list"] if use else []
+
+        return apply
+
+    turns = Interleaved({"cast once": with_casts(True), "autocast per forward": with_casts(False)}, warmup)
+    medians = turns.fit(module, batches, setup)
+    n_cast = sum(c.numel() for _, _, c in cast["list"])
     return {"setting": "LoRA r16" + (", ckpt" if ckpt else ""), "steps_each": steps, "cast_params": n_cast,
-            "median_s": medians, "times_s": clock.times,
+            "median_s": medians, "times_s": turns.times,
             "ratio": medians["cast once"] / medians["autocast per forward"]}  # fmt: skip
 
 

@@ -136,3 +136,38 @@ def test_frozen_casts_bench_interleaves_the_two_variants(tmp_path):
         assert all(len(t) == 2 and min(t) > 0 for t in r["times_s"].values()), r["times_s"]
         assert 0 < r["cast_params"] and math.isfinite(r["ratio"]) and r["ratio"] > 0
     assert "| LoRA r16, ckpt |" in (tmp_path / "frozen-casts-smoke.md").read_text()
+
+
+def test_model_flops_count_matmul_weights_only_and_the_lm_head_only_where_stage1_predicts():
+    """MFU's FLOP count (bench.StepWork): the embedding table is a lookup, not a matmul (it counted as 6*N / 4*N on
+    every token before); frozen LoRA base weights take 4 FLOPs per token, trained weights 6, recomputation 2 more;
+    the LM head only on Stage I's target tokens; causal attention 2*T*d per layer forward."""
+    bench = load_bench()
+    setup = bench.SETUPS["smoke"]
+    full = bench.build_backbone(setup, ckpt=False)
+    cfg = full.causal_lm.config
+    H, V, L, T, B = cfg.hidden_size, cfg.vocab_size, cfg.num_hidden_layers, 32, 4
+    side = bench.make_side([T] * B, V, 2, 0, "left", torch.Generator().manual_seed(0))
+    batch = {"query": side, "positive": side}
+    table = full.causal_lm.get_input_embeddings().weight
+    body = sum(p.numel() for p in full.causal_lm.parameters() if p.dim() == 2 and p is not table)
+    if not cfg.tie_word_embeddings:
+        body -= full.causal_lm.get_output_embeddings().weight.numel()
+    attention = 2 * T * H * L
+    one_side = B * T * (6 * body + 3 * attention)
+    head = 6 * V * H * B * T  # every token of the synthetic side is a target (embed_mask)
+    work = bench.stage1_work(both=False, recompute=False)
+    assert work.flops(full, batch) == pytest.approx(2 * one_side + head)  # 0.2 + 0.8 of one side's targets
+    assert bench.stage1_work(both=True, recompute=False).flops(full, batch) == pytest.approx(
+        4 * one_side + 2 * head
+    )
+    lora = bench.build_backbone(setup, ckpt=False, lora=True)
+    trained = sum(p.numel() for n, p in lora.causal_lm.named_parameters() if "lora_" in n)
+    frozen = sum(
+        p.numel() for n, p in lora.causal_lm.named_parameters()
+        if p.dim() == 2 and "lora_" not in n and "embed" not in n and "lm_head" not in n
+    )  # fmt: skip
+    assert trained > 0 and frozen == body
+    recomputed = bench.StepWork(body={"query": 1}, recompute=True)
+    assert recomputed.flops(lora, batch) == pytest.approx(B * T * (6 * frozen + 8 * trained + 4 * attention))
+
