@@ -83,6 +83,12 @@ DESIGNS: dict[str, list[str]] = {
         f"d2q_{k}_x4": [*DEMO_BUDGET, *D2Q, *v, "trainer.max_steps=320", "stage.optim.warmup_steps=32"]
         for k, v in OPTIONS.items()
     },  # fmt: skip
+    # eight times (640 steps, 10,240 pairs; warmup 64): the ~40-minute CPU Stage I of #24's target, for the options
+    # whose held-out gain still grew at 4x (frozen: +0.015 at 80 steps, +0.057 at 320)
+    **{
+        f"d2q_{k}_x8": [*DEMO_BUDGET, *D2Q, *v, "trainer.max_steps=640", "stage.optim.warmup_steps=64"]
+        for k, v in OPTIONS.items()
+    },  # fmt: skip
     # pool size: P distinct training pairs at the same 80 x 16 budget (P = 1,280 is d2q_raw: every pair new)
     **{f"d2q_raw_pool{p}": [*DEMO_BUDGET, *D2Q, f"data.max_train_records={p}"] for p in (64, 512)},
     **{
