@@ -170,4 +170,3 @@ def test_model_flops_count_matmul_weights_only_and_the_lm_head_only_where_stage1
     assert trained > 0 and frozen == body
     recomputed = bench.StepWork(body={"query": 1}, recompute=True)
     assert recomputed.flops(lora, batch) == pytest.approx(B * T * (6 * frozen + 8 * trained + 4 * attention))
-
