@@ -384,9 +384,24 @@ def run_plain(name, setup, batches, loss_fn, params, work, backbone, token_sides
 
 
 # ---------------------------------------------------------------------------------------------- bireco
-def run_bireco(name, setup, batches, module, work, token_sides) -> Result:
+def fit_steps(module, batches: list[dict], setup: Setup, callback) -> None:
+    """bireco's real training path over `batches`, one optimizer step each: a Lightning Trainer on the setup's device
+    and precision, clipping at 1.0, no logger, checkpoint or validation; `callback` times the steps."""
     import lightning as L
     from torch.utils.data import DataLoader
+
+    trainer = L.Trainer(
+        accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=precision(setup),
+        max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[callback], gradient_clip_val=1.0, num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )  # fmt: skip
+    loader = DataLoader(batches, batch_size=None, shuffle=False, pin_memory=setup.device == "cuda")
+    trainer.fit(module, train_dataloaders=loader)
+
+
+def run_bireco(name, setup, batches, module, work, token_sides) -> Result:
+    import lightning as L
 
     class StepClock(L.Callback):
         def __init__(self):
@@ -400,14 +415,7 @@ def run_bireco(name, setup, batches, module, work, token_sides) -> Result:
             self.last = now
 
     clock = StepClock()
-    trainer = L.Trainer(
-        accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=precision(setup),
-        max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[clock], gradient_clip_val=1.0, num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )  # fmt: skip
-    loader = DataLoader(batches, batch_size=None, shuffle=False, pin_memory=setup.device == "cuda")
-    trainer.fit(module, train_dataloaders=loader)
+    fit_steps(module, batches, setup, clock)
     return summarise(name, clock.times, batches, setup, work, module.backbone, token_sides)
 
 
@@ -434,15 +442,8 @@ class Interleaved:
         self.times: dict[str, list[float]] = {n: [] for n in names}
 
     def fit(self, module, batches: list[dict], setup: Setup) -> dict[str, float]:
-        """Train `module` on `batches` (CPU, the setup's precision); the median step time of each variant."""
-        import lightning as L
-        from torch.utils.data import DataLoader
-
-        trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision(setup), max_steps=len(batches),
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, callbacks=[self.callback], gradient_clip_val=1.0,
-                            num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
-        trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
+        """Train `module` on `batches` (bench's `fit_steps`); the median step time of each variant."""
+        fit_steps(module, batches, setup, self.callback)
         return {k: statistics.median(v) for k, v in self.times.items()}
 
 
