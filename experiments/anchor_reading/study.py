@@ -16,7 +16,9 @@ Stage I's steps too (the compute-matched control) and `--stage2-embedder-full-ft
 capacity control): does a Stage I that reads make a better embedder after Stage II? The answer is read on the dev check (WordNet dev, 200 queries, 500 documents), in
 stage2.json / stage2.md here. `--suite` then evaluates those Stage II models of one --embedder-label (and the start
 itself) on the demo's built-in suite (WordNet test, out of domain; the demo's subsample), seeds side by side, in
-suite.json / suite.md here: the decisive comparison, run once the recipe was chosen on dev.
+suite.json / suite.md here: the decisive comparison, run once the recipe was chosen on dev. From the base
+(`--embedder base --embedder-label base`) the controls start from the untrained model and the recipe is
+d2q_frozen_x8 against d2q_frozen_shuffled_x8 (RECIPES).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import json
 import platform
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -254,14 +257,16 @@ def run_stage2(
     start: Path, key: str, out: Path, seed: int, steps: int | None = None, extra: tuple[str, ...] = ()
 ) -> dict:
     """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps or `steps`, the dev check every 10
-    steps; `extra` overrides last) from checkpoint `start`; its dev nDCG@10 curve (WordNet dev) and the run's place."""
+    steps; `extra` overrides last) from checkpoint `start` (or BASE); its dev nDCG@10 curve (WordNet dev) and the run's place."""
     from bireco.config.compose import compose_train
     from bireco.core.runs import logged_curve
     from bireco.demo import PRESETS
     from bireco.training.run import run
 
     preset = PRESETS["smollm2"]
-    cfg = compose_train(["model=smollm2", "stage=contrastive", f"stage.init_from={Path(start).resolve()}",
+    base = str(start) == BASE  # the untrained model: Stage II from it is the demo's baseline
+    init = BASE if base else Path(start).resolve()
+    cfg = compose_train(["model=smollm2", "stage=contrastive", f"stage.init_from={init}",
                          "experiment_name=anchor_reading_stage2", f"output_root={out}", f"variant={key}",
                          f"seed={seed}", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
                          *preset.data, *preset.stage2, f"trainer.max_steps={steps or preset.stage2_steps}",
@@ -271,7 +276,7 @@ def run_stage2(
     seconds = round(time.perf_counter() - t0)
     curve = [(s, round(100 * v, 2)) for s, v in logged_curve(cfg.run_dir)]
     return {
-        "start": relative(start),
+        "start": BASE if base else relative(start),
         **({"overrides": list(extra)} if extra else {}),
         "seconds": seconds,
         "dev_ndcg10": curve,
@@ -288,35 +293,74 @@ def write_stage2_table(rows: dict, path: Path) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
-SUITE_ROWS = {  # stage2.json key prefix -> the suite table's row
+BASE = "base"  # --embedder base --embedder-label base: the controls start from the untrained model (stage.init_from=base)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A start's own-anchor Stage I design, its shuffled-anchor control, and Stage I's steps (the compute-matched
+    control's extra Stage II steps)."""
+
+    own: str
+    shuffled: str
+    stage1_steps: int
+
+
+# the recipe each start (--embedder-label) is compared for: from a trained embedder, the frozen-decoder Stage I at the
+# demo's budget; from the base, at 8x the steps (d2q_frozen_x8 is the design that reads from the base)
+RECIPES = {BASE: Recipe("d2q_frozen_x8", "d2q_frozen_shuffled_x8", 640)}
+EMBEDDER_RECIPE = Recipe("d2q_frozen_from_embedder", "d2q_frozen_shuffled_from_embedder", STAGE1_STEPS)
+
+
+def recipe(label: str) -> Recipe:
+    return RECIPES.get(label, EMBEDDER_RECIPE)
+
+
+SUITE_ROWS = {  # role -> the suite table's row ("own" / "shuffled": the start's recipe)
     "start": "the start (no further training)",
-    "embedder": "Stage II again (no Stage I)",
-    "embedder_matched": "Stage II again, compute-matched (120 steps, no Stage I)",
-    "embedder_full_ft": "Stage II again, full fine-tuning (40 steps, no Stage I)",
-    "d2q_frozen_from_embedder": "Stage I, frozen decoder + Stage II",
-    "d2q_frozen_shuffled_from_embedder": "shuffled-anchor control + Stage II",
+    "embedder": "Stage II from the start, no Stage I (from the base: the baseline)",
+    "embedder_matched": "Stage II from the start, compute-matched (Stage I's steps + 40, no Stage I)",
+    "embedder_full_ft": "Stage II from the start, full fine-tuning (40 steps, no Stage I)",
+    "own": "Stage I, frozen decoder + Stage II",
+    "shuffled": "shuffled-anchor control + Stage II",
 }
 SUITE_SCORES = {"Average": ("categories", "Average"), "WordNet avg": ("groups", "WordNet avg"),
                 "Out-of-domain avg": ("groups", "Out-of-domain avg")}  # fmt: skip
-OWN_ANCHOR = "d2q_frozen_from_embedder"
 SUITE_DELTAS = {  # the own-anchor recipe against each control that has run, per seed
-    "d2q_frozen_shuffled_from_embedder": "own anchor − shuffled control",
+    "shuffled": "own anchor − shuffled control",
+    "embedder": "own anchor − Stage II without Stage I",
     "embedder_matched": "own anchor − compute-matched",
     "embedder_full_ft": "own anchor − full fine-tuning",
 }
 
 
+def suite_key(stage2_key: str, label: str) -> str | None:
+    """The suite.json key of a stage2.json row when it belongs to start `label`, else None: rows from an embedder
+    carry the label (`d2q_frozen_from_embedder[demo_baseline]-seed1`); the base recipe's designs do not
+    (`d2q_frozen_x8-seed1` -> `d2q_frozen_x8[base]-seed1`)."""
+    if f"[{label}]-seed" in stage2_key:
+        return stage2_key
+    m = re.fullmatch(r"(\w+)-seed(\d+)", stage2_key)
+    r = RECIPES.get(label)
+    if m and r and m.group(1) in (r.own, r.shuffled):
+        return f"{m.group(1)}[{label}]-seed{m.group(2)}"
+    return None
+
+
 def run_suite(stage2: dict, label: str, store: Path) -> dict:
-    """Every Stage II model of stage2.json started from `label`, and the start itself, on the demo's built-in suite
-    and subsample (bireco.demo EVAL_TASKS, PRESETS["smollm2"]); kept in `store` (a rerun skips what is there).
-    Paths in stage2.json are relative to the working directory."""
+    """Every Stage II model of stage2.json started from `label` (suite_key), and the start itself where it is a
+    checkpoint, on the demo's built-in suite and subsample (bireco.demo EVAL_TASKS, PRESETS["smollm2"]); kept in
+    `store` (a rerun skips what is there). Paths in stage2.json are relative to the working directory."""
     from bireco.demo import EVAL_TASKS, PRESETS
     from bireco.evaluation.runner import evaluate_checkpoint
 
     preset = PRESETS["smollm2"]
     suite = json.loads(store.read_text()) if store.is_file() else {}
-    todo = {key: final_dir(r["run_dir"]) for key, r in stage2.items() if f"[{label}]-seed" in key}
-    starts = {r["start"] for key, r in stage2.items() if key.startswith(f"embedder[{label}]")}
+    todo = {k: final_dir(r["run_dir"]) for key, r in stage2.items() if (k := suite_key(key, label))}
+    # the untrained base is no bireco checkpoint: the demo's `untrained` row is its score
+    starts = {
+        r["start"] for key, r in stage2.items() if key.startswith(f"embedder[{label}]") and r["start"] != BASE
+    }
     todo.update({f"start[{label}]": Path(s) for s in starts})
     for key, ckpt in todo.items():
         if key in suite:
@@ -331,36 +375,42 @@ def run_suite(stage2: dict, label: str, store: Path) -> dict:
     return suite
 
 
-def write_suite_table(suite: dict, label: str, path: Path) -> None:
-    """Per score: one row per design, a column per seed, mean ± sd; then the own-anchor recipe − each control by seed."""
+def write_suite_table(suite: dict, path: Path) -> None:
+    """A section per start in suite.json; per score one row per run, a column per seed, mean ± sd; then the
+    start's own-anchor recipe − each control by seed."""
     from bireco.demo import PRESETS
 
-    cells: dict[str, dict[int, dict]] = {}
-    for key, row in suite.items():
-        m = re.fullmatch(rf"(\w+)\[{re.escape(label)}\](?:-seed(\d+))?", key)
-        if m:
-            cells.setdefault(m.group(1), {})[int(m.group(2) or 0)] = row["scores"]
-    seeds = sorted({s for per_seed in cells.values() for s in per_seed if s})
     preset = PRESETS["smollm2"]
     parts = [f"nDCG@10 × 100 on the built-in suite (bireco.demo EVAL_TASKS: the two WordNet test tasks, "
              f"DebianPackagesRetrieval, PythonAPIRetrieval; {preset.eval_queries} queries, {preset.eval_docs} documents "
-             f"per task, the demo's subsample). Start: {label}; the same start for every seed, the seed drives Stage I "
+             f"per task, the demo's subsample). The same start for every seed of a section; the seed drives Stage I "
              f"and Stage II.\n"]  # fmt: skip
-    for score in SUITE_SCORES:
-        lines = [f"\n{score}:\n", *seed_table_head(seeds)]
-        for prefix, name in SUITE_ROWS.items():
-            per_seed = cells.get(prefix, {})
-            if 0 in per_seed:  # the start: one model, the same for every seed
-                lines.append(seed_row(name, {s: per_seed[0][score] for s in seeds}, seeds, spread=False))
-            elif per_seed:
-                lines.append(seed_row(name, {s: v[score] for s, v in per_seed.items()}, seeds))
-        own = cells.get(OWN_ANCHOR, {})
-        for control, name in SUITE_DELTAS.items():
-            other = cells.get(control, {})
-            delta = {s: own[s][score] - other[s][score] for s in seeds if s in own and s in other}
-            if delta:
-                lines.append(seed_row(f"**{name}**", delta, seeds, fmt="{:+.2f}"))
-        parts.append("\n".join(lines) + "\n")
+    labels = list(dict.fromkeys(m.group(1) for key in suite if (m := re.search(r"\[(\w+)\]", key))))
+    for label in labels:
+        r = recipe(label)
+        roles = {r.own: "own", r.shuffled: "shuffled"}
+        cells: dict[str, dict[int, dict]] = {}
+        for key, row in suite.items():
+            m = re.fullmatch(rf"(\w+)\[{re.escape(label)}\](?:-seed(\d+))?", key)
+            if m:
+                cells.setdefault(roles.get(m.group(1), m.group(1)), {})[int(m.group(2) or 0)] = row["scores"]
+        seeds = sorted({s for per_seed in cells.values() for s in per_seed if s})
+        parts.append(f"\n## Start: {label} (recipe {r.own}, control {r.shuffled})\n")
+        for score in SUITE_SCORES:
+            lines = [f"\n{score}:\n", *seed_table_head(seeds)]
+            for role, name in SUITE_ROWS.items():
+                per_seed = cells.get(role, {})
+                if 0 in per_seed:  # the start: one model, the same for every seed
+                    lines.append(seed_row(name, {s: per_seed[0][score] for s in seeds}, seeds, spread=False))
+                elif per_seed:
+                    lines.append(seed_row(name, {s: v[score] for s, v in per_seed.items()}, seeds))
+            own = cells.get("own", {})
+            for control, name in SUITE_DELTAS.items():
+                other = cells.get(control, {})
+                delta = {s: own[s][score] - other[s][score] for s in seeds if s in own and s in other}
+                if delta:
+                    lines.append(seed_row(f"**{name}**", delta, seeds, fmt="{:+.2f}"))
+            parts.append("\n".join(lines) + "\n")
     path.write_text("".join(parts))
 
 
@@ -401,7 +451,12 @@ def main() -> None:
     ap.add_argument(
         "--overlap", type=int, default=0, help="K dev documents: reconstructed-query word overlap"
     )
-    ap.add_argument("--embedder", type=Path, help="checkpoint the *_from_embedder designs start Stage I from")
+    ap.add_argument(
+        "--embedder",
+        type=Path,
+        help="checkpoint the *_from_embedder designs start Stage I from; `base` (with --embedder-label base): the "
+        "--stage2-embedder* controls start from the untrained model, for the base recipe (RECIPES)",
+    )
     ap.add_argument("--embedder-label", help="a short name for --embedder, e.g. demo_anchor (keys the rows)")
     ap.add_argument("--stats", action="store_true", help="add checkpoint_stats to each --designs row")
     ap.add_argument(
@@ -438,6 +493,8 @@ def main() -> None:
         for k, v in DESIGNS.items():
             print(k, " ".join(v))
         return
+    if (str(args.embedder) == BASE) != (args.embedder_label == BASE) and args.embedder:
+        raise SystemExit(f"--embedder {BASE} goes with --embedder-label {BASE} (and only with it)")
     store = HERE / "results.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
     other = HERE / "checkpoint_stats.json"
@@ -467,7 +524,7 @@ def main() -> None:
         "embedder": (args.stage2_embedder, {}),
         "embedder_matched": (
             args.stage2_embedder_matched,
-            {"steps": PRESETS["smollm2"].stage2_steps + STAGE1_STEPS},
+            {"steps": PRESETS["smollm2"].stage2_steps + recipe(args.embedder_label or "").stage1_steps},
         ),
         "embedder_full_ft": (args.stage2_embedder_full_ft, {"extra": FULL_FT}),
     }
@@ -506,7 +563,7 @@ def main() -> None:
         if not args.embedder_label:
             raise SystemExit("--suite: give --embedder-label NAME (whose Stage II models to evaluate)")
         suite = run_suite(stage2, args.embedder_label, HERE / "suite.json")
-        write_suite_table(suite, args.embedder_label, HERE / "suite.md")
+        write_suite_table(suite, HERE / "suite.md")
 
 
 if __name__ == "__main__":
