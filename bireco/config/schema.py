@@ -72,7 +72,7 @@ class OptimConfig:
     # size the decay for this many epochs of the training data (HF Trainer's num_train_epochs): the released runs
     # sized it for 3 epochs and stopped at 2000 / 1000 steps, so their LR ended near 0.8x peak, not 0
     schedule_epochs: float | None = None
-    fused: bool | None = None  # None = fused AdamW on CUDA
+    fused: bool | None = None  # None = fused AdamW where torch has the kernel (CUDA, CPU); false = foreach
 
 
 @dataclass

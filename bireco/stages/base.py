@@ -131,9 +131,24 @@ class StageModule(L.LightningModule):
             self.log("train/peak_mem_gb", torch.cuda.max_memory_allocated(self.device) / 2**30, on_step=True)
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None):
-        """FSDP clips with its own method (the norm spans every rank's shards); Lightning's default refuses."""
+        """FSDP clips with its own method (the norm spans every rank's shards); Lightning's default refuses. Under
+        bf16 autocast there is no loss scaler, so a fused AdamW's gradients are already unscaled and are clipped
+        here as Lightning clips any other optimizer's; Lightning refuses every optimizer that *could* unscale in
+        its step (a fused AdamW), with or without a scaler."""
         if gradient_clip_val and is_fsdp(self.trainer.strategy):
             self.trainer.strategy.model.clip_grad_norm_(gradient_clip_val)
+            return
+        unscales_in_step = getattr(optimizer, "_step_supports_amp_scaling", False)
+        if (
+            gradient_clip_val
+            and unscales_in_step
+            and getattr(self.trainer.precision_plugin, "scaler", None) is None
+        ):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
             return
         self.clip_gradients(
             optimizer, gradient_clip_val=gradient_clip_val, gradient_clip_algorithm=gradient_clip_algorithm

@@ -8,17 +8,19 @@ from typing import Any
 import torch
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
+FUSED_DEVICES = (
+    "cuda",
+    "cpu",
+)  # where torch's AdamW has a fused kernel (it has one for fp32 and bf16 weights)
 
 
 def build_optimizer(params, optim: Any, lr_of=None) -> torch.optim.Optimizer:
     """AdamW over the trainable `params` at `optim.lr`; `lr_of(p)` may give a parameter its own learning rate
-    (a group of its own; the schedule scales every group alike)."""
+    (a group of its own; the schedule scales every group alike). `optim.fused=None` takes torch's fused kernel
+    wherever every parameter lies on a device that has it (CUDA, CPU): the same update up to float rounding, and on a
+    2-core CPU a full fine-tuning update of SmolLM2 takes 0.09 s instead of 0.28 (experiments/bench/fused_adamw.py)."""
     params = [p for p in params if p.requires_grad]
-    fused = (
-        optim.fused
-        if optim.fused is not None
-        else torch.cuda.is_available() and all(p.is_cuda for p in params)
-    )
+    fused = optim.fused if optim.fused is not None else all(p.device.type in FUSED_DEVICES for p in params)
     groups: dict[float, list] = {}
     for p in params:
         groups.setdefault(float((lr_of and lr_of(p)) or optim.lr), []).append(p)

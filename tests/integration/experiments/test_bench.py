@@ -138,6 +138,19 @@ def test_frozen_casts_bench_interleaves_the_two_variants(tmp_path):
     assert "| LoRA r16, ckpt |" in (tmp_path / "frozen-casts-smoke.md").read_text()
 
 
+def test_fused_adamw_bench_interleaves_the_two_kernels(tmp_path):
+    """experiments/bench/fused_adamw.py: one Stage I run whose optimizer steps alternate between the fused kernel and
+    the foreach loop, each variant timed on its own steps."""
+    fused_adamw = experiment("bench/fused_adamw.py")
+    r = fused_adamw.main(["--mode", "smoke", "--steps", "2", "--out", str(tmp_path)])
+    n = len(r["fused_by_step"])
+    assert n >= 4 and r["fused_by_step"] == [i % 2 == 0 for i in range(n)]  # A B A B ...: fused first
+    assert all(len(t) == 2 and min(t) > 0 for t in r["times_s"].values()), r["times_s"]
+    assert r["trained_params"] > 0 and math.isfinite(r["ratio"]) and r["ratio"] > 0
+    assert all(t > 0 for t in r["optimizer_step_median_s"].values())
+    assert "| Stage I alternate, full fine-tuning |" in (tmp_path / "fused-adamw-smoke.md").read_text()
+
+
 def test_model_flops_count_matmul_weights_only_and_the_lm_head_only_where_stage1_predicts():
     """MFU's FLOP count (bench.StepWork): the embedding table is a lookup, not a matmul (it counted as 6*N / 4*N on
     every token before); frozen LoRA base weights take 4 FLOPs per token, trained weights 6, recomputation 2 more;
