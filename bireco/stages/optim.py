@@ -8,10 +8,8 @@ from typing import Any
 import torch
 
 LR_SCHEDULES = ("linear", "cosine", "constant")
-FUSED_DEVICES = (
-    "cuda",
-    "cpu",
-)  # where torch's AdamW has a fused kernel (it has one for fp32 and bf16 weights)
+# where torch's AdamW has a fused kernel (it has one for fp32 and bf16 weights)
+FUSED_DEVICES = ("cuda", "cpu")
 
 
 def build_optimizer(params, optim: Any, lr_of=None) -> torch.optim.Optimizer:

@@ -31,6 +31,7 @@ Prints a markdown table with ratios bireco / reference and writes it (plus JSON)
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import math
@@ -445,6 +446,31 @@ class Interleaved:
         """Train `module` on `batches` (bench's `fit_steps`); the median step time of each variant."""
         fit_steps(module, batches, setup, self.callback)
         return {k: statistics.median(v) for k, v in self.times.items()}
+
+
+def interleaved_setup(mode: str) -> Setup:
+    """SETUPS[mode] for an interleaved comparison (frozen_casts.py, fused_adamw.py): the smoke toy model in fp32 under
+    bf16 autocast, as a CPU trains SmolLM2."""
+    setup = SETUPS[mode]
+    if mode == "smoke":
+        setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
+    return setup
+
+
+def write_interleaved(out: Path, stem: str, title: str, mode: str, setup: Setup, steps: int, rows: list[str],
+                      data) -> str:  # fmt: skip
+    """An interleaved comparison's report: a header naming the setup and the machine, then the table `rows`;
+    printed and written to `out`/`stem`.md, with `data` as `stem`.json."""
+    report = "\n".join([
+        f"{title} ({mode}, {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}, "
+        f"{torch.get_num_threads()} threads; {platform.machine()}, {platform.processor() or 'cpu'}, "
+        f"torch {torch.__version__}), {steps} steps per variant, interleaved:", "", *rows,
+    ])  # fmt: skip
+    print(report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.md").write_text(report + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    return report
 
 
 def optim_cfg(lr: float):

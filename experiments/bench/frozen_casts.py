@@ -15,13 +15,9 @@ to --out.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import platform
 from pathlib import Path
 
-import torch
-from bench import SETUPS, Interleaved, build_backbone, make_batches, optim_cfg, precision
+from bench import Interleaved, build_backbone, interleaved_setup, make_batches, optim_cfg, write_interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,24 +53,17 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--steps", type=int, default=8, help="timed steps per variant (interleaved)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "frozen_casts")
     args = ap.parse_args(argv)
-    setup = SETUPS[args.mode]
-    if args.mode == "smoke":  # its toy model in fp32 under bf16 autocast, as a CPU trains SmolLM2
-        setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
+    setup = interleaved_setup(args.mode)
     rows = [measure(setup, ckpt, args.steps) for ckpt in (False, True)]
-    lines = [f"Stage II ({args.mode}, {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}, "
-             f"{torch.get_num_threads()} threads; {platform.machine()}, {platform.processor() or 'cpu'}, "
-             f"torch {torch.__version__}), {args.steps} steps per variant, interleaved:", "",
-             "| setting | frozen weights cast to bf16 | cast once: median s/step | autocast per forward | ratio |",
+    table = ["| setting | frozen weights cast to bf16 | cast once: median s/step | autocast per forward | ratio |",
              "|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         m = r["median_s"]
-        lines.append(f"| {r['setting']} | {r['cast_params'] / 1e6:.1f} M | {m['cast once']:.3f} | "
+        table.append(f"| {r['setting']} | {r['cast_params'] / 1e6:.1f} M | {m['cast once']:.3f} | "
                      f"{m['autocast per forward']:.3f} | **{r['ratio']:.2f}×** |")  # fmt: skip
-    report = "\n".join(lines)
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"frozen-casts-{args.mode}.md").write_text(report + "\n")
-    (args.out / f"frozen-casts-{args.mode}.json").write_text(json.dumps(rows, indent=1))
+    write_interleaved(
+        args.out, f"frozen-casts-{args.mode}", "Stage II", args.mode, setup, args.steps, table, rows
+    )
     return rows
 
 

@@ -7,22 +7,19 @@ fine-tuning run (every one of SmolLM2's 135 M weights and its two moments touche
 One Lightning run of bireco's Stage I (alternate schedule, no recomputation), the two variants interleaved step by
 step (A B A B ...: the optimizer's param groups switched between `fused` and `foreach` before every step; they share
 the optimizer's state), so the machine's drift falls on both alike; the medians of each variant's step times and
-their ratio, and of `optimizer.step` alone (the step's spread on a 2-core CPU is larger than the optimizer's share). The two compute the same update up to float rounding (tests/unit/stages/test_optim.py). Writes
-markdown + JSON to --out.
+their ratio, and of the update alone (from the end of forward, backward and clipping to the end of the step: the
+step's spread on a 2-core CPU is larger than the update's share). The two compute the same update up to float
+rounding (tests/unit/stages/test_optim.py). Writes markdown + JSON to --out.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import platform
 import statistics
 import time
 from pathlib import Path
 
-import torch
-from bench import SETUPS, Interleaved, build_backbone, make_batches, optim_cfg, precision
+from bench import Interleaved, build_backbone, interleaved_setup, make_batches, optim_cfg, write_interleaved
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -85,24 +82,16 @@ def main(argv=None) -> dict:
     ap.add_argument("--steps", type=int, default=8, help="timed steps per variant (interleaved)")
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "fused_adamw")
     args = ap.parse_args(argv)
-    setup = SETUPS[args.mode]
-    if args.mode == "smoke":  # its toy model in fp32 under bf16 autocast, as a CPU trains SmolLM2
-        setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
+    setup = interleaved_setup(args.mode)
     r = measure(setup, args.steps)
     m, o = r["median_s"], r["optimizer_step_median_s"]
-    report = "\n".join([
-        f"Stage I ({args.mode}, {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}, "
-        f"{torch.get_num_threads()} threads; {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"torch {torch.__version__}), {args.steps} steps per variant, interleaved:", "",
+    table = [
         "| setting | trained weights | fused AdamW: median s/step | foreach AdamW | ratio | the update alone: "
         "fused / foreach, median s |", "|---|---|---|---|---|---|",
         f"| {r['setting']} | {r['trained_params'] / 1e6:.1f} M | {m['fused']:.3f} | {m['foreach']:.3f} | "
         f"**{r['ratio']:.2f}×** | {o['fused']:.3f} / {o['foreach']:.3f} |",
-    ])  # fmt: skip
-    print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"fused-adamw-{args.mode}.md").write_text(report + "\n")
-    (args.out / f"fused-adamw-{args.mode}.json").write_text(json.dumps(r, indent=1))
+    ]  # fmt: skip
+    write_interleaved(args.out, f"fused-adamw-{args.mode}", "Stage I", args.mode, setup, args.steps, table, r)
     return r
 
 
