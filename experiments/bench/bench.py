@@ -675,6 +675,10 @@ def varlen_variants(setup: Setup) -> list:
             total = sum(r.extra.get("times", [])) or r.step_s * len(timed)
             r.tokens_per_s = sum(real_tokens(b, ("query", "positive")) for b in timed) / total
             r.pairs_per_s = sum(len(b["dataset"]) for b in timed) / total
+            sides = ("query", "positive")  # the upper bound of bucketing's gain: real tokens per padded token
+            r.extra["real_per_padded"] = sum(real_tokens(b, sides) for b in timed) / sum(
+                padded_tokens(b, sides) for b in timed
+            )
             return r
 
         return inner
@@ -827,6 +831,11 @@ def ratios(results: list[Result]) -> list[str]:
               f"bireco Stage II, {s2}", f"bireco Stage II, {s2}" + FROZEN_AUTOCAST, "step_s")  # fmt: skip
     ratio("Variable lengths, real tokens/s, bucketed / random batches",
           "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
+    pad = [by.get(f"bireco Stage I, E5-like lengths, {k} batches") for k in ("random", "length-bucketed")]
+    if all(r is not None and "real_per_padded" in r.extra for r in pad):
+        (rnd, bkt) = (r.extra["real_per_padded"] for r in pad)
+        out.append(f"- Real tokens per padded token, random / bucketed batches: {rnd:.2f} / {bkt:.2f} "
+                   f"({bkt / rnd:.2f}×: the gain if a step's time followed its padded tokens)")  # fmt: skip
     return out
 
 

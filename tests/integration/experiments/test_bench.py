@@ -32,6 +32,13 @@ def test_bench_smoke_mode_runs_every_variant(tmp_path):
     assert "| bireco Stage I, alternate (ckpt) |" in report and "bucketed / random" in report
     assert "bireco's CPU training attention / transformers' sdpa (alternate, no ckpt)" in report
     assert "frozen weights cast once / by autocast at every forward (LoRA r16, ckpt)" in report
+    # the padding line: bucketed batches hold more real tokens per padded token than random ones
+    by = {r.name: r for r in results}
+    rnd, bkt = (
+        by[f"bireco Stage I, E5-like lengths, {k} batches"].extra["real_per_padded"]
+        for k in ("random", "length-bucketed")
+    )
+    assert 0 < rnd < bkt <= 1 and "Real tokens per padded token, random / bucketed" in report
     # on a CPU the MFU is measured against this machine's own matmul limit at the model's shapes
     assert "Matmul limit of this machine" in report and all(0 < r.mfu for r in results), [
         r.mfu for r in results
