@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import time
@@ -140,8 +141,9 @@ def wordnet_data():
 
 
 def relative(path: Path) -> str:
-    """`path` relative to the working directory where it lies below it (results.json holds no machine's paths)."""
-    path = Path(path).resolve()
+    """`path` relative to the working directory where it lies below it (results.json holds no machine's paths).
+    Symlinks are not followed: an outputs/ that links to another disk still gives outputs/... paths."""
+    path = Path(os.path.abspath(path))
     return str(path.relative_to(Path.cwd())) if path.is_relative_to(Path.cwd()) else str(path)
 
 

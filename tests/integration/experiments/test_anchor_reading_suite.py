@@ -118,3 +118,17 @@ def test_controls_from_the_embedder_name_their_flag_when_it_is_missing(monkeypat
     monkeypatch.setattr("sys.argv", ["study.py", "--stage2-embedder-full-ft", "--designs"])
     with pytest.raises(SystemExit, match="--stage2-embedder-full-ft: give --embedder PATH"):
         study.main()
+
+
+def test_result_paths_stay_relative_when_outputs_is_a_symlink(tmp_path, monkeypatch):
+    """outputs/ linked to another disk: results.json keeps `outputs/...`, not the link target's absolute path."""
+    study = experiment("anchor_reading/study.py")
+    elsewhere = tmp_path / "disk" / "runs"
+    (elsewhere / "run-seed1").mkdir(parents=True)
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "outputs").symlink_to(elsewhere)
+    monkeypatch.chdir(repo)
+    assert study.relative(Path("outputs/run-seed1")) == "outputs/run-seed1"
+    assert study.relative(repo / "outputs" / "run-seed1" / ".." / "run-seed1") == "outputs/run-seed1"
+    assert study.relative(elsewhere) == str(elsewhere)  # not below the working directory: absolute
