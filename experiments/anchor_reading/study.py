@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from bireco.config.cli import quiet_console
 from bireco.core.runs import final_dir, metrics_csv
 from bireco.evaluation.seed_table import seed_row, seed_table_head
 
@@ -491,6 +492,7 @@ def main() -> None:
     )
     ap.add_argument("--list", action="store_true")
     args = ap.parse_args()
+    quiet_console()  # as `bireco-train`: the frozen decoder's eval-mode copy and library tips are not news
     if args.list:
         for k, v in DESIGNS.items():
             print(k, " ".join(v))
