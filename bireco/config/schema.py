@@ -193,6 +193,9 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
     on_nonfinite: str = "raise"
+    # on a CPU, malloc keeps large freed buffers for the next step instead of mapping them afresh (the same
+    # computation; Stage I's step 0.85x on SmolLM2, experiments/bench/malloc_reuse.py); false: the C library's default
+    cpu_keep_freed_memory: bool = True
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # read when strategy=fsdp
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read when strategy=deepspeed
     # any other lightning.Trainer argument (fast_dev_run, limit_train_batches, profiler, ...), checked by name:

@@ -866,6 +866,14 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--out", default=None, help="directory for bench-<mode>.md / .json")
     args = ap.parse_args(argv)
     setup = SETUPS[args.mode]
+    if (
+        setup.device == "cpu"
+    ):  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory): malloc's setting is
+        from bireco.core.allocator import (
+            keep_freed_memory,
+        )  # the process's, so the plain loops run with it too
+
+        keep_freed_memory()
     if args.steps:
         setup.steps = args.steps
     if setup.device == "cuda" and not torch.cuda.is_available():

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import experiment
 
+from bireco.core import allocator
+
 
 def load_bench():
     return experiment("bench/bench.py")
@@ -143,6 +145,19 @@ def test_frozen_casts_bench_interleaves_the_two_variants(tmp_path):
         assert all(len(t) == 2 and min(t) > 0 for t in r["times_s"].values()), r["times_s"]
         assert 0 < r["cast_params"] and math.isfinite(r["ratio"]) and r["ratio"] > 0
     assert "| LoRA r16, ckpt |" in (tmp_path / "frozen-casts-smoke.md").read_text()
+
+
+def test_malloc_reuse_bench_runs_one_process_per_variant(tmp_path):
+    """experiments/bench/malloc_reuse.py: malloc's setting lasts for a process, so each variant trains in processes
+    of its own; the kept variant's large buffers come from the heap (fewer page faults per step)."""
+    if allocator._libc() is None:
+        pytest.skip("glibc only")
+    malloc_reuse = experiment("bench/malloc_reuse.py")
+    r = malloc_reuse.main(["--mode", "smoke", "--steps", "2", "--rounds", "1", "--out", str(tmp_path)])
+    keep, fresh = r["runs"]["kept for reuse"][0], r["runs"]["mapped afresh"][0]
+    assert len(keep["times_s"]) == 2 and min(keep["times_s"] + fresh["times_s"]) > 0
+    assert keep["faults_per_step"] < fresh["faults_per_step"] and r["ratio"] > 0
+    assert "kept for reuse / mapped afresh" in (tmp_path / "malloc-reuse-smoke.md").read_text()
 
 
 def test_fused_adamw_bench_interleaves_the_two_kernels(tmp_path):
