@@ -18,10 +18,8 @@ import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters (malloc.h)
 M_MMAP_MAX = -4
-GLIBC_MMAP_MAX = 65536  # glibc's default M_MMAP_MAX: large allocations mapped afresh
-KEEP_FREED = (
-    2**31 - 1
-)  # trim threshold (mallopt takes an int): give the heap's free top back only above 2 GiB
+# trim threshold (mallopt takes an int): give the heap's free top back to the kernel only above 2 GiB
+KEEP_FREED = 2**31 - 1
 
 
 @functools.cache
@@ -32,15 +30,13 @@ def _libc():
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
-def keep_freed_memory(on: bool = True) -> bool:
-    """on: large allocations come from malloc's heap and freed memory stays there for reuse, for the rest of the
-    process; off: glibc maps large allocations afresh again (its default for them; the trim threshold stays
-    explicit). True when applied (glibc), False where there is no glibc to tune."""
+def keep_freed_memory() -> bool:
+    """Large allocations come from malloc's heap and freed memory stays there for reuse, for the rest of the
+    process. True when applied (glibc), False where there is no glibc to tune."""
     libc = _libc()
-    if libc is None:
-        return False
-    trim = libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED if on else 128 * 1024)
-    return bool(trim and libc.mallopt(M_MMAP_MAX, 0 if on else GLIBC_MMAP_MAX))
+    return libc is not None and bool(
+        libc.mallopt(M_TRIM_THRESHOLD, KEEP_FREED) and libc.mallopt(M_MMAP_MAX, 0)
+    )
 
 
 def mapped_bytes() -> int | None:

@@ -26,7 +26,7 @@ def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
     from hydra.utils import instantiate
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    if cfg.trainer.get("cpu_keep_freed_memory", True):
+    if cfg.trainer.cpu_keep_freed_memory:
         callbacks.append(KeepFreedMemory())
     every = cfg.trainer.checkpoint_every_n_steps
     if every:

@@ -673,12 +673,12 @@ def varlen_variants(setup: Setup) -> list:
             # throughput over the whole timed stretch (batches differ in size): real tokens / total time
             timed = bb[setup.warmup + 1 :]
             total = sum(r.extra.get("times", [])) or r.step_s * len(timed)
-            r.tokens_per_s = sum(real_tokens(b, ("query", "positive")) for b in timed) / total
+            sides = ("query", "positive")
+            real = sum(real_tokens(b, sides) for b in timed)
+            r.tokens_per_s = real / total
             r.pairs_per_s = sum(len(b["dataset"]) for b in timed) / total
-            sides = ("query", "positive")  # the upper bound of bucketing's gain: real tokens per padded token
-            r.extra["real_per_padded"] = sum(real_tokens(b, sides) for b in timed) / sum(
-                padded_tokens(b, sides) for b in timed
-            )
+            # the upper bound of bucketing's gain: real tokens per padded token
+            r.extra["real_per_padded"] = real / sum(padded_tokens(b, sides) for b in timed)
             return r
 
         return inner
@@ -866,12 +866,10 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--out", default=None, help="directory for bench-<mode>.md / .json")
     args = ap.parse_args(argv)
     setup = SETUPS[args.mode]
-    if (
-        setup.device == "cpu"
-    ):  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory): malloc's setting is
-        from bireco.core.allocator import (
-            keep_freed_memory,
-        )  # the process's, so the plain loops run with it too
+    if setup.device == "cpu":
+        # as bireco's CPU training runs (trainer.cpu_keep_freed_memory); malloc's setting is the process's, so the
+        # plain loops run with it too
+        from bireco.core.allocator import keep_freed_memory
 
         keep_freed_memory()
     if args.steps:

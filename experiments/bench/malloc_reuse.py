@@ -48,9 +48,8 @@ def worker(mode: str, keep: bool, steps: int) -> dict:
     batches = make_batches(n, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False)
     module = ReconstructionModule(backbone, optim_cfg(1e-5), n, alpha=0.2, schedule="alternate")
     marks: list[tuple[int, float]] = []
-    turns = Interleaved(
-        {"step": lambda _m: marks.append(usage())}, setup.warmup + 1
-    )  # as bench.py: warm-up + 1
+    # one variant: Interleaved times its steps after bench.py's warm-up + 1, marking page faults before each
+    turns = Interleaved({"step": lambda _m: marks.append(usage())}, setup.warmup + 1)
     median = turns.fit(module, batches, setup)["step"]
     marks.append(usage())
     timed = marks[setup.warmup + 1 :]
