@@ -131,9 +131,30 @@ def training_casts(
     only for weights that take a gradient, so it recasts frozen ones at every forward (and every recomputation),
     rounding the same values to the same bits; elsewhere nothing. Cast once, at the start of training: a frozen
     weight never changes."""
-    if not (str(precision) == "bf16-mixed" and torch.device(device).type == "cpu"):
+    if not cpu_bf16_mixed(device, precision):
         return []
     return casts_of(models, frozen_only=True)
+
+
+def cpu_bf16_mixed(device: torch.device | str, precision: str) -> bool:
+    """Training on a CPU under bf16 autocast: where a cast the autocast would make anyway is worth removing."""
+    return str(precision) == "bf16-mixed" and torch.device(device).type == "cpu"
+
+
+@contextlib.contextmanager
+def lora_input_casts_off(model: torch.nn.Module, active: bool):
+    """peft's LoRA casts each adapter's input to the adapter's fp32 weight, and autocast casts it back to bf16
+    for the matmul: two copies of every adapted layer's activations per forward (and two in the backward), 9% of a
+    Stage II step on a CPU (docs/benchmarks.md). Under autocast the adapter's matmul reads the bf16 input directly,
+    to the same bits (`CpuPoissonDropout` scales a bf16 input as it did the fp32 copy; not torch's `nn.Dropout`, so
+    the caller leaves this off where one is used)."""
+    if not active:
+        yield
+        return
+    from peft.helpers import disable_input_dtype_casting
+
+    with disable_input_dtype_casting(model):
+        yield
 
 
 def casts_of(models: tuple, frozen_only: bool = False) -> list[tuple]:

@@ -3,6 +3,7 @@ the extra state an exact resume needs (RNG streams)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import Counter
@@ -11,9 +12,18 @@ from typing import Any
 import lightning as L
 import torch
 
-from bireco.core.precision import autocast, bf16_for, inference_casts, training_casts, weights_swapped
+from bireco.core.precision import (
+    autocast,
+    bf16_for,
+    cpu_bf16_mixed,
+    inference_casts,
+    lora_input_casts_off,
+    training_casts,
+    weights_swapped,
+)
 from bireco.evaluation.dev_check import score
 from bireco.model.backbone import Backbone
+from bireco.model.dropout import has_torch_lora_dropout
 from bireco.stages.optim import build_optimizer, build_scheduler
 from bireco.stages.sharding import full_state_dict, is_fsdp, is_sharded
 from bireco.stages.step_monitors import ON_NONFINITE, NonFiniteGuard, Throughput, rng_state, set_rng_state
@@ -49,6 +59,7 @@ class StageModule(L.LightningModule):
             n: b.detach().float().clone() for n, b in backbone.named_buffers() if n.endswith("inv_freq")
         }
         self._frozen_casts: list[tuple] = []  # set in on_train_start (core.precision.training_casts)
+        self._lora_input_casts_off = False  # set in on_train_start (core.precision.lora_input_casts_off)
 
     def on_fit_start(self):
         restore_buffers(self.backbone, self._rotary_fp32)
@@ -98,12 +109,22 @@ class StageModule(L.LightningModule):
         # bf16 once for the run instead of by autocast at every forward: the same bits (sharded weights: left alone)
         if not self._sharded():
             self._frozen_casts = training_casts(self.device, self.trainer.precision, self)
+        self._lora_input_casts_off = cpu_bf16_mixed(
+            self.device, self.trainer.precision
+        ) and not has_torch_lora_dropout(self.backbone)
 
-    def frozen_weights_cast(self):
-        """Around a training step's forward passes: the frozen weights' bf16 copies in place (their fp32 selves
-        again after, for checkpoints and the dev check). A recomputation in the backward pass (activation
-        checkpointing, GradCache) runs after the block and lets autocast cast again: the same bits."""
-        return weights_swapped(self._frozen_casts)
+    @contextlib.contextmanager
+    def training_forward_casts(self):
+        """Around a training step's forward passes, the casts made once instead of at every forward (a CPU under
+        bf16-mixed; same bits): the frozen weights' bf16 copies in place (their fp32 selves again after, for
+        checkpoints and the dev check) and LoRA's inputs left in bf16. A recomputation in the backward pass
+        (activation checkpointing, GradCache) runs after the block and lets autocast and peft cast again: the same
+        bits."""
+        with (
+            weights_swapped(self._frozen_casts),
+            lora_input_casts_off(self.backbone, self._lora_input_casts_off),
+        ):
+            yield
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._rng_to_restore is not None:  # after resume: continue the interrupted run's random streams

@@ -100,7 +100,7 @@ class ContrastiveModule(StageModule):
         return self.loss_fn(q, p, n, gather=self._gather, rank=self.global_rank, n_mask=n_mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        with self.frozen_weights_cast():
+        with self.training_forward_casts():
             out = self.step_loss(batch)
         self.nonfinite.record(out.loss, batch)
         B = batch["query"]["input_ids"].shape[0]

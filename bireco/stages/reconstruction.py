@@ -159,7 +159,7 @@ class ReconstructionModule(StageModule):
         return loss, {**self.direction_logs(direction, logged, acc), "train/loss": logged}
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        with self.frozen_weights_cast():
+        with self.training_forward_casts():
             loss, logs = self.step_loss(batch)
         self.micro_step += 1
         self.nonfinite.record(loss, batch)

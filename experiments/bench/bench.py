@@ -450,10 +450,14 @@ class Interleaved:
 
 def interleaved_setup(mode: str) -> Setup:
     """SETUPS[mode] for an interleaved comparison (frozen_casts.py, fused_adamw.py): the smoke toy model in fp32 under
-    bf16 autocast, as a CPU trains SmolLM2."""
+    bf16 autocast, as a CPU trains SmolLM2; on a CPU, malloc keeps freed buffers for the process, as training does."""
     setup = SETUPS[mode]
     if mode == "smoke":
         setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
+    if setup.device == "cpu":  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory)
+        from bireco.core.allocator import keep_freed_memory
+
+        keep_freed_memory()
     return setup
 
 

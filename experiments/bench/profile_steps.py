@@ -85,19 +85,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--steps", type=int, default=2, help="profiled steps per stage (after bench.py's warm-up)"
     )
     ap.add_argument("--out", type=Path, default=Path("outputs/bench"))
+    ap.add_argument(
+        "--stages",
+        default="stage1,stage2,stage2_ckpt",
+        help="comma-separated: stage1 (joint, full fine-tuning), stage2 (LoRA r16, the demo's: no recomputation), "
+        "stage2_ckpt (LoRA r16 with recomputation)",
+    )
     args = ap.parse_args(argv)
+    stages = args.stages.split(",")
+    if unknown := set(stages) - {"stage1", "stage2", "stage2_ckpt"}:
+        raise SystemExit(f"--stages: unknown {sorted(unknown)}; choose from stage1, stage2, stage2_ckpt")
     setup = SETUPS[args.mode]
+    if setup.device == "cpu":  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory) and bench.py
+        from bireco.core.allocator import keep_freed_memory
+
+        keep_freed_memory()
     n = setup.warmup + 1 + args.steps
     rows = []
-    backbone = build_backbone(setup, ckpt=False)
-    eos = backbone.text_format.eos_id(backbone.tokenizer)
-    module = ReconstructionModule(backbone, optim_cfg(1e-5), n, alpha=0.2, schedule="joint")
-    rows.append(profile("Stage I, joint (full fine-tuning)", module, make_batches(n, setup, eos, backbone.pad_id, False),
-                        setup, args.steps))  # fmt: skip
-    backbone = build_backbone(setup, ckpt=True, lora=True)
-    module = ContrastiveModule(backbone, optim_cfg(2e-4), n, scale=50.0)
-    rows.append(profile("Stage II (LoRA r16, recomputation)", module,
-                        make_batches(n, setup, eos, backbone.pad_id, True), setup, args.steps))  # fmt: skip
+    if "stage1" in stages:
+        backbone = build_backbone(setup, ckpt=False)
+        eos = backbone.text_format.eos_id(backbone.tokenizer)
+        module = ReconstructionModule(backbone, optim_cfg(1e-5), n, alpha=0.2, schedule="joint")
+        rows.append(profile("Stage I, joint (full fine-tuning)", module,
+                            make_batches(n, setup, eos, backbone.pad_id, False), setup, args.steps))  # fmt: skip
+    for name, ckpt in (("stage2", False), ("stage2_ckpt", True)):
+        if name not in stages:
+            continue
+        backbone = build_backbone(setup, ckpt=ckpt, lora=True)
+        eos = backbone.text_format.eos_id(backbone.tokenizer)
+        module = ContrastiveModule(backbone, optim_cfg(2e-4), n, scale=50.0)
+        label = (
+            "Stage II (LoRA r16, recomputation)"
+            if ckpt
+            else "Stage II (LoRA r16, no recomputation: the demo's)"
+        )
+        rows.append(
+            profile(label, module, make_batches(n, setup, eos, backbone.pad_id, True), setup, args.steps)
+        )
     lines = [f"# Where a step's time goes ({args.mode}, {precision(setup)}, batch {setup.batch}, lengths "
              f"{setup.q_len}/{setup.d_len}, {torch.get_num_threads()} threads)", ""]  # fmt: skip
     for r in rows:

@@ -74,18 +74,25 @@ def test_bench_smollm2_mode_builds_the_real_model_in_the_cpu_default_precision()
 
 
 def test_profile_groups_a_real_step_and_accounts_for_its_wall_time(tmp_path):
-    """experiments/bench/profile_steps.py on the toy model: both stages profiled, every group's time per step >= 0
-    and the groups (ops + what lies outside them) add up to the step's wall time."""
+    """experiments/bench/profile_steps.py on the toy model: both stages profiled (Stage II with and without
+    recomputation), every group's time per step >= 0 and the groups (ops + what lies outside them) add up to the
+    step's wall time; an unknown --stages name fails with the valid ones."""
     profile = experiment("bench/profile_steps.py")
     assert (
         profile.group_of("aten::addmm") == "GEMM" and profile.group_of("aten::_to_copy") == "casts and copies"
     )
     rows = profile.main(["--mode", "smoke", "--steps", "1", "--out", str(tmp_path)])
-    assert [r["name"].split(",")[0] for r in rows] == ["Stage I", "Stage II (LoRA r16"]
+    assert [r["name"] for r in rows] == [
+        "Stage I, joint (full fine-tuning)",
+        "Stage II (LoRA r16, no recomputation: the demo's)",
+        "Stage II (LoRA r16, recomputation)",
+    ]
     for r in rows:
         assert all(ms >= 0 for ms in r["groups_ms"].values()) and r["groups_ms"]["GEMM"] > 0
         assert abs(sum(r["groups_ms"].values()) - r["step_ms"]) <= 0.05 * r["step_ms"] + 1
     assert (tmp_path / "profile-smoke.md").is_file()
+    with pytest.raises(SystemExit, match="stage2_ckpt"):
+        profile.main(["--mode", "smoke", "--stages", "stage3", "--out", str(tmp_path)])
 
 
 def test_attention_kernels_times_both_precisions(tmp_path):
@@ -135,15 +142,17 @@ def test_dev_check_bench_times_both_cast_paths_on_the_same_embeddings(tmp_path):
     assert "once / per batch" in (tmp_path / "d" / "dev_check.md").read_text()
 
 
-def test_frozen_casts_bench_interleaves_the_two_variants(tmp_path):
-    """experiments/bench/frozen_casts.py: one run per setting, the cast-once and autocast steps interleaved, each
-    variant timed on its own steps, with LoRA's frozen base weights (and only those) cast."""
+def test_frozen_casts_bench_interleaves_the_three_variants(tmp_path):
+    """experiments/bench/frozen_casts.py: one run per setting, the default (both casts once) and each cast made per
+    forward again interleaved, each variant timed on its own steps, with LoRA's frozen base weights (and only
+    those) cast."""
     frozen_casts = experiment("bench/frozen_casts.py")
     rows = frozen_casts.main(["--mode", "smoke", "--steps", "2", "--out", str(tmp_path)])
     assert [r["setting"] for r in rows] == ["LoRA r16", "LoRA r16, ckpt"]
     for r in rows:
         assert all(len(t) == 2 and min(t) > 0 for t in r["times_s"].values()), r["times_s"]
-        assert 0 < r["cast_params"] and math.isfinite(r["ratio"]) and r["ratio"] > 0
+        assert len(r["times_s"]) == 3 and 0 < r["cast_params"]
+        assert all(math.isfinite(x) and x > 0 for x in r["ratio"].values()) and len(r["ratio"]) == 2
     assert "| LoRA r16, ckpt |" in (tmp_path / "frozen-casts-smoke.md").read_text()
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from bireco.model.dropout import CpuPoissonDropout, poisson_keep_mask
+from bireco.model.dropout import CpuPoissonDropout, poisson_drop_positions
 from bireco.model.loading import apply_lora
 
 
@@ -14,21 +14,24 @@ def test_mask_is_iid_bernoulli_with_the_dropout_rate(p):
     independently: each within 5 standard errors over 2M elements."""
     torch.manual_seed(0)
     n = 2_000_000
-    dropped = poisson_keep_mask(torch.empty(n), p) == 0
+    dropped = torch.zeros(n, dtype=torch.bool).index_fill_(0, poisson_drop_positions(n, p), True)
     rate = dropped.double().mean().item()
     assert abs(rate - p) < 5 * math.sqrt(p * (1 - p) / n), rate
     both = (dropped[:-1] & dropped[1:]).double().mean().item()
     assert abs(both - p * p) < 5 * math.sqrt(p * p * (1 - p * p) / n), both
 
 
-def test_kept_elements_are_scaled_in_the_inputs_dtype_like_torch():
-    torch.manual_seed(0)
+def test_kept_elements_are_scaled_once_in_float_like_the_dropout_of_an_fp32_copy():
+    """A bf16 input gives the bits peft's path gave (the input cast to fp32, dropped, then rounded by autocast):
+    x / (1 - p) rounded once, with the same drawn positions zero."""
+    x = torch.randn(10_000)
     for dtype in (torch.float32, torch.bfloat16):
-        mask = poisson_keep_mask(torch.empty(10_000, dtype=dtype), 0.05)
-        assert mask.dtype == dtype
-        kept = mask[mask != 0].unique()
-        reference = torch.nn.functional.dropout(torch.ones(10_000, dtype=dtype), 0.05, True)
-        assert torch.equal(kept, reference[reference != 0].unique())
+        torch.manual_seed(0)
+        y = CpuPoissonDropout(0.05)(x.to(dtype))
+        torch.manual_seed(0)
+        reference = CpuPoissonDropout(0.05)(x.to(dtype).float()).to(dtype)
+        assert y.dtype == dtype and torch.equal(y, reference)
+        assert 0 < (y == 0).sum() < 1_000
 
 
 def test_forward_backward_and_seeding():

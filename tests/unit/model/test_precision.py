@@ -293,6 +293,60 @@ def test_training_casts_frozen_weights_once_with_the_same_bits(cfg_factory, monk
     assert all(torch.equal(weights[n], per_call_weights[n]) for n in weights)
 
 
+@pytest.mark.integration
+def test_lora_inputs_stay_bf16_in_a_cpu_training_step_with_the_same_bits(cfg_factory, monkeypatch):
+    """On a CPU under bf16-mixed, peft's cast of each LoRA input to the adapter's fp32 weight (which autocast casts
+    back) is off inside a training step's forward: the adapters read bf16, and the losses and trained weights are
+    the same bits as with peft's casts. Left on where a LoRA dropout is torch's `nn.Dropout`, whose bf16 scale
+    would move them."""
+    import lightning as L
+
+    import bireco.stages.base as base
+    from bireco.training.builders import build_backbone, build_datamodule, build_module
+
+    def fit(casts_off: bool, *extra: str) -> tuple:
+        if not casts_off:
+            monkeypatch.setattr(base, "cpu_bf16_mixed", lambda device, prec: False)
+        cfg = cfg_factory("stage=baseline", "trainer.max_steps=3", "data.global_batch_size=4",
+                          "data.max_train_records=16", *extra)  # fmt: skip
+        torch.manual_seed(0)
+        backbone = build_backbone(cfg)
+        dm = build_datamodule(cfg, backbone)
+        module = build_module(cfg, backbone, dm.batches_per_epoch())
+        inputs: set = set()
+        for name, m in module.named_modules():  # the dtype each adapter's A matrix reads while training
+            if name.endswith("lora_A.default"):
+                m.register_forward_pre_hook(
+                    lambda m, args: inputs.add(args[0].dtype) if torch.is_grad_enabled() else None
+                )
+        losses: list = []
+
+        class Watch(L.Callback):
+            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+                losses.append(outputs["loss"].item())
+
+        trainer = L.Trainer(max_steps=3, precision="bf16-mixed", accelerator="cpu", devices=1, logger=False,
+                            callbacks=[Watch()], enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+        trainer.fit(module, datamodule=dm)
+        monkeypatch.undo()
+        weights = {n: p.detach().clone() for n, p in module.named_parameters() if p.requires_grad}
+        return module, inputs, losses, weights
+
+    module, inputs, losses, weights = fit(True)
+    assert (
+        module._lora_input_casts_off and torch.bfloat16 in inputs
+    )  # (o_proj reads the fp32 attention output)
+    module, peft_inputs, peft_losses, peft_weights = fit(False)
+    assert not module._lora_input_casts_off and peft_inputs == {torch.float32}
+    assert losses == peft_losses and len(losses) == 3
+    assert weights.keys() == peft_weights.keys() and all(
+        torch.equal(weights[n], peft_weights[n]) for n in weights
+    )
+    module, torch_dropout_inputs, _, _ = fit(True, "stage.lora.cpu_poisson_dropout=false")
+    assert not module._lora_input_casts_off and torch_dropout_inputs == {torch.float32}
+
+
 def test_training_casts_only_frozen_weights_on_a_cpu_under_bf16_mixed(backbone):
     """A full fine-tune has nothing to cast; with LoRA-like frozen layers only those; other precisions and devices
     nothing; and a swap of weights that take a gradient is refused while autograd records."""
