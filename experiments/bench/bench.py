@@ -258,7 +258,8 @@ class StepWork:
     head: dict[str, float] = field(default_factory=dict)
     recompute: bool = False
 
-    def flops(self, backbone: Backbone, batch: dict) -> float:
+    def flops(self, backbone: Backbone, batch: dict, attention: bool = True) -> float:
+        """Model FLOPs of the step on `batch`; `attention=False`: the GEMMs' share only (profile_steps.py)."""
         lm = backbone.causal_lm
         table, head = lm.get_input_embeddings().weight, lm.get_output_embeddings().weight
         skip = {id(table), id(head)}
@@ -273,8 +274,10 @@ class StepWork:
             if side not in batch:
                 continue
             B, T = batch[side]["input_ids"].shape
-            attention = 2 * T * attn_width * cfg.num_hidden_layers * (4 if self.recompute else 3)
-            total += times * B * T * (per_token + attention)
+            attn = (
+                2 * T * attn_width * cfg.num_hidden_layers * (4 if self.recompute else 3) if attention else 0
+            )
+            total += times * B * T * (per_token + attn)
         for side, times in self.head.items():
             if side in batch:
                 total += times * 6 * head.numel() * int(batch[side]["embed_mask"].sum())

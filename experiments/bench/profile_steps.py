@@ -6,7 +6,9 @@ fused CE, the optimizer and the rest (Lightning hooks, Python, data) = wall time
     python experiments/bench/profile_steps.py --mode cpu --steps 3    # the tiny model
 
 Self time of every op, summed per group over the profiled steps, per step; the share is of the step's wall time.
-Writes profile-<mode>.md / .json to --out.
+The GEMM group's throughput is its model FLOPs (bench.py's count, attention left out) over its time, beside the
+matmul limit measured at the model's shapes in the same process: a step cannot reach a higher MFU than its GEMMs
+do, however little else it spends. Writes profile-<mode>.md / .json to --out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,17 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from bench import SETUPS, build_backbone, make_batches, optim_cfg, precision
+from bench import (
+    SETUPS,
+    StepWork,
+    build_backbone,
+    make_batches,
+    model_arch,
+    optim_cfg,
+    precision,
+    stage1_work,
+)
+from matmul_limit import matmul_limit
 from torch.utils.data import DataLoader
 
 GROUPS = [  # first match wins
@@ -58,7 +70,7 @@ class ProfileSteps(L.Callback):
             self.prof.__exit__(None, None, None)
 
 
-def profile(name: str, module, batches, setup, steps: int) -> dict:
+def profile(name: str, module, batches, setup, steps: int, work: StepWork) -> dict:
     cb = ProfileSteps(setup.warmup + 1, steps)
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision(setup), max_steps=len(batches),
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
@@ -71,8 +83,12 @@ def profile(name: str, module, batches, setup, steps: int) -> dict:
     self_ms["outside ops (Lightning hooks, Python, data)"] = max(0.0, wall_ms - sum(self_ms.values()))
     per_step = {k: v / steps for k, v in sorted(self_ms.items(), key=lambda kv: -kv[1])}
     top = sorted(cb.prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:12]
+    profiled = batches[cb.start : cb.start + steps]
+    gemm_gflop = sum(work.flops(module.backbone, b, attention=False) for b in profiled) / steps / 1e9
     return {"name": name, "step_ms": wall_ms / steps, "groups_ms": per_step,
-            "top_ops_ms": {e.key: e.self_cpu_time_total / 1e3 / steps for e in top}}  # fmt: skip
+            "top_ops_ms": {e.key: e.self_cpu_time_total / 1e3 / steps for e in top},
+            "gemm_gflop_per_step": gemm_gflop,
+            "gemm_gflops": gemm_gflop / (per_step.get("GEMM", 0.0) / 1e3 or float("nan"))}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -106,8 +122,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         backbone = build_backbone(setup, ckpt=False)
         eos = backbone.text_format.eos_id(backbone.tokenizer)
         module = ReconstructionModule(backbone, optim_cfg(1e-5), n, alpha=0.2, schedule="joint")
-        rows.append(profile("Stage I, joint (full fine-tuning)", module,
-                            make_batches(n, setup, eos, backbone.pad_id, False), setup, args.steps))  # fmt: skip
+        rows.append(profile("Stage I, joint (full fine-tuning)", module, make_batches(n, setup, eos, backbone.pad_id,
+                            False), setup, args.steps, stage1_work(both=True, recompute=False)))  # fmt: skip
     for name, ckpt in (("stage2", False), ("stage2_ckpt", True)):
         if name not in stages:
             continue
@@ -119,14 +135,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if ckpt
             else "Stage II (LoRA r16, no recomputation: the demo's)"
         )
-        rows.append(
-            profile(label, module, make_batches(n, setup, eos, backbone.pad_id, True), setup, args.steps)
-        )
+        work = StepWork(body=dict.fromkeys(("query", "positive", "negatives"), 1), recompute=ckpt)
+        batches = make_batches(n, setup, eos, backbone.pad_id, True)
+        rows.append(profile(label, module, batches, setup, args.steps, work))
+    limit = matmul_limit(model_arch(setup), torch.bfloat16 if precision(setup).startswith("bf16") else torch.float32,
+                         tokens=setup.batch * (setup.q_len + setup.d_len))  # fmt: skip
     lines = [f"# Where a step's time goes ({args.mode}, {precision(setup)}, batch {setup.batch}, lengths "
              f"{setup.q_len}/{setup.d_len}, {torch.get_num_threads()} threads)", ""]  # fmt: skip
     for r in rows:
         lines += [
             f"## {r['name']}: {r['step_ms']:.0f} ms per step",
+            "",
+            f"GEMMs: {r['gemm_gflop_per_step']:.0f} GFLOP per step at {r['gemm_gflops']:.0f} GFLOP/s in the step, "
+            f"**{r['gemm_gflops'] / limit['gflops']:.2f}** of the {limit['dtype']} matmul limit at the model's shapes "
+            f"in this process ({limit['gflops']:.0f} GFLOP/s)",
             "",
             "| group | ms per step | share |",
             "|---|---|---|",
@@ -138,7 +160,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(report)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile-{args.mode}.md").write_text(report)
-    (args.out / f"profile-{args.mode}.json").write_text(json.dumps(rows, indent=1))
+    (args.out / f"profile-{args.mode}.json").write_text(json.dumps({"limit": limit, "rows": rows}, indent=1))
     return rows
 
 
