@@ -160,6 +160,19 @@ def test_frozen_casts_bench_interleaves_the_three_variants(tmp_path):
     assert "| LoRA r16, ckpt |" in (tmp_path / "frozen-casts-smoke.md").read_text()
 
 
+def test_lora_parts_times_each_adapted_projection_in_a_real_stage2_step(tmp_path):
+    """experiments/bench/lora_parts.py: every LoRA-adapted projection's base matmul and adapter parts timed in
+    bireco's Stage II forward passes (warm-up excluded), the parts within the whole."""
+    lora_parts = experiment("bench/lora_parts.py")
+    data = lora_parts.main(["--mode", "smoke", "--steps", "1", "--out", str(tmp_path)])
+    assert data["rows"] and data["base_ms"] > 0 and data["adapter_ms"] > 0 and data["step_s"] > 0
+    for r in data["rows"].values():
+        ms = r["ms_per_step"]
+        assert r["calls_per_step"] >= 3  # queries, documents, hard negatives
+        assert min(ms.values()) >= 0 and ms["base"] + ms["dropout"] + ms["A"] + ms["B"] <= ms["whole"]
+    assert "| projection |" in (tmp_path / "lora-parts-smoke.md").read_text()
+
+
 def test_malloc_reuse_bench_runs_one_process_per_variant(tmp_path):
     """experiments/bench/malloc_reuse.py: malloc's setting lasts for a process, so each variant trains in processes
     of its own; the kept variant's large buffers come from the heap (fewer page faults per step)."""
