@@ -451,13 +451,14 @@ class Interleaved:
         return {k: statistics.median(v) for k, v in self.times.items()}
 
 
-def interleaved_setup(mode: str) -> Setup:
+def interleaved_setup(mode: str, keep_freed: bool = True) -> Setup:
     """SETUPS[mode] for an interleaved comparison (frozen_casts.py, fused_adamw.py): the smoke toy model in fp32 under
-    bf16 autocast, as a CPU trains SmolLM2; on a CPU, malloc keeps freed buffers for the process, as training does."""
+    bf16 autocast, as a CPU trains SmolLM2; on a CPU, malloc keeps freed buffers for the process, as training does
+    (`keep_freed=False`: left as it is, for malloc_reuse.py, which compares the two)."""
     setup = SETUPS[mode]
     if mode == "smoke":
         setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
-    if setup.device == "cpu":  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory)
+    if keep_freed and setup.device == "cpu":  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory)
         from bireco.core.allocator import keep_freed_memory
 
         keep_freed_memory()

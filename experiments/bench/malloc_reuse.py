@@ -42,7 +42,7 @@ def worker(mode: str, keep: bool, steps: int) -> dict:
 
     if keep:
         keep_freed_memory()
-    setup = interleaved_setup(mode)
+    setup = interleaved_setup(mode, keep_freed=False)
     backbone = build_backbone(setup, ckpt=False)
     n = setup.warmup + 1 + steps
     batches = make_batches(n, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False)
@@ -96,7 +96,7 @@ def main(argv=None) -> dict:
     result = {"runs": runs, "median_s": med, "ratio": med[KEEP] / med[MAP], "steps_each": args.steps}
     rows += ["", f"- Stage I step, kept for reuse / mapped afresh (median of the processes' medians): "
                  f"**{result['ratio']:.2f}×**"]  # fmt: skip
-    setup = interleaved_setup(args.mode)
+    setup = interleaved_setup(args.mode, keep_freed=False)
     report = "\n".join([
         f"Stage I alternate, full fine-tuning ({args.mode}, {precision(setup)}, batch {setup.batch}, lengths "
         f"{setup.q_len}/{setup.d_len}, {torch.get_num_threads()} threads; {platform.machine()}, torch "
