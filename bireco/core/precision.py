@@ -144,8 +144,9 @@ def cpu_bf16_mixed(device: torch.device | str, precision: str) -> bool:
 @contextlib.contextmanager
 def lora_input_casts_off(model: torch.nn.Module, active: bool):
     """peft's LoRA casts each adapter's input to the adapter's fp32 weight, and autocast casts it back to bf16
-    for the matmul: two copies of every adapted layer's activations per forward (and two in the backward), 9% of a
-    Stage II step on a CPU (docs/benchmarks.md). Under autocast the adapter's matmul reads the bf16 input directly,
+    for the matmul: two copies of a bf16 input per forward, and their gradients in the backward (in Llama-like
+    layers down_proj's input is bf16; the norms hand q/k/v/gate/up fp32, where the cast is a no-op): a Stage II step on
+    a CPU is 0.95x without them (docs/benchmarks.md). Under autocast the adapter's matmul reads the bf16 input directly,
     to the same bits (`CpuPoissonDropout` scales a bf16 input as it did the fp32 copy; not torch's `nn.Dropout`, so
     the caller leaves this off where one is used)."""
     if not active:
