@@ -158,23 +158,18 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
     def run_dir(run_name: str, variant: str | None = None) -> Path:
         return run_dir_of(demo_cfg, run_name, variant)
 
-    # the untrained base as a bireco checkpoint (same text format + pooling), for the first table row
-    from bireco.training.builders import build_backbone
-
-    untrained_dir = final_dir(run_dir("untrained"))
-    if not (untrained_dir / METADATA_FILE).is_file():
-        build_backbone(compose_train(common + ["stage=baseline", "stage.lora.enabled=false"])).save(
-            untrained_dir
-        )
+    summaries = reference_rows(out, eval_queries, eval_docs, progress)
+    summaries[f"Untrained base ({pooling} pooling)"] = untrained_row(
+        compose_train(common + ["stage=baseline", "stage.lora.enabled=false"]),
+        eval_dir(run_dir("untrained")), eval_queries, eval_docs, progress,
+    )  # fmt: skip
     checkpoints = {
-        f"Untrained base ({pooling} pooling)": untrained_dir,
         "Only Stage I (reconstruction)": final_dir(run_dir("stage1")),
         "Only Stage II (baseline)": final_dir(run_dir("baseline")),
         "Stage I + Stage II (Anchor)": final_dir(run_dir("stage2")),
     }
     if control:
         checkpoints[CONTROL] = final_dir(run_dir("stage2", CONTROL_VARIANT))
-    summaries = reference_rows(out, eval_queries, eval_docs, progress)
     for label, ckpt in checkpoints.items():
         summaries[label] = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(eval_dir(run_of(ckpt))),
                                                max_queries=eval_queries, max_docs=eval_docs, progress=progress)  # fmt: skip
@@ -249,6 +244,50 @@ def reference_rows(out: Path, eval_queries: int, eval_docs: int, progress: bool,
             continue
         copy_json(here, kept)
     return rows
+
+
+def untrained_row(cfg, here: Path, eval_queries: int, eval_docs: int, progress: bool) -> dict:
+    """The untrained base as a bireco checkpoint (the run's text format and pooling) on the suite: the table's first
+    row. Like the reference rows its inputs never change between demo runs with the same model settings, so the
+    checkpoint is built once into $BIRECO_CACHE/demo-untrained/<key> (key: the model settings, the seed and the base
+    weights' files) and each task's result is kept beside it and reused (runner.evaluate_model's key); `here` (the
+    demo's own eval directory for the row) gets the files either way. A base that is not a local directory is built
+    into the cache every time (its weights could change under the same name)."""
+    from bireco.evaluation.runner import evaluate_checkpoint
+
+    kept = untrained_cache_dir(cfg)
+    checkpoint = kept / "final"
+    if not (checkpoint / METADATA_FILE).is_file() or not local_base(cfg):
+        from bireco.training.builders import build_backbone
+
+        build_backbone(cfg).save(
+            checkpoint
+        )  # written atomically: a run cut off midway leaves no half checkpoint
+    copy_json(kept / "eval" / "mteb", here / "mteb")
+    summary = evaluate_checkpoint(str(checkpoint), tasks=EVAL_TASKS, output_dir=str(here), max_queries=eval_queries,
+                                  max_docs=eval_docs, progress=progress, wandb=False)  # fmt: skip
+    copy_json(here / "mteb", kept / "eval" / "mteb")
+    return summary
+
+
+def untrained_cache_dir(cfg) -> Path:
+    """$BIRECO_CACHE/demo-untrained/<hash of the model settings, the seed and the base weights' files>."""
+    import hashlib
+
+    from omegaconf import OmegaConf
+
+    from bireco.core.paths import cache_root
+    from bireco.evaluation.mteb_encoder import checkpoint_revision
+
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    weights = checkpoint_revision(cfg.model.name_or_path) if local_base(cfg) else ""
+    key = json.dumps({"model": model, "seed": cfg.seed, "weights": weights}, sort_keys=True, default=str)
+    return cache_root() / "demo-untrained" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def local_base(cfg) -> bool:
+    """Whether the base model is a local directory (its weights' files identify it), not a hub name or random init."""
+    return bool(cfg.model.get("name_or_path")) and Path(cfg.model.name_or_path).is_dir()
 
 
 def copy_json(src: Path, dst: Path) -> None:

@@ -204,3 +204,39 @@ def test_reference_rows_are_kept_in_the_cache_and_reused_by_the_next_demo(tmp_pa
     assert sorted(runs) == sorted(
         first["BM25 (reference)"]["tasks"]
     )  # another mteb: every task evaluated again
+
+
+def test_the_untrained_row_is_built_and_evaluated_once_per_model_settings(
+    tmp_path, monkeypatch, pretrained_lm
+):
+    """The untrained base's inputs never change between demo runs either: the second demo neither rebuilds its
+    checkpoint nor evaluates a task again (its own eval directory gets the files); other model settings get their own."""
+    import mteb
+
+    import bireco.training.builders as builders
+    from bireco.config.compose import compose_train
+    from bireco.demo import PRESETS, untrained_cache_dir, untrained_row
+
+    monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
+
+    def cfg(*extra: str):
+        return compose_train([*PRESETS["tiny"].model, f"model.name_or_path={pretrained_lm}", "stage=baseline",
+                              "stage.lora.enabled=false", *extra])  # fmt: skip
+
+    builds, runs = [], []
+    build, evaluate = builders.build_backbone, mteb.evaluate
+    monkeypatch.setattr(builders, "build_backbone", lambda c: builds.append(1) or build(c))
+    monkeypatch.setattr(
+        mteb, "evaluate", lambda *a, **k: runs.append(a[1][0].metadata.name) or evaluate(*a, **k)
+    )
+    first = untrained_row(cfg(), tmp_path / "one", 20, 100, False)
+    assert len(builds) == 1 and sorted(runs) == sorted(first["tasks"])
+    assert 0 <= first["categories"]["Average"] <= 100
+    again = untrained_row(cfg(), tmp_path / "two", 20, 100, False)
+    assert len(builds) == 1 and len(runs) == len(first["tasks"])  # nothing built or encoded again
+    assert again["tasks"] == first["tasks"]
+    assert sorted(p.name for p in (tmp_path / "two" / "mteb").glob("*.json")) == sorted(
+        f"{t}.json" for t in first["tasks"]
+    )
+    assert untrained_cache_dir(cfg("model.pooling=mean")) != untrained_cache_dir(cfg())
+    assert untrained_cache_dir(cfg("seed=1")) != untrained_cache_dir(cfg())
