@@ -24,6 +24,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bireco.config.cli import quiet_console
@@ -235,14 +236,12 @@ def reference_rows(out: Path, eval_queries: int, eval_docs: int, progress: bool,
             out / "references" / reference / "mteb",
             cache_root() / "demo-references" / reference / "mteb",
         )
-        copy_json(kept, here)
         try:
-            rows[label] = evaluate_reference(reference, tasks=EVAL_TASKS, output_dir=str(here.parent),
-                                             max_queries=eval_queries, max_docs=eval_docs, progress=progress)  # fmt: skip
+            rows[label] = kept_between_runs(here, kept, partial(
+                evaluate_reference, reference, tasks=EVAL_TASKS, output_dir=str(here.parent),
+                max_queries=eval_queries, max_docs=eval_docs, progress=progress))  # fmt: skip
         except ConfigError as err:  # not installed: the table goes without this row
             log.warning("no %s row: %s", label, err)
-            continue
-        copy_json(here, kept)
     return rows
 
 
@@ -260,14 +259,11 @@ def untrained_row(cfg, here: Path, eval_queries: int, eval_docs: int, progress: 
     if not (checkpoint / METADATA_FILE).is_file() or not local_base(cfg):
         from bireco.training.builders import build_backbone
 
-        build_backbone(cfg).save(
-            checkpoint
-        )  # written atomically: a run cut off midway leaves no half checkpoint
-    copy_json(kept / "eval" / "mteb", here / "mteb")
-    summary = evaluate_checkpoint(str(checkpoint), tasks=EVAL_TASKS, output_dir=str(here), max_queries=eval_queries,
-                                  max_docs=eval_docs, progress=progress, wandb=False)  # fmt: skip
-    copy_json(here / "mteb", kept / "eval" / "mteb")
-    return summary
+        # written atomically: a run cut off midway leaves no half checkpoint
+        build_backbone(cfg).save(checkpoint)
+    return kept_between_runs(here / "mteb", kept / "eval" / "mteb", partial(
+        evaluate_checkpoint, str(checkpoint), tasks=EVAL_TASKS, output_dir=str(here), max_queries=eval_queries,
+        max_docs=eval_docs, progress=progress, wandb=False))  # fmt: skip
 
 
 def untrained_cache_dir(cfg) -> Path:
@@ -288,6 +284,15 @@ def untrained_cache_dir(cfg) -> Path:
 def local_base(cfg) -> bool:
     """Whether the base model is a local directory (its weights' files identify it), not a hub name or random init."""
     return bool(cfg.model.get("name_or_path")) and Path(cfg.model.name_or_path).is_dir()
+
+
+def kept_between_runs(here: Path, kept: Path, evaluate) -> dict:
+    """`evaluate()` with its per-task result files (<here>/*.json) seeded from `kept` first, so it reuses what still
+    matches (runner.evaluate_model's key), and copied back after, for the next run; an error copies nothing back."""
+    copy_json(kept, here)
+    summary = evaluate()
+    copy_json(here, kept)
+    return summary
 
 
 def copy_json(src: Path, dst: Path) -> None:
