@@ -149,9 +149,20 @@ def suggest_key(cfg: DictConfig, dotted: str) -> str:
 
 
 def quiet_console() -> None:
-    """A clean console: our own progress and results, not library tips and known deprecation chatter."""
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
-    logging.getLogger("lightning.fabric").setLevel(logging.WARNING)
+    """A clean console: our own progress and results, not library tips and known deprecation chatter.
+
+    Lightning sets its loggers to INFO when it is imported, so it is imported first (else a later import undoes the
+    levels set here), and the `lightning` package's own console handler is dropped where the root logger has one:
+    with both, every Lightning line was printed twice (`INFO: ...` and `[bireco] ...`)."""
+    import lightning.fabric  # noqa: F401
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    if logging.getLogger().hasHandlers():
+        package = logging.getLogger("lightning")
+        for handler in list(package.handlers):
+            package.removeHandler(handler)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
