@@ -166,3 +166,5 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
+    # mteb's ModelMeta still calls sentence-transformers' old name for the embedding size (twice per reference model)
+    warnings.filterwarnings("ignore", message=".*get_sentence_embedding_dimension.*", category=FutureWarning)

@@ -13,6 +13,8 @@ SCRIPT = textwrap.dedent(
     import lightning.pytorch as pl
     pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
     logging.getLogger("lightning.pytorch.some_module").warning("a warning from lightning")
+    import warnings
+    warnings.warn("The `get_sentence_embedding_dimension` method has been renamed", FutureWarning)
     """
 )
 
@@ -26,3 +28,4 @@ def test_quiet_console_silences_lightning_info_and_prints_its_warnings_once():
     assert "Tip" not in console, console
     assert console.count("a warning from lightning") == 1, console
     assert "[bireco] a warning from lightning" in console, console
+    assert "get_sentence_embedding_dimension" not in console, console
