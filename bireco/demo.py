@@ -179,6 +179,8 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         name: logged_curve(run_dir(run_name))
         for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))
     }
+    if control:  # the curve Anchor's must be told apart from
+        curves["Constant-anchor control"] = logged_curve(run_dir("stage2", CONTROL_VARIANT))
     probe = {"Stage I": {k: logged_curve(run_dir("stage1"), k) for k in PROBE}}
     if control:
         probe["constant-anchor Stage I"] = {

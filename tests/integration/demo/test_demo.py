@@ -38,7 +38,12 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     for name in ("Stage I", "constant-anchor Stage I"):
         assert [[s for s, _ in res["anchor_probe"][name][k]] for k in PROBE] == [[0, 4], [0, 4]], name
     assert "Anchor gain after Stage I" in md and "constant-anchor Stage I: Q2D" in md
-    assert [s for s, _ in res["dev_curves"]["Anchor"]] == [0, 2, 4]
+    for name in (
+        "Baseline",
+        "Anchor",
+        "Constant-anchor control",
+    ):  # every Stage II's dev curve, in the plot too
+        assert [s for s, _ in res["dev_curves"][name]] == [0, 2, 4], name
     assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), (
         "no wandb offline run directory"
     )
