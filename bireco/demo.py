@@ -179,10 +179,9 @@ def run_demo(out: Path, *, base: str = "smollm2", stage1_steps: int | None = Non
         name: logged_curve(run_dir(run_name))
         for name, run_name in (("Baseline", "baseline"), ("Anchor", "stage2"))
     }
-    if control:  # the curve Anchor's must be told apart from
-        curves["Constant-anchor control"] = logged_curve(run_dir("stage2", CONTROL_VARIANT))
     probe = {"Stage I": {k: logged_curve(run_dir("stage1"), k) for k in PROBE}}
-    if control:
+    if control:  # its dev curve is the one Anchor's must be told apart from
+        curves["Constant-anchor control"] = logged_curve(run_dir("stage2", CONTROL_VARIANT))
         probe["constant-anchor Stage I"] = {
             k: logged_curve(run_dir("stage1", CONTROL_VARIANT), k) for k in PROBE
         }

@@ -38,11 +38,8 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
     for name in ("Stage I", "constant-anchor Stage I"):
         assert [[s for s, _ in res["anchor_probe"][name][k]] for k in PROBE] == [[0, 4], [0, 4]], name
     assert "Anchor gain after Stage I" in md and "constant-anchor Stage I: Q2D" in md
-    for name in (
-        "Baseline",
-        "Anchor",
-        "Constant-anchor control",
-    ):  # every Stage II's dev curve, in the plot too
+    # every Stage II's dev curve, in the plot too
+    for name in ("Baseline", "Anchor", "Constant-anchor control"):
         assert [s for s, _ in res["dev_curves"][name]] == [0, 2, 4], name
     assert list((out / "demo" / "default" / "stage2").glob("wandb/offline-run-*")), (
         "no wandb offline run directory"
