@@ -24,6 +24,7 @@ def _hydra_main(cfg: DictConfig) -> None:
     from bireco.evaluation.anchor_diagnostics import (
         anchor_of,
         checkpoint_anchor_use,
+        gain_text,
         query_overlap,
         reconstruct,
         target_prompt,
@@ -40,18 +41,24 @@ def _hydra_main(cfg: DictConfig) -> None:
             sys.exit(
                 'Error: give text="..." to reconstruct one text, or probe=N to probe N WordNet dev pairs'
             )
-        records = wordnet_dev_pairs(cfg.probe)
+        records = wordnet_dev_pairs(cfg.probe, cfg.probe_seed)
         # the lengths the checkpoint trained with (its run's config.yaml), else the data defaults
         trained = run_config(run_of(cfg.checkpoint))
         data = trained.data if trained is not None else {}
         use = checkpoint_anchor_use(backbone, records, max_query_length=data.get("max_query_length", 128),
                                     max_doc_length=data.get("max_doc_length", 256),
-                                    conditioning=conditioning, decoder=decoder)  # fmt: skip
-        print(f"anchor probe on {len(records)} WordNet dev pairs (nats per token; gain = CE with another pair's "
-              "anchor - CE with its own; 0 = the anchor is not read)")  # fmt: skip
+                                    conditioning=conditioning, decoder=decoder, seed=cfg.probe_seed)  # fmt: skip
+        used = f"{int(use['pairs'])} of {len(records)}" if use["pairs"] < len(records) else f"{len(records)}"
+        print(f"anchor probe on {used} WordNet dev pairs (a pair set with one pair drawn is left out; nats per token; gain = CE with another pair's "
+              "anchor of the same pair set - CE with its own, [95% bootstrap interval over pairs]; 0 = the anchor is "
+              "not read)")  # fmt: skip
+        sets = sorted({k.split("/")[0] for k in use if "/" in k})
         for d in ("q2d", "d2q"):
-            ce, acc, gain = use[f"ce_{d}"], use[f"acc_{d}"], use[f"anchor_gain_{d}"]
-            print(f"  {d}: CE {ce:.3f}  accuracy {acc:.3f}  anchor gain {gain:+.3f}")
+            print(f"  {d}: CE {use[f'ce_{d}']:.3f}  accuracy {use[f'acc_{d}']:.3f}  anchor gain "
+                  + gain_text(use, d))  # fmt: skip
+            for name in sets:
+                print(f"    {name} ({int(use[f'{name}/pairs'])} pairs): anchor gain "
+                      + gain_text(use, d, f"{name}/"))  # fmt: skip
         if cfg.examples:
             ov = query_overlap(backbone, records[: cfg.examples], conditioning=conditioning, decoder=decoder)
             print(f"reconstructed query shares a content word with the true one: {ov['rate']:.2f} "

@@ -83,6 +83,7 @@ class AnchorProbeConfig:
     every_n_steps: int = 50  # 0 = off; also probed before the first step and after the last
     pairs: int = 64
     batch_size: int = 16
+    seed: int = 42  # draws the pairs (and the bootstrap's resamples), whatever the training seed
 
 
 @dataclass

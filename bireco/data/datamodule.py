@@ -12,6 +12,9 @@ from bireco.data.collate import PairCollator
 from bireco.data.samplers import PairBatchSampler
 
 log = logging.getLogger(__name__)
+# draws the records held out of training (dev check, anchor probe): fixed, so runs of every training seed train on
+# the same records and are checked on the same held-out pairs
+HELDOUT_SEED = 42
 
 
 class PairDataModule(L.LightningDataModule):
@@ -43,11 +46,11 @@ class PairDataModule(L.LightningDataModule):
             if self.cfg.max_train_records:
                 ds = ds.select(range(min(self.cfg.max_train_records, len(ds))))
             hold = self.dev_pairs or (self.probe_pairs if len(ds) >= 20 * self.probe_pairs else 0)
-            # seeded; removed from training, so the dev check and the probe score pairs never trained on
+            # removed from training, so the dev check and the probe score pairs never trained on
             if hold:
                 import random
 
-                held = set(random.Random(self.seed).sample(range(len(ds)), min(hold, len(ds) // 2)))
+                held = set(random.Random(HELDOUT_SEED).sample(range(len(ds)), min(hold, len(ds) // 2)))
                 self.dev_records = [ds[i] for i in sorted(held)]
                 ds = ds.select([i for i in range(len(ds)) if i not in held])
                 log.info("%d pairs held out of training (dev check / anchor probe)", len(held))

@@ -27,17 +27,26 @@ from bireco.model.pooling import last_token
 from bireco.model.text_format import pad_sides
 
 PAIR_DIRECTIONS = ("q2d", "d2q")
+BOOTSTRAP_SAMPLES = 1000  # resamples of the probe's pairs behind each gain's 95% interval
 
 
 def probe_batches(records: list[dict], collate, batch_size: int) -> list[dict]:
-    """Records -> collated batches of at least two pairs (the other pair's anchor needs a second pair)."""
+    """Records -> collated batches, each from one pair set (the records' `dataset`) and of at least two pairs: the
+    other anchor a pair is decoded from is another pair's of the same set (a within-set derangement), so the gain
+    never credits "which kind of text" (definition or usage example) to reading "which pair". A set with a single
+    pair has nothing to swap with and is left out."""
+    by_set: dict[str, list[dict]] = {}
+    for r in records:
+        by_set.setdefault(r.get("dataset") or "", []).append(r)
     batches = []
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        if len(chunk) >= 2:
-            batches.append(collate(chunk))
+    for group in by_set.values():
+        chunks = [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+        if len(chunks) > 1 and len(chunks[-1]) < 2:  # a lone last pair joins the batch before it
+            lone = chunks.pop()
+            chunks[-1] = chunks[-1] + lone
+        batches += [collate(c) for c in chunks if len(c) >= 2]
     if not batches:
-        raise ValueError(f"the anchor probe needs at least 2 pairs, got {len(records)}")
+        raise ValueError(f"the anchor probe needs two pairs of one pair set, got {len(records)} pairs")
     return batches
 
 
@@ -51,24 +60,44 @@ def pair_batches(backbone: Backbone, records: list[dict], *, batch_size: int = 3
     return probe_batches(records, collate, batch_size)
 
 
+def gain_interval(own: torch.Tensor, other: torch.Tensor, tokens: torch.Tensor, seed: int = 0,
+                  samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float, float]:  # fmt: skip
+    """(gain, 2.5%, 97.5%): the token-weighted anchor gain sum(other - own) / sum(tokens) of these pairs ((P,)
+    summed CEs and target tokens per pair) and its 95% bootstrap interval over pairs (a generator of its own:
+    no draw from the global streams)."""
+    diff, tokens = (other - own).double(), tokens.double()
+    gain = float(diff.sum() / tokens.sum())
+    if len(diff) < 2:
+        return gain, gain, gain
+    idx = torch.randint(len(diff), (samples, len(diff)), generator=torch.Generator().manual_seed(seed))
+    boot = diff[idx].sum(1) / tokens[idx].sum(1)  # (samples,)
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return gain, lo, hi
+
+
 @torch.no_grad()
 def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = None,
-               directions: tuple[str, ...] = PAIR_DIRECTIONS) -> dict[str, float]:  # fmt: skip
-    """Token CE, accuracy and anchor gain per direction of a Stage I (its AnchorReader) over collated `batches`;
-    the backbone's and the conditioning's train/eval modes are restored afterwards. `directions`: the paper's two,
-    plus `q2q` / `d2d` for a Stage I that regenerates each side itself (`stage.target=self`)."""
+               directions: tuple[str, ...] = PAIR_DIRECTIONS, seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Token CE, accuracy and anchor gain per direction of a Stage I (its AnchorReader) over collated `batches`
+    (probe_batches: one pair set each), overall and per pair set (`<set>/...`), each gain with its 95% bootstrap
+    interval over pairs (`..._lo`, `..._hi`; `seed` seeds the resampling); `pairs` counts the pairs. The backbone's
+    and the conditioning's train/eval modes are restored afterwards. `directions`: the paper's two, plus `q2q` /
+    `d2d` for a Stage I that regenerates each side itself (`stage.target=self`)."""
     modules = (reader.backbone, reader.conditioning)  # a frozen decoder is always in eval mode
     device = next(reader.backbone.parameters()).device
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()  # dropout off; the conditioning's running mean is read, not updated
-    sums = {f"{k}_{d}": 0.0 for k in ("own", "other", "acc") for d in directions}
-    tokens = dict.fromkeys(directions, 0)
+    rows: dict[str, dict[str, list]] = {
+        d: {"own": [], "other": [], "tokens": [], "correct": []} for d in directions
+    }
+    sets: list[str] = []
     mixed = bf16_for(device, bf16)
     casts = inference_casts(device, mixed, reader.backbone, reader.decoder)  # once per probe, not per forward
     try:
         for batch in batches:
             sides = {k: {kk: vv.to(device) for kk, vv in batch[k].items()} for k in ("query", "positive")}
+            sets += list(batch["dataset"])
             with weights_swapped(casts), autocast(device, mixed):
                 # each side's anchor once, however many directions read it (q2d and q2q share the query's)
                 anchors = {
@@ -78,29 +107,49 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
                 for direction in directions:
                     src, tgt = DIRECTIONS[direction]
                     anchor = anchors[src]
-                    own, other = (
-                        reader.decode(anchor, sides[tgt]),
-                        reader.decode(anchor.roll(1, 0), sides[tgt]),
-                    )
-                    sums[f"own_{direction}"] += float(own.loss) * own.n_tokens
-                    sums[f"other_{direction}"] += float(other.loss) * other.n_tokens
-                    sums[f"acc_{direction}"] += float(own.n_correct)
-                    tokens[direction] += own.n_tokens
+                    # another pair's anchor: the batch's, rolled by one (one pair set per batch: within the set)
+                    own = reader.decode(anchor, sides[tgt], per_row=True)
+                    other = reader.decode(anchor.roll(1, 0), sides[tgt], per_row=True)
+                    r = rows[direction]
+                    r["own"].append(own.row_loss.float().cpu())
+                    r["other"].append(other.row_loss.float().cpu())
+                    r["tokens"].append(own.row_tokens.cpu())
+                    r["correct"].append(own.row_correct.float().cpu())
     finally:
         for m, mode in zip(modules, was_training):
             m.train(mode)
-    out = {}
-    for d in directions:
-        out[f"ce_{d}"] = sums[f"own_{d}"] / tokens[d]
-        out[f"acc_{d}"] = sums[f"acc_{d}"] / tokens[d]
-        out[f"anchor_gain_{d}"] = (sums[f"other_{d}"] - sums[f"own_{d}"]) / tokens[d]
+    out: dict[str, float] = {"pairs": float(len(sets))}
+    groups = {"": torch.ones(len(sets), dtype=torch.bool)}
+    if len(set(sets)) > 1:
+        groups.update({f"{name}/": torch.tensor([s == name for s in sets]) for name in sorted(set(sets))})
+    for direction in directions:
+        own, other, tokens, correct = (
+            torch.cat(rows[direction][k]) for k in ("own", "other", "tokens", "correct")
+        )
+        for prefix, keep in groups.items():
+            n = tokens[keep].sum().double()
+            gain, lo, hi = gain_interval(own[keep], other[keep], tokens[keep], seed)
+            out[f"{prefix}ce_{direction}"] = float(own[keep].double().sum() / n)
+            out[f"{prefix}acc_{direction}"] = float(correct[keep].double().sum() / n)
+            out[f"{prefix}anchor_gain_{direction}"] = gain
+            out[f"{prefix}anchor_gain_{direction}_lo"] = lo
+            out[f"{prefix}anchor_gain_{direction}_hi"] = hi
+            if prefix and direction == directions[0]:
+                out[f"{prefix}pairs"] = float(keep.sum())
     return out
+
+
+def gain_text(use: dict[str, float], direction: str, prefix: str = "") -> str:
+    """`+0.012 [-0.020, +0.041]`: a direction's anchor gain (of pair set `prefix`, e.g. `wordnet_examples/`) and its
+    95% interval, from anchor_use's output."""
+    g = f"{prefix}anchor_gain_{direction}"
+    return f"{use[g]:+.3f} [{use[g + '_lo']:+.3f}, {use[g + '_hi']:+.3f}]"
 
 
 def checkpoint_anchor_use(backbone: Backbone, records: list[dict], *, batch_size: int = 32,
                           max_query_length: int = 32, max_doc_length: int = 48, bf16: bool | None = None,
                           conditioning: AnchorConditioning | None = None,
-                          decoder: Backbone | None = None) -> dict[str, float]:  # fmt: skip
+                          decoder: Backbone | None = None, seed: int = 0) -> dict[str, float]:  # fmt: skip
     """`anchor_use` for a loaded checkpoint on `records`. `conditioning`: how its Stage I fed the anchor
     (bireco.model.anchor.load_conditioning), default the paper's raw anchor; `decoder`: the frozen decoder of a
     `stage.decoder=frozen` Stage I (bireco.model.anchor.load_decoder), default the checkpoint itself."""
@@ -108,7 +157,7 @@ def checkpoint_anchor_use(backbone: Backbone, records: list[dict], *, batch_size
     batches = pair_batches(backbone, records, batch_size=batch_size, max_query_length=max_query_length,
                            max_doc_length=max_doc_length)  # fmt: skip
     reader = AnchorReader(backbone, conditioning, decoder=None if decoder is None else decoder.eval())
-    return anchor_use(reader, batches, bf16)
+    return anchor_use(reader, batches, bf16, seed=seed)
 
 
 def wordnet_dev_pairs(n: int, seed: int = 42, data_cfg=None) -> list[dict]:

@@ -16,6 +16,18 @@ def mean_sd(values: list[float], fmt: str = "{:.2f}") -> str:
     return f"{fmt.format(statistics.mean(values))} ± {statistics.stdev(values):.2f}"
 
 
+def paired_difference(diffs: list[float]) -> str:
+    """`+1.23 [−0.45, +2.91]`: the mean of paired differences (a run minus its control, seed by seed) and its 95%
+    t-interval over the seeds; a single seed gives its difference and no interval."""
+    if len(diffs) < 2:
+        return f"{diffs[0]:+.2f} (one seed)"
+    from scipy import stats
+
+    m, se = statistics.mean(diffs), statistics.stdev(diffs) / len(diffs) ** 0.5
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * se
+    return f"{m:+.2f} [{m - half:+.2f}, {m + half:+.2f}]"
+
+
 def seed_table_head(seeds: list[int]) -> list[str]:
     return [
         "| run | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± sd |",

@@ -14,6 +14,23 @@ import torch
 import torch.nn.functional as F
 
 
+def _chunk_ce(h, y, weight, bias, softcap):
+    """One chunk's CE per token, `(ce (n, 1), target is the argmax (n, 1), unnormalised softmax (n, V), its row sums
+    (n, 1), tanh(z / c) under a softcap else None)`: the fused loss and `token_cross_entropy` share these numbers."""
+    logits = F.linear(h, weight, bias).float()  # (n, V) fp32 for a stable log-softmax
+    t = None
+    if softcap:
+        t = logits.div_(
+            softcap
+        ).tanh_()  # (n, V) in place; kept for the gradient: d(c tanh(z/c))/dz = 1 - t^2
+        logits = t * softcap
+    target = logits.gather(1, y[:, None])  # (n, 1)
+    top = logits.amax(-1, keepdim=True)  # (n, 1)
+    probs = logits.sub_(top).exp_()  # in place: (n, V) unnormalised softmax, no second buffer
+    total = probs.sum(-1, keepdim=True)  # (n, 1)
+    return top + total.log() - target, target >= top, probs, total, t  # CE = logsumexp - target logit
+
+
 class _FusedLinearCE(torch.autograd.Function):
     """loss_sum = sum_i CE(z_i, y_i), z = h_i @ W^T + b, or c * tanh(z / c) with a final logit softcap c (Gemma-2).
     Gradients for d(loss_sum) = 1 are computed in forward and scaled by the incoming gradient in backward (the loss
@@ -34,21 +51,12 @@ class _FusedLinearCE(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             h = hidden[start : start + chunk_size]  # (n, H)
             y = labels[start : start + chunk_size]  # (n,)
-            logits = F.linear(h, weight, bias).float()  # (n, V) fp32 for a stable log-softmax
-            if softcap:
-                t = logits.div_(
-                    softcap
-                ).tanh_()  # (n, V) in place; kept for the gradient: d(c tanh(z/c))/dz = 1 - t^2
-                logits = t * softcap
-            target = logits.gather(1, y[:, None])  # (n, 1)
-            top = logits.amax(-1, keepdim=True)  # (n, 1)
-            probs = logits.sub_(top).exp_()  # in place: (n, V) unnormalised softmax, no second buffer
-            total = probs.sum(-1, keepdim=True)  # (n, 1)
-            loss_sum += (top + total.log() - target).sum()  # CE = logsumexp - target logit
-            correct += (target >= top).sum()  # the target holds the maximum logit
+            ce, hit, probs, total, t = _chunk_ce(h, y, weight, bias, softcap)
+            loss_sum += ce.sum()
+            correct += hit.sum()
             if need_h or need_w or need_b:
                 g = probs.div_(total)  # dCE/dlogits = softmax - onehot
-                g.scatter_add_(1, y[:, None], torch.full_like(target, -1.0))
+                g.scatter_add_(1, y[:, None], torch.full_like(total, -1.0))
                 if softcap:
                     g.mul_(t.mul_(t).neg_().add_(1.0))
                 g = g.to(h.dtype)
@@ -97,3 +105,24 @@ def chunked_cross_entropy(
     weight = lm_head.weight
     bias = getattr(lm_head, "bias", None)
     return _FusedLinearCE.apply(hidden, weight, bias, labels, chunk_size, softcap)
+
+
+@torch.no_grad()
+def token_cross_entropy(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head: torch.nn.Module,
+    chunk_size: int = 4096,
+    softcap: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) CE of every label position and (N,) whether its argmax was right, chunk by chunk, without gradient:
+    what a per-pair statistic (the anchor probe) sums by row. The numbers are the fused loss's."""
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    ce, hit = [], []
+    for start in range(0, hidden.shape[0], chunk_size):
+        c, h, *_ = _chunk_ce(
+            hidden[start : start + chunk_size], labels[start : start + chunk_size], weight, bias, softcap
+        )
+        ce.append(c[:, 0])
+        hit.append(h[:, 0])
+    return torch.cat(ce), torch.cat(hit)

@@ -301,12 +301,14 @@ class AnchorReader:
         hidden = self.backbone.hidden_states(side["input_ids"], side["attention_mask"])  # (B, T, H)
         return last_token(hidden, side["attention_mask"])
 
-    def decode(self, anchor: torch.Tensor, target: dict) -> ReconstructionOutput:
-        """CE of `target` decoded from `anchor` (B, H), through the conditioning."""
+    def decode(self, anchor: torch.Tensor, target: dict, per_row: bool = False) -> ReconstructionOutput:
+        """CE of `target` decoded from `anchor` (B, H), through the conditioning (`per_row`: per pair too)."""
         labels = target_labels(target, self.labels, self.reconstruct_instruction)
         decoder = self.backbone if self.decoder is None else self.decoder
         prefix = self.conditioning.decoder_prefix(anchor, decoder.causal_lm.get_input_embeddings())
-        return decoder.reconstruction_loss(prefix, target["input_ids"], target["attention_mask"], labels)
+        return decoder.reconstruction_loss(
+            prefix, target["input_ids"], target["attention_mask"], labels, per_row
+        )
 
 
 def constant_anchor(backbone: Backbone) -> torch.Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bireco.losses.chunked_ce import chunked_cross_entropy
+from bireco.losses.chunked_ce import chunked_cross_entropy, token_cross_entropy
 from bireco.model.checkpoint import SAVE_MODES, checkpoint_weights, save
 from bireco.model.loading import DTYPES, as_dict, backbone_parts, checkpoint_model_cfg
 from bireco.model.pooling import POOLING_MODES, pool
@@ -35,6 +35,10 @@ class ReconstructionOutput:
     loss: torch.Tensor  # token-mean CE over label positions
     n_tokens: int
     n_correct: torch.Tensor  # on the device: reading it would cost a host sync per step
+    # per row (pair), with `per_row=True` (no gradient): summed CE, target tokens, correct argmax predictions
+    row_loss: torch.Tensor | None = None  # (B,)
+    row_tokens: torch.Tensor | None = None  # (B,)
+    row_correct: torch.Tensor | None = None  # (B,)
 
     @property
     def accuracy(self) -> torch.Tensor:
@@ -196,6 +200,7 @@ class Backbone(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
+        per_row: bool = False,
     ) -> ReconstructionOutput:
         """Decode `input_ids` from `[prefix; tokens]` (causal), CE on positions whose label is not -100.
 
@@ -204,6 +209,8 @@ class Backbone(nn.Module):
                 passes `[anchor]` (the paper) or `[lead token; anchor]` (bireco.model.anchor.AnchorConditioning.
                 decoder_prefix). Gradients flow through it to the encoder side.
             input_ids / attention_mask / labels: (B, T) target side, any padding side; labels -100 = ignore.
+            per_row: also each row's summed CE, token count and correct predictions, without gradient (the anchor
+                probe's per-pair statistics).
 
         The last prefix position (the anchor slot) predicts the target side's token 0 and token t predicts token
         t + 1. With a chat template token 0 is the template's first token (label -100 under the paper labels), so
@@ -231,6 +238,15 @@ class Backbone(nn.Module):
             raise ValueError("reconstruction batch has no target tokens (all labels are -100)")
         # Gemma-2: the model's own logit softcapping
         softcap = getattr(self.causal_lm.config, "final_logit_softcapping", None)
+        if per_row:
+            ce, hit = token_cross_entropy(
+                hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size, softcap
+            )
+            row = keep.nonzero()[:, 0]  # (N,) the row of each target token
+            row_loss = ce.new_zeros(B).index_add_(0, row, ce)
+            row_correct = ce.new_zeros(B).index_add_(0, row, hit.float())
+            return ReconstructionOutput(loss=ce.sum() / n, n_tokens=n, n_correct=hit.sum(), row_loss=row_loss,
+                                        row_tokens=keep.sum(1), row_correct=row_correct)  # fmt: skip
         loss_sum, correct = chunked_cross_entropy(
             hidden[keep], labels[keep], self.lm_head, self.ce_chunk_size, softcap
         )

@@ -1,9 +1,11 @@
 """Is my Stage I reading its anchor? The anchor probe as a training callback.
 
 Every `stage.probe.every_n_steps` optimizer steps it measures, on held-out pairs never trained on, the anchor gain
-of bireco.evaluation.anchor_diagnostics.anchor_use (CE with another pair's anchor - CE with the pair's own, nats per
-token; 0 = the anchor is not read). It runs without gradients, in eval mode, on the stage's own anchor and decoder
-input (conditioning included), and never touches the global RNG streams, so a run trains the same with or without.
+of bireco.evaluation.anchor_diagnostics.anchor_use (CE with another pair's anchor of the same pair set - CE with the
+pair's own, nats per token; 0 = the anchor is not read), with a 95% bootstrap interval over the pairs, overall and
+per pair set. The pairs are drawn by `stage.probe.seed`, not the training seed, so runs of different seeds are
+probed on the same pairs. It runs without gradients, in eval mode, on the stage's own anchor and decoder input
+(conditioning included), and never touches the global RNG streams, so a run trains the same with or without.
 """
 
 from __future__ import annotations
@@ -12,25 +14,33 @@ import logging
 
 import lightning as L
 
-from bireco.evaluation.anchor_diagnostics import anchor_use, wordnet_dev_pairs
+from bireco.evaluation.anchor_diagnostics import anchor_use, gain_text, wordnet_dev_pairs
 
 log = logging.getLogger(__name__)
 
 
 def heldout_records(cfg, datamodule, n: int) -> list[dict]:
-    """`n` pairs never trained on, seeded: WordNet's dev split, else the pairs the data module held out."""
+    """`n` pairs never trained on, drawn by `stage.probe.seed` (whatever the training seed): WordNet's dev split, else
+    the pairs the data module held out (held out with a fixed seed too)."""
     if cfg.data.format == "wordnet":
-        return wordnet_dev_pairs(n, cfg.seed, cfg.data)
-    return list(datamodule.dev_records[:n])
+        return wordnet_dev_pairs(n, cfg.stage.probe.seed, cfg.data)
+    import random
+
+    held = list(datamodule.dev_records)
+    return [
+        held[i]
+        for i in sorted(random.Random(cfg.stage.probe.seed).sample(range(len(held)), min(n, len(held))))
+    ]
 
 
 class AnchorProbe(L.Callback):
-    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` (and `_{q2q,d2d}` under `stage.target=self`) before the first
-    optimizer step, every `every_n_steps` steps and after the last one, to every logger (CSV, wandb) at the optimizer step it ran after. `last` holds the latest
-    values (bireco.training.run writes them into final/train_summary.json)."""
+    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` (and `_{q2q,d2d}` under `stage.target=self`), each gain's interval
+    (`_lo`, `_hi`) and the same per pair set (`probe/<set>/...`) before the first optimizer step, every
+    `every_n_steps` steps and after the last one, to every logger (CSV, wandb) at the optimizer step it ran after.
+    `last` holds the latest values (bireco.training.run writes them into final/train_summary.json)."""
 
-    def __init__(self, batches: list[dict], every_n_steps: int):
-        self.batches, self.every = batches, every_n_steps
+    def __init__(self, batches: list[dict], every_n_steps: int, seed: int = 0):
+        self.batches, self.every, self.seed = batches, every_n_steps, seed
         self.last: dict[str, float] = {}
         self._done_at: int | None = None
 
@@ -39,15 +49,13 @@ class AnchorProbe(L.Callback):
         if step == self._done_at:
             return
         self._done_at = step
-        use = anchor_use(module.reader, self.batches, directions=module.probe_directions)
+        use = anchor_use(module.reader, self.batches, directions=module.probe_directions, seed=self.seed)
         self.last = {f"probe/{k}": v for k, v in use.items()}
         if trainer.is_global_zero:
             for logger in trainer.loggers:
                 logger.log_metrics(self.last, step=step)
-            log.info(
-                "step %d anchor probe: gain q2d %.3f / d2q %.3f nats per token",
-                step, self.last["probe/anchor_gain_q2d"], self.last["probe/anchor_gain_d2q"],
-            )  # fmt: skip
+            log.info("step %d anchor probe on %d held-out pairs: gain %s nats per token", step, use["pairs"],
+                     " / ".join(f"{d} {gain_text(use, d)}" for d in ("q2d", "d2q")))  # fmt: skip
 
     def on_train_start(self, trainer, module):
         self.probe(trainer, module)

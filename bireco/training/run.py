@@ -98,9 +98,8 @@ def build_anchor_probe(cfg: DictConfig, datamodule):
         return None
     collate = copy.copy(datamodule.collator)
     collate.num_hard_negatives, collate.truncated = 0, type(collate.truncated)()
-    return AnchorProbe(
-        probe_batches(records, collate, cfg.stage.probe.batch_size), cfg.stage.probe.every_n_steps
-    )
+    probe = cfg.stage.probe
+    return AnchorProbe(probe_batches(records, collate, probe.batch_size), probe.every_n_steps, probe.seed)
 
 
 def prepare_run_dir(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> None:

@@ -34,8 +34,9 @@ def probe_rows(run_dir: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("anchor", ["embedding", "constant"])
 def test_probe_logs_anchor_gain_while_training(cfg_factory, tmp_path, monkeypatch, anchor):
     """Where reading is forced (eight pairs repeated: the memorisation setting), the in-training probe's D2Q gain
-    climbs well above 0 with real anchors and stays at 0 under `stage.anchor=constant`; it is logged at step 0,
-    every N steps and at the end, and its last values reach final/train_summary.json."""
+    climbs well above 0 with real anchors, its 95% interval clear of 0, and stays exactly 0 (interval too) under
+    `stage.anchor=constant`; it is logged at step 0, every N steps and at the end, and its last values reach
+    final/train_summary.json."""
     from bireco.training import anchor_probe
     from bireco.training.run import run
 
@@ -54,10 +55,16 @@ def test_probe_logs_anchor_gain_while_training(cfg_factory, tmp_path, monkeypatc
     summary = json.loads((run_dir / "final" / "train_summary.json").read_text())
     assert summary["probe/anchor_gain_d2q"] == pytest.approx(rows.loc[200, "probe/anchor_gain_d2q"])
     gain = rows["probe/anchor_gain_d2q"]
+    assert summary["probe/anchor_gain_d2q_lo"] == pytest.approx(rows.loc[200, "probe/anchor_gain_d2q_lo"])
     if anchor == "embedding":
         assert gain[200] > 0.3 and gain[200] > gain[0] + 0.3, gain.to_dict()
+        assert rows.loc[200, "probe/anchor_gain_d2q_lo"] > 0, rows.loc[
+            200
+        ].to_dict()  # the interval excludes 0
     else:
-        assert gain.abs().max() < 1e-6, gain.to_dict()  # one vector for every pair: nothing to swap
+        # one vector for every pair: nothing to swap, exactly, interval included
+        for key in ("probe/anchor_gain_d2q", "probe/anchor_gain_d2q_lo", "probe/anchor_gain_d2q_hi"):
+            assert rows[key].abs().max() == 0, rows[key].to_dict()
     assert json.loads((run_dir / "final" / "stage1_anchor.json").read_text())["scale"] == "raw"
 
 
@@ -362,7 +369,8 @@ def test_inspect_probes_a_checkpoint_from_the_command_line(backbone, tmp_path):
     cmd = [sys.executable, "-m", "bireco.inspect", f"checkpoint={tmp_path / 'run' / 'final'}", "probe=4"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "anchor probe on 4 WordNet dev pairs" in r.stdout and r.stdout.count("anchor gain") == 2
+    assert "anchor probe on 3 of 4 WordNet dev pairs" in r.stdout  # the one pair of the other set: left out
+    assert r.stdout.count("  q2d: CE") == 1 and r.stdout.count("  d2q: CE") == 1 and "[" in r.stdout
 
 
 def test_frozen_decoder_decodes_with_the_start_weights_and_trains_only_the_encoder(backbone):
