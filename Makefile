@@ -26,10 +26,11 @@ test: ## fast test suite (the CI command); lists the ten slowest tests, so the ~
 test-full: ## every test, including slow subprocess / DDP runs
 	$(OFFLINE) $(PYTHON) -m pytest -q -m "slow or not slow"
 
-lint: ## ruff (the linter and the formatter's check) and the package's layers contract (import-linter); all run in CI
+lint: ## ruff (linter, formatter check), the package's layers (import-linter), experiments/ on the public API only; all in CI
 	$(PYTHON) -m ruff check bireco tests experiments
 	$(PYTHON) -m ruff format --check bireco tests experiments
 	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports_command; sys.exit(lint_imports_command())" --no-cache
+	$(PYTHON) tests/scripts/check_public_api.py
 
 train-stage1: ## Stage I (reconstruction) on the tiny default; EXP=<experiment preset>, ARGS=<overrides>
 	$(PYTHON) -m bireco.train stage=reconstruction $(if $(filter-out default,$(EXP)),experiment=$(EXP)) $(ARGS)

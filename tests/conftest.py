@@ -36,6 +36,29 @@ def compose_cfg(overrides: list[str] | None = None, config_name: str = "train"):
     return compose(overrides, config_name)
 
 
+def stage1_module(backbone, optim=None, lr_horizon: int = 10, on_nonfinite: str = "raise", decoder_backbone=None,
+                  **stage):  # fmt: skip
+    """A Stage I module from its typed config (`stage` fields, `optim` an OptimConfig): the paper's, or the controls'
+    subclass where a field asks for a control or a frozen decoder (`decoder_backbone`: its weights)."""
+    from bireco.config.schema import OptimConfig, ReconstructionStageConfig
+    from bireco.stages.reconstruction import ReconstructionModule
+    from bireco.stages.reconstruction_controls import ControlledReconstructionModule, is_paper
+
+    cfg = ReconstructionStageConfig(optim=optim or OptimConfig(), **stage)
+    if is_paper(cfg):
+        return ReconstructionModule(backbone, cfg, lr_horizon, on_nonfinite)
+    return ControlledReconstructionModule(backbone, cfg, lr_horizon, on_nonfinite, decoder_backbone)
+
+
+def stage2_module(backbone, optim=None, lr_horizon: int = 10, on_nonfinite: str = "raise", **stage):
+    """A Stage II module from its typed config (`stage` fields, `optim` an OptimConfig)."""
+    from bireco.config.schema import ContrastiveStageConfig, OptimConfig
+    from bireco.stages.contrastive import ContrastiveModule
+
+    return ContrastiveModule(backbone, ContrastiveStageConfig(optim=optim or OptimConfig(lr=2e-4), **stage),
+                             lr_horizon, on_nonfinite)  # fmt: skip
+
+
 def experiment(relpath: str):
     """A script under experiments/ as a module, loaded from its file (the studies are scripts, not a package)."""
     import importlib.util
@@ -121,10 +144,14 @@ def group_of(path) -> str:
 
 def pytest_collection_modifyitems(config, items):
     """Everything under tests/integration/ is marked `integration` (`-m "not integration"` runs the unit tests); a
-    test in tests/unit/ that trains or starts a subprocess carries the marker itself."""
+    test in tests/unit/ that trains or starts a subprocess carries the marker itself. A `gpu` test is skipped where
+    no CUDA device is."""
+    no_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
         if group_of(item.path).startswith("integration"):
             item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("gpu") and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
 
 
 _group_seconds: dict[str, float] = {}

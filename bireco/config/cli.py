@@ -95,6 +95,10 @@ def check_overrides(config_name: str, args: list[str]) -> None:
         compose(overrides, config_name)
     except ConfigCompositionException as err:
         text = str(err) + " " + str(err.__cause__ or "")
+        bad = re.search(r"Invalid value '([^']*)', expected one of \[([^\]]*)\]\s+full_key: (\S+)", text)
+        if bad:  # a value outside a closed set (an Enum field of the schema)
+            value, choices, key = bad.groups()
+            sys.exit(f"Error: {key}={value}: choose one of {choices}")
         m = re.search(r"Could not override '([^']+)'", text) or re.search(r"full_key: (\S+)", text)
         if not m or not re.search(r"not in struct|Key .* not in|not found", text):
             return  # group typos etc.: Hydra's own message already lists the options
@@ -168,3 +172,5 @@ def quiet_console() -> None:
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode.*")
     # mteb's ModelMeta still calls sentence-transformers' old name for the embedding size (twice per reference model)
     warnings.filterwarnings("ignore", message=".*get_sentence_embedding_dimension.*", category=FutureWarning)
+    # wrong for bireco on resume: the data module restores the sampler position (PairDataModule.state_dict)
+    warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")

@@ -1,7 +1,9 @@
 """Typed config schemas, registered in Hydra's ConfigStore, and the resolvers the YAML files use.
 
-YAML files under `conf/` extend these dataclasses, so a misspelt key or a wrong type fails at composition.
-`bireco.config.validate` then checks ranges and combinations that types cannot express, before any model loads.
+YAML files under `conf/` extend these dataclasses, so a misspelt key, a wrong type or a value outside a closed set
+(an Enum field) fails at composition, with the valid keys or values. A node's own ranges are checked by its
+dataclass (`__post_init__`, when bireco.config.validate builds it); the code that runs a stage, the backbone or the
+data takes its node whole, so a new setting is one field here and one place that reads it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,66 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from bireco.core.choices import Choice, choice
+from bireco.core.errors import ConfigError
 from bireco.core.paths import asset_path
+from bireco.data.records import DataFormat, OnBadRecord
+from bireco.data.samplers import Batching
+from bireco.model.anchor import Labels
+from bireco.model.anchor_controls import AnchorSource, Decoder
+from bireco.model.backbone import Attention
+from bireco.model.checkpoint import SaveMode
+from bireco.model.loading import Dtype
+from bireco.model.pooling import Pooling
+from bireco.model.text_format import PaddingSide
+
+
+class Schedule(Choice):
+    """`stage.schedule` of Stage I: joint (both directions every batch, Algorithm 1) | alternate (one per batch)."""
+
+    joint = "joint"
+    alternate = "alternate"
+
+
+class LrSchedule(Choice):
+    """`stage.optim.schedule` after the warmup."""
+
+    linear = "linear"
+    cosine = "cosine"
+    constant = "constant"
+
+
+OnNonFinite = choice("OnNonFinite", "raise", "skip", module=__name__)  # `trainer.on_nonfinite`
+
+
+class WandbMode(Choice):
+    """`logger.mode`: auto (offline without an API key) | online | offline | disabled."""
+
+    auto = "auto"
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class ShardingStrategy(Choice):
+    """`trainer.fsdp.sharding_strategy`: FULL_SHARD (ZeRO-3) | SHARD_GRAD_OP (ZeRO-2) | HYBRID_SHARD | NO_SHARD."""
+
+    FULL_SHARD = "FULL_SHARD"
+    SHARD_GRAD_OP = "SHARD_GRAD_OP"
+    HYBRID_SHARD = "HYBRID_SHARD"
+    NO_SHARD = "NO_SHARD"
+
+
+class StateDictType(Choice):
+    """`trainer.fsdp.state_dict_type` of checkpoints: sharded (every rank its shard) | full (one file, rank 0)."""
+
+    sharded = "sharded"
+    full = "full"
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
 
 
 @dataclass
@@ -30,17 +91,14 @@ class ModelConfig:
     tokenizer: str | None = None  # defaults to name_or_path
     architecture: dict[str, Any] | None = None  # inline HF config (model_type + kwargs) for random init
     expected_model_type: str | None = None  # a local checkpoint of another family fails clearly
-    dtype: str = "auto"  # auto = bf16 on a bf16 GPU, fp32 on CPU
+    dtype: Dtype = Dtype.auto  # auto = bf16 on a bf16 GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
-    # sdpa on a CPU: attention in fp32 while training (bf16's CPU flash backward is slow at short lengths;
-    # bireco.model.attention); false = transformers' sdpa as is
-    cpu_training_attention_fp32: bool = True
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the transformer body (pays on GPU, most of all under LoRA)
     trust_remote_code: bool = False
-    pooling: str = "last"
-    attention: str = "causal"  # attention of embedding passes; decoding is always causal
-    padding_side: str = "left"
+    pooling: Pooling = Pooling.last
+    attention: Attention = Attention.causal  # attention of embedding passes; decoding is always causal
+    padding_side: PaddingSide = PaddingSide.left
     ce_chunk_size: int = 4096
     lora_target_modules: list[str] = field(default_factory=list)
     text_format: TextFormatConfig = field(default_factory=TextFormatConfig)
@@ -53,10 +111,6 @@ class LoraConfig:
     alpha: int = 32
     dropout: float = 0.05
     target_modules: list[str] | None = None  # None -> model.lora_target_modules
-    # on a CPU, draw the dropout mask's dropped positions (Poisson) instead of one Bernoulli per element: the same
-    # mask distribution, another random stream, Stage II's step 0.63x (bireco.model.dropout); false = nn.Dropout
-    # (GPUs always use nn.Dropout)
-    cpu_poisson_dropout: bool = True
 
 
 @dataclass
@@ -66,7 +120,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     warmup_steps: int = 300
-    schedule: str = "linear"  # linear | cosine | constant (after warmup)
+    schedule: LrSchedule = LrSchedule.linear  # after warmup
     # length the decay is sized for; None = schedule_epochs, else trainer.max_steps
     schedule_steps: int | None = None
     # size the decay for this many epochs of the training data (HF Trainer's num_train_epochs): the released runs
@@ -85,42 +139,46 @@ class AnchorProbeConfig:
     batch_size: int = 16
     seed: int = 42  # draws the pairs (and the bootstrap's resamples), whatever the training seed
 
+    def __post_init__(self):
+        require(self.every_n_steps >= 0 and (not self.every_n_steps or (self.pairs >= 2 and self.batch_size >= 2)),
+                "stage.probe: every_n_steps >= 0 (0 = off), pairs >= 2 and batch_size >= 2")  # fmt: skip
+
 
 @dataclass
 class ReconstructionStageConfig:
+    """Stage I (bireco.stages.reconstruction): the paper's options, then the controls beyond it."""
+
     name: str = "reconstruction"
     run_name: str = "stage1"
     alpha: float = 0.2  # weight of EBQ2D (query embedding -> document); 1 - alpha on EBD2Q
     # joint (Algorithm 1: both directions every batch) | alternate (one per micro-batch, faster)
-    schedule: str = "joint"
-    labels: str = "paper"  # paper | released_code (targets incl. BOS/template/instruction, final EOS masked)
+    schedule: Schedule = Schedule.joint
+    labels: Labels = (
+        Labels.paper
+    )  # paper | released_code (targets incl. BOS/template/instruction, final EOS masked)
     reconstruct_instruction: bool = False
-    # embedding: the method. constant: a control, the decoder gets one fixed vector (the mean input-token embedding)
-    # instead of the other side's [EOS] state, so Stage I is LM fine-tuning on the same text, steps and schedule
-    # without any reconstruction signal. shuffled: a control, each target is decoded from another pair's embedding
-    # (the micro-batch's anchors rolled by one): gradients still reach the encoder, but no pair's own content helps
-    anchor: str = "embedding"
-    # beyond the paper, off by default and in every preset (docs/method.md §2.4): how the decoder
-    # receives the anchor. raw (paper) | token_norm | centered_token_norm | batch_centered_token_norm (in training
-    # the batch's own mean anchor subtracted) | affine (token_norm, then a learned
-    # H x H map initialised to the identity, at anchor_affine_lr; null = optim.lr); a real token before the anchor
-    # (null = the paper, bos, or a token string of the tokenizer)
-    anchor_scale: str = "raw"
-    anchor_affine_lr: float | None = None
-    # a diagnostic, beyond the paper (which back-propagates through the anchor): no gradient from the
-    # reconstruction loss into the embedding through the anchor; the shared weights still train as the decoder
-    anchor_detach: bool = False
-    anchor_lead_token: str | None = None
-    # beyond the paper (which decodes with the weights it trains): shared (paper) | frozen (decode with a frozen
-    # copy of the start weights; only the encoder side trains, so the loss falls only as the embedding informs)
-    decoder: str = "shared"
-    # beyond the paper: what the decoder regenerates. other (paper: the pair's other side) | self (the side the
-    # anchor came from: Q2Q / D2D, an autoencoding warm-up; α weights the query side as it weights Q2D)
-    target: str = "other"
+    # beyond the paper, its controls (bireco.model.anchor_controls): embedding (the method) | constant (one fixed vector
+    # for every pair: LM fine-tuning on the same text without any reconstruction signal) | shuffled (each target
+    # decoded from another pair's anchor: gradients reach the encoder, but no pair's own content helps)
+    anchor: AnchorSource = AnchorSource.embedding
+    # beyond the paper: shared (the paper: the trained weights decode) | frozen (a frozen copy of the start weights
+    # decodes; only the encoder side trains, so the loss falls only as the embedding informs)
+    decoder: Decoder = Decoder.shared
     probe: AnchorProbeConfig = field(default_factory=lambda: AnchorProbeConfig())
     init_from: str = "base"
     lora: LoraConfig = field(default_factory=LoraConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+    def __post_init__(self):
+        require(
+            0.0 <= self.alpha <= 1.0,
+            f"stage.alpha={self.alpha} must be in [0, 1] (weight of EBQ2D; paper: 0.2)",
+        )
+        require(
+            not (self.decoder == Decoder.frozen and self.anchor == AnchorSource.constant),
+            "stage.decoder=frozen with stage.anchor=constant: nothing would train (the frozen decoder gets no update "
+            "and a constant anchor sends no gradient to the encoder)",
+        )
 
 
 @dataclass
@@ -135,11 +193,16 @@ class ContrastiveStageConfig:
     lora: LoraConfig = field(default_factory=lambda: LoraConfig(enabled=True))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=2e-4))
 
+    def __post_init__(self):
+        require(self.scale > 0, f"stage.scale={self.scale} must be > 0 (1/temperature; paper: 50)")
+        require(self.grad_cache_chunk_size is None or self.grad_cache_chunk_size >= 1,
+                "stage.grad_cache_chunk_size must be >= 1 or null")  # fmt: skip
+
 
 @dataclass
 class DataConfig:
     name: str = MISSING
-    format: str = "wordnet"  # wordnet | e5 | jsonl | parquet | disk
+    format: DataFormat = DataFormat.wordnet
     path: str | None = None
     datasets: list[str] | None = None  # subset of files / source datasets
     fields: dict[str, str] = field(default_factory=dict)  # generic formats: our name -> column name
@@ -149,23 +212,24 @@ class DataConfig:
     max_doc_length: int = 128
     num_hard_negatives: int = 1
     global_batch_size: int = 32
-    batching: str = "homogeneous"  # homogeneous (one source dataset per global batch) | mixed
+    batching: Batching = Batching.homogeneous  # one source dataset per global batch | mixed
     bucket_by_length: bool = False
-    on_bad_record: str = "error"  # error | skip
+    on_bad_record: OnBadRecord = OnBadRecord.error
     max_train_records: int | None = None
     # in-training retrieval check size: queries (non-WordNet data: pairs held out of training) ...
     dev_queries: int = 200
     dev_corpus_size: int = 2000  # ... and documents (their positives and hard negatives, then random glosses)
     num_workers: int = 0
 
+    def __post_init__(self):
+        require(self.num_hard_negatives >= 0, "data.num_hard_negatives must be >= 0")
+
 
 @dataclass
 class FSDPConfig:
-    # FULL_SHARD (ZeRO-3) | SHARD_GRAD_OP (ZeRO-2) | HYBRID_SHARD (multi-node) | NO_SHARD
-    sharding_strategy: str = "FULL_SHARD"
+    sharding_strategy: ShardingStrategy = ShardingStrategy.FULL_SHARD
     activation_checkpointing: bool = True  # per decoder layer (replaces model.gradient_checkpointing)
-    # checkpoints: sharded (every rank writes its shard) | full (one file, rank 0)
-    state_dict_type: str = "sharded"
+    state_dict_type: StateDictType = StateDictType.sharded
     cpu_offload: bool = False
 
 
@@ -174,6 +238,9 @@ class DeepSpeedConfig:
     stage: int = 2  # ZeRO stage: 2 (optimizer + gradients sharded) | 3 (parameters too)
     offload_optimizer: bool = False
     offload_parameters: bool = False
+
+    def __post_init__(self):
+        require(self.stage in (2, 3), f"trainer.deepspeed.stage={self.stage}; valid: 2, 3")
 
 
 @dataclass
@@ -193,22 +260,24 @@ class TrainerConfig:
     deterministic: bool = False
     enable_progress_bar: bool = True
     # raise (stop, name step + dataset) | skip (skip the optimizer step, count it)
-    on_nonfinite: str = "raise"
-    # on a CPU, malloc keeps large freed buffers for the next step instead of mapping them afresh (the same
-    # computation; Stage I's step 0.85x on SmolLM2, experiments/bench/malloc_reuse.py); false: the C library's default
-    cpu_keep_freed_memory: bool = True
+    on_nonfinite: OnNonFinite = OnNonFinite["raise"]
+    # the CPU fast path (bireco.cpu): every CPU-only speed trick, for training runs on a CPU; true in trainer=cpu only
+    cpu_fast_path: bool = False
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)  # read when strategy=fsdp
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)  # read when strategy=deepspeed
     # any other lightning.Trainer argument (fast_dev_run, limit_train_batches, profiler, ...), checked by name:
     #   +trainer.lightning.profiler=simple
     lightning: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self):
+        require(self.max_steps >= 1, "trainer.max_steps must be >= 1")
+
 
 @dataclass
 class LoggerConfig:
     wandb: bool = False
     project: str = "bireco"
-    mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
+    mode: WandbMode = WandbMode.auto  # auto: offline without an API key
 
 
 @dataclass
@@ -238,7 +307,7 @@ class TrainConfig:
     run_dir: str = MISSING
     seed: int = 42
     resume: str = "never"  # never | auto | <checkpoint path>
-    save_mode: str = "full"  # full | merged | adapter
+    save_mode: SaveMode = SaveMode.full
     # per-stage batch / steps of a paper preset (conf/experiment)
     paper: dict[str, Any] = field(default_factory=dict)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import datasets
 
+from bireco.core.choices import Choice
 from bireco.core.errors import DataError
 from bireco.data import wordnet
 from bireco.data.instructions import instruction_for, load_table
@@ -40,6 +41,23 @@ E5_DATASETS = (
     "msmarco_passage", "msmarco_document", "nq", "quora_duplicates", "squad", "t2ranking", "trivia_qa",
 )  # fmt: skip
 SKIPPED: dict[str, Counter] = {}  # file -> Counter(reason), filled while generating (per process)
+
+
+class DataFormat(Choice):
+    """`data.format`: the built-in WordNet pairs, the E5 mixture's directory, or the user's files."""
+
+    wordnet = "wordnet"
+    e5 = "e5"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    disk = "disk"
+
+
+class OnBadRecord(Choice):
+    """`data.on_bad_record`: error (stop with file:line: field) | skip (drop the record, count it per file)."""
+
+    error = "error"
+    skip = "skip"
 
 
 # ---------------------------------------------------------------- record checks
@@ -260,7 +278,7 @@ def load_pairs(cfg: Any, split: str = "train") -> datasets.Dataset:
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[split]
         return _validate_dataset(ds, Path(cfg.path), cfg)
-    raise ValueError(f"data.format={fmt!r}; valid: wordnet, e5, jsonl, parquet, disk")
+    raise ValueError(f"data.format={fmt!r}; valid: {', '.join(DataFormat.values())}")
 
 
 def _validate_dataset(ds: datasets.Dataset, path: Path, cfg: Any) -> datasets.Dataset:

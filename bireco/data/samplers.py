@@ -13,6 +13,15 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
+from bireco.core.choices import Choice
+
+
+class Batching(Choice):
+    """`data.batching`: homogeneous (one source dataset per global batch, the paper's) | mixed."""
+
+    homogeneous = "homogeneous"
+    mixed = "mixed"
+
 
 class PairBatchSampler(Sampler[list[int]]):
     def __init__(

@@ -1,7 +1,7 @@
 """Is a Stage I reading its anchor? The diagnostics of the anchor, for a training run and for a checkpoint.
 
 - `anchor_use`: on held-out pairs, Stage I's token CE per direction is measured twice, with each pair's own anchor
-  and with the anchor of another pair of the batch (rolled by one). `anchor_gain_<dir>` = CE(other) - CE(own), in
+  and with the anchor of another pair of the same pair set (a batch holds one set; its anchors rolled by one). `anchor_gain_<dir>` = CE(other) - CE(own), in
   nats per token: 0 means the decoder ignores the embedding and regenerates the text from its language prior alone
   (docs/results.md: on SmolLM2 at CPU budgets the gain stays ~0.003 while the CE falls). The in-training probe
   (bireco.training.anchor_probe) and `python -m bireco.inspect probe=N` both report it.
@@ -19,11 +19,10 @@ import re
 
 import torch
 
-from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
-from bireco.model.anchor import DIRECTIONS, AnchorConditioning, AnchorReader, constant_anchor
+from bireco.core.precision import autocast, bf16_for
+from bireco.model.anchor import DIRECTIONS, AnchorReader
 from bireco.model.backbone import Backbone, position_ids_from_mask
 from bireco.model.encode import encode_sides
-from bireco.model.pooling import last_token
 from bireco.model.text_format import pad_sides
 
 PAIR_DIRECTIONS = ("q2d", "d2q")
@@ -75,54 +74,52 @@ def gain_interval(own: torch.Tensor, other: torch.Tensor, tokens: torch.Tensor, 
     return gain, lo, hi
 
 
+def probe_pairs(reader: AnchorReader, sides: dict[str, dict]) -> dict[str, dict[str, torch.Tensor]]:
+    """One probe batch: per direction, each pair's summed CE with its own anchor and with the batch's next pair's
+    (rolled by one; one pair set per batch, so within the set), its target tokens and correct predictions."""
+    anchors = {src: reader.anchor(sides[src]) for src in ("query", "positive")}  # each side's anchor once
+    out = {}
+    for direction, (src, tgt) in DIRECTIONS.items():
+        own = reader.decode(anchors[src], sides[tgt], per_row=True)
+        other = reader.decode(anchors[src].roll(1, 0), sides[tgt], per_row=True)
+        out[direction] = {"own": own.row_loss, "other": other.row_loss, "tokens": own.row_tokens,
+                          "correct": own.row_correct}  # fmt: skip
+    return out
+
+
 @torch.no_grad()
-def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = None,
-               directions: tuple[str, ...] = PAIR_DIRECTIONS, seed: int = 0) -> dict[str, float]:  # fmt: skip
+def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = None, seed: int = 0,
+               run=None) -> dict[str, float]:  # fmt: skip
     """Token CE, accuracy and anchor gain per direction of a Stage I (its AnchorReader) over collated `batches`
     (probe_batches: one pair set each), overall and per pair set (`<set>/...`), each gain with its 95% bootstrap
     interval over pairs (`..._lo`, `..._hi`; `seed` seeds the resampling); `pairs` counts the pairs. The backbone's
-    and the conditioning's train/eval modes are restored afterwards. `directions`: the paper's two, plus `q2q` /
-    `d2d` for a Stage I that regenerates each side itself (`stage.target=self`)."""
-    modules = (reader.backbone, reader.conditioning)  # a frozen decoder is always in eval mode
-    device = next(reader.backbone.parameters()).device
-    was_training = [m.training for m in modules]
-    for m in modules:
-        m.eval()  # dropout off; the conditioning's running mean is read, not updated
+    train/eval mode is restored afterwards. `run(fn, *args)`: how each batch's passes are called (the CPU fast path
+    runs them with its bf16 weight copies; default: as they are)."""
+    backbone = reader.backbone  # a frozen decoder is always in eval mode
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()  # dropout off
     rows: dict[str, dict[str, list]] = {
-        d: {"own": [], "other": [], "tokens": [], "correct": []} for d in directions
+        d: {"own": [], "other": [], "tokens": [], "correct": []} for d in DIRECTIONS
     }
     sets: list[str] = []
     mixed = bf16_for(device, bf16)
-    casts = inference_casts(device, mixed, reader.backbone, reader.decoder)  # once per probe, not per forward
     try:
         for batch in batches:
             sides = {k: {kk: vv.to(device) for kk, vv in batch[k].items()} for k in ("query", "positive")}
             sets += list(batch["dataset"])
-            with weights_swapped(casts), autocast(device, mixed):
-                # each side's anchor once, however many directions read it (q2d and q2q share the query's)
-                anchors = {
-                    src: reader.anchor(sides[src])
-                    for src in dict.fromkeys(DIRECTIONS[d][0] for d in directions)
-                }
-                for direction in directions:
-                    src, tgt = DIRECTIONS[direction]
-                    anchor = anchors[src]
-                    # another pair's anchor: the batch's, rolled by one (one pair set per batch: within the set)
-                    own = reader.decode(anchor, sides[tgt], per_row=True)
-                    other = reader.decode(anchor.roll(1, 0), sides[tgt], per_row=True)
-                    r = rows[direction]
-                    r["own"].append(own.row_loss.float().cpu())
-                    r["other"].append(other.row_loss.float().cpu())
-                    r["tokens"].append(own.row_tokens.cpu())
-                    r["correct"].append(own.row_correct.float().cpu())
+            with autocast(device, mixed):
+                stats = run(probe_pairs, reader, sides) if run else probe_pairs(reader, sides)
+            for direction, per_pair in stats.items():
+                for k, v in per_pair.items():
+                    rows[direction][k].append(v.float().cpu())
     finally:
-        for m, mode in zip(modules, was_training):
-            m.train(mode)
+        backbone.train(was_training)
     out: dict[str, float] = {"pairs": float(len(sets))}
     groups = {"": torch.ones(len(sets), dtype=torch.bool)}
     if len(set(sets)) > 1:
         groups.update({f"{name}/": torch.tensor([s == name for s in sets]) for name in sorted(set(sets))})
-    for direction in directions:
+    for direction in DIRECTIONS:
         own, other, tokens, correct = (
             torch.cat(rows[direction][k]) for k in ("own", "other", "tokens", "correct")
         )
@@ -134,7 +131,7 @@ def anchor_use(reader: AnchorReader, batches: list[dict], bf16: bool | None = No
             out[f"{prefix}anchor_gain_{direction}"] = gain
             out[f"{prefix}anchor_gain_{direction}_lo"] = lo
             out[f"{prefix}anchor_gain_{direction}_hi"] = hi
-            if prefix and direction == directions[0]:
+            if prefix and direction == "q2d":
                 out[f"{prefix}pairs"] = float(keep.sum())
     return out
 
@@ -146,17 +143,13 @@ def gain_text(use: dict[str, float], direction: str, prefix: str = "") -> str:
     return f"{use[g]:+.3f} [{use[g + '_lo']:+.3f}, {use[g + '_hi']:+.3f}]"
 
 
-def checkpoint_anchor_use(backbone: Backbone, records: list[dict], *, batch_size: int = 32,
+def checkpoint_anchor_use(reader: AnchorReader, records: list[dict], *, batch_size: int = 32,
                           max_query_length: int = 32, max_doc_length: int = 48, bf16: bool | None = None,
-                          conditioning: AnchorConditioning | None = None,
-                          decoder: Backbone | None = None, seed: int = 0) -> dict[str, float]:  # fmt: skip
-    """`anchor_use` for a loaded checkpoint on `records`. `conditioning`: how its Stage I fed the anchor
-    (bireco.model.anchor.load_conditioning), default the paper's raw anchor; `decoder`: the frozen decoder of a
-    `stage.decoder=frozen` Stage I (bireco.model.anchor.load_decoder), default the checkpoint itself."""
-    conditioning = (conditioning or AnchorConditioning()).to(next(backbone.parameters()).device)
-    batches = pair_batches(backbone, records, batch_size=batch_size, max_query_length=max_query_length,
+                          seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """`anchor_use` of a loaded checkpoint on `records`, read as its Stage I read it
+    (bireco.model.anchor_controls.reader_for_checkpoint; AnchorReader(backbone) for the paper's)."""
+    batches = pair_batches(reader.backbone, records, batch_size=batch_size, max_query_length=max_query_length,
                            max_doc_length=max_doc_length)  # fmt: skip
-    reader = AnchorReader(backbone, conditioning, decoder=None if decoder is None else decoder.eval())
     return anchor_use(reader, batches, bf16, seed=seed)
 
 
@@ -172,15 +165,18 @@ def wordnet_dev_pairs(n: int, seed: int = 42, data_cfg=None) -> list[dict]:
 
 
 # ---------------------------------------------------------------- reconstruction from one embedding
+def text_side(backbone: Backbone, text: str, instruction: str | None = None, max_length: int = 512) -> dict:
+    """One text as a one-row side on the backbone's device, tokenised as encoding tokenises it."""
+    side = pad_sides(encode_sides(backbone, [text], instruction, max_length), backbone.pad_id, "left")
+    return {k: v.to(next(backbone.parameters()).device) for k, v in side.items()}
+
+
 @torch.no_grad()
 def anchor_of(
     backbone: Backbone, text: str, instruction: str | None = None, max_length: int = 512
 ) -> torch.Tensor:
     """(1, H) last-token final-norm state: exactly the vector Stage I decodes from."""
-    side = pad_sides(encode_sides(backbone, [text], instruction, max_length), backbone.pad_id, "left")
-    side = {k: v.to(next(backbone.parameters()).device) for k, v in side.items()}
-    hidden = backbone.hidden_states(side["input_ids"], side["attention_mask"])
-    return last_token(hidden, side["attention_mask"])
+    return AnchorReader(backbone).anchor(text_side(backbone, text, instruction, max_length))
 
 
 def target_prompt(backbone: Backbone, instruction: str | None = None) -> list[int]:
@@ -194,17 +190,16 @@ def target_prompt(backbone: Backbone, instruction: str | None = None) -> list[in
 
 
 @torch.no_grad()
-def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 48, prompt: list[int] | None = None,
-                conditioning: AnchorConditioning | None = None) -> tuple[list[int], str]:  # fmt: skip
-    """Greedy decoding from `[anchor; prompt]` (`[lead; anchor; prompt]` under a lead token) until the family [EOS]
-    (prompt default: the chat head); `conditioning`: how Stage I fed the anchor (default the paper's raw vector)."""
+def reconstruct(backbone: Backbone, anchor: torch.Tensor, max_new_tokens: int = 48,
+                prompt: list[int] | None = None) -> tuple[list[int], str]:  # fmt: skip
+    """Greedy decoding by `backbone` from `[anchor; prompt]` until the family [EOS] (prompt default: the chat
+    head)."""
     backbone.eval()
     eos = backbone.text_format.eos_id(backbone.tokenizer)
     embed = backbone.causal_lm.get_input_embeddings()
     prompt = target_prompt(backbone) if prompt is None else prompt
-    conditioning = (conditioning or AnchorConditioning()).to(anchor.device).eval()
     head = embed(torch.tensor([prompt], dtype=torch.long, device=anchor.device))  # (1, P, H)
-    inputs = torch.cat([conditioning.decoder_prefix(anchor, embed), head], dim=1)
+    inputs = torch.cat([anchor.to(head.dtype).unsqueeze(1), head], dim=1)  # (1, 1 + P, H)
     ids: list[int] = []
     for _ in range(max_new_tokens):
         mask = torch.ones(inputs.shape[:2], dtype=torch.long, device=inputs.device)
@@ -230,19 +225,17 @@ def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z]{3,}", text.lower()) if w not in STOPWORDS}
 
 
-def query_overlap(backbone: Backbone, records: list[dict], max_new_tokens: int = 24,
-                  conditioning: AnchorConditioning | None = None, constant: bool = False,
-                  decoder: Backbone | None = None) -> dict:  # fmt: skip
-    """Reconstruct each record's query from its document's embedding (EBD2Q, greedy) and count how often the
-    reconstruction shares a content word with the true query. Returns the rate and every (true, reconstructed).
-    `constant`: decode from the `stage.anchor=constant` control's vector instead (what that model trained with):
-    its rate is what the language prior alone scores. `decoder`: a `stage.decoder=frozen` Stage I's decoder."""
-    decoder = backbone if decoder is None else decoder
+@torch.no_grad()
+def query_overlap(reader: AnchorReader, records: list[dict], max_new_tokens: int = 24) -> dict:
+    """Reconstruct each record's query from its document's anchor (EBD2Q, greedy, by the reader's decoder) and count
+    how often the reconstruction shares a content word with the true query. Returns the rate and every (true,
+    reconstructed). A constant-anchor reader decodes from that control's vector (what it trained with): its rate is
+    what the language prior alone scores."""
     examples = []
     for r in records:
-        prompt = target_prompt(backbone, r.get("instruction") or None)
-        anchor = constant_anchor(decoder)[None] if constant else anchor_of(backbone, r["positive"])
-        _, text = reconstruct(decoder, anchor, max_new_tokens, prompt, conditioning)
+        prompt = target_prompt(reader.backbone, r.get("instruction") or None)
+        anchor = reader.anchor(text_side(reader.backbone, r["positive"]))
+        _, text = reconstruct(reader.decoder, anchor, max_new_tokens, prompt)
         examples.append({"query": r["query"], "document": r["positive"], "reconstructed": text,
                          "shares_word": bool(content_words(text) & content_words(r["query"]))})  # fmt: skip
     rate = sum(e["shares_word"] for e in examples) / max(len(examples), 1)

@@ -78,7 +78,7 @@ def ndcg_mrr_at_10(scores: np.ndarray, relevant: list[int]) -> tuple[float, floa
     return ndcg / len(relevant), mrr / len(relevant)
 
 
-def evaluate(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_length: int = 128,
+def retrieval_scores(backbone, rs: RetrievalSet, max_query_length: int = 64, max_doc_length: int = 128,
              bf16: bool | None = None) -> dict[str, float]:  # fmt: skip
     """`bf16`: encode under bf16 autocast (None = the hardware default, bireco.core.precision)."""
     from bireco.model.encode import encode_texts

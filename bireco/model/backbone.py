@@ -1,7 +1,7 @@
 """The one model module both stages share: a Hugging Face causal LM used as encoder *and* decoder.
 
 - `embed(...)`: hidden states -> pooled vector, padding-side agnostic (position ids from the mask).
-- `reconstruction_loss(prefix, ...)`: the anchor (Stage I's decoder prefix) is prepended as input positions
+- `reconstruction_loss(anchor, ...)`: the anchor (Stage I's decoder prefix) is prepended as one input position
   (`inputs_embeds`) and the other side is decoded with teacher forcing; CE only at label positions.
 - `save(...)` / `Backbone.load(...)`: Hugging Face format (full, adapter or merged), plus a small
   `bireco.json` that records the text format and pooling so a checkpoint is self-describing
@@ -19,15 +19,21 @@ from typing import Any
 import torch
 from torch import nn
 
+from bireco.core.choices import Choice
 from bireco.losses.chunked_ce import chunked_cross_entropy, token_cross_entropy
-from bireco.model.checkpoint import SAVE_MODES, checkpoint_weights, save
-from bireco.model.loading import DTYPES, as_dict, backbone_parts, checkpoint_model_cfg
-from bireco.model.pooling import POOLING_MODES, pool
+from bireco.model.checkpoint import checkpoint_weights, save
+from bireco.model.loading import as_dict, backbone_parts, checkpoint_model_cfg
+from bireco.model.pooling import pool
 from bireco.model.text_format import TextFormat
 
-__all__ = ["ATTENTIONS", "DTYPES", "SAVE_MODES", "Backbone", "ReconstructionOutput", "checkpoint_weights"]
+__all__ = ["Attention", "Backbone", "ReconstructionOutput", "checkpoint_weights"]
 
-ATTENTIONS = ("causal", "bidirectional")
+
+class Attention(Choice):
+    """`model.attention` of embedding passes (decoding is always causal)."""
+
+    causal = "causal"
+    bidirectional = "bidirectional"
 
 
 @dataclass
@@ -73,12 +79,9 @@ class Backbone(nn.Module):
         attention: str = "causal",
         padding_side: str = "left",
         ce_chunk_size: int = 4096,
+        attn_implementation: str = "sdpa",
     ):
         super().__init__()
-        if pooling not in POOLING_MODES:
-            raise ValueError(f"model.pooling={pooling!r}; valid: {', '.join(POOLING_MODES)}")
-        if attention not in ATTENTIONS:
-            raise ValueError(f"model.attention={attention!r}; valid: {', '.join(ATTENTIONS)}")
         self.model = model
         self.tokenizer = tokenizer
         self.text_format = text_format
@@ -86,6 +89,7 @@ class Backbone(nn.Module):
         self.attention = attention
         self.padding_side = padding_side
         self.ce_chunk_size = ce_chunk_size
+        self.attn_implementation = attn_implementation  # as loaded (the CPU fast path switches it for a run)
         text_format.eos_id(tokenizer)  # fail early if the family's EOS is not a token
 
     # ------------------------------------------------------------------ construction and persistence
@@ -190,24 +194,26 @@ class Backbone(nn.Module):
         return hidden.gather(1, back)
 
     def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """One side's batch -> (B, H) raw (unnormalised) embeddings."""
+        """One side's batch -> (B, H) raw (unnormalised) embeddings (also the module's forward)."""
         hidden = self.hidden_states(batch["input_ids"], batch["attention_mask"])  # (B, T, H)
         return pool(self.pooling, hidden, batch["attention_mask"], batch.get("embed_mask"))
 
+    forward = embed
+
     def reconstruction_loss(
         self,
-        prefix: torch.Tensor,
+        anchor: torch.Tensor,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         labels: torch.Tensor,
         per_row: bool = False,
     ) -> ReconstructionOutput:
-        """Decode `input_ids` from `[prefix; tokens]` (causal), CE on positions whose label is not -100.
+        """Decode `input_ids` from `[anchor; tokens]` (causal), CE on positions whose label is not -100
+        (Algorithm 1: the anchor enters as one input position, in the token-embedding space, no projection).
 
         Args:
-            prefix: (B, P, H) input vectors before the target's tokens, or (B, H) one anchor vector; Stage I
-                passes `[anchor]` (the paper) or `[lead token; anchor]` (bireco.model.anchor.AnchorConditioning.
-                decoder_prefix). Gradients flow through it to the encoder side.
+            anchor: (B, H) one vector per row, placed before the target's tokens via `inputs_embeds`. Gradients flow
+                through it to the encoder side.
             input_ids / attention_mask / labels: (B, T) target side, any padding side; labels -100 = ignore.
             per_row: also each row's summed CE, token count and correct predictions, without gradient (the anchor
                 probe's per-pair statistics).
@@ -219,11 +225,9 @@ class Backbone(nn.Module):
         """
         ids, labels, mask = to_right_padding(input_ids, labels, attention_mask=attention_mask)  # (B, T) each
         B, T = ids.shape
-        prefix = prefix.unsqueeze(1) if prefix.dim() == 2 else prefix  # (B, P, H)
-        lead = prefix.shape[1] - 1  # positions before the anchor slot
         tok = self.causal_lm.get_input_embeddings()(ids)  # (B, T, H)
-        inputs = torch.cat([prefix.to(tok.dtype), tok], dim=1)  # (B, P + T, H)
-        full_mask = torch.cat([mask.new_ones(B, lead + 1), mask], dim=1)
+        inputs = torch.cat([anchor.to(tok.dtype).unsqueeze(1), tok], dim=1)  # (B, 1 + T, H)
+        full_mask = torch.cat([mask.new_ones(B, 1), mask], dim=1)
         out = self.decoder(
             inputs_embeds=inputs,
             attention_mask=full_mask,
@@ -231,7 +235,7 @@ class Backbone(nn.Module):
             use_cache=False,
         )
         # (B, T, H): the anchor slot predicts target token 0, token t predicts token t + 1
-        hidden = out.last_hidden_state[:, lead : lead + T]
+        hidden = out.last_hidden_state[:, :T]
         keep = labels != -100  # (B, T)
         n = int(keep.sum())
         if n == 0:

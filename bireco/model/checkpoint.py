@@ -11,10 +11,18 @@ import json
 import os
 from pathlib import Path
 
+from bireco.core.choices import Choice
 from bireco.core.files import atomic_dir
 
 METADATA_FILE = "bireco.json"
-SAVE_MODES = ("full", "adapter", "merged")
+
+
+class SaveMode(Choice):
+    """`save_mode`: full (weights, LoRA merged in, + the adapter beside) | adapter (the adapter alone) | merged."""
+
+    full = "full"
+    adapter = "adapter"
+    merged = "merged"
 
 
 def read_metadata(path: str | os.PathLike) -> dict | None:
@@ -40,15 +48,15 @@ def save(backbone, path: str | os.PathLike, mode: str = "full") -> Path:
     (LoRA merged in) + the LoRA adapter in adapter/ for reference; merged: the weights alone; adapter: the adapter
     alone + the base model's path (bireco loads it; plain transformers cannot). `backbone`: a Backbone (its
     `model`, `tokenizer`, `is_lora`, `causal_lm` and `metadata()`; the Backbone calls this, so no import back)."""
-    if mode not in SAVE_MODES:
-        raise ValueError(f"save mode {mode!r}; valid: {', '.join(SAVE_MODES)}")
+    if mode not in SaveMode.values():
+        raise ValueError(f"save mode {mode!r}; valid: {', '.join(SaveMode.values())}")
     if mode == "adapter" and not backbone.is_lora:
         raise ValueError("save mode 'adapter' needs a LoRA backbone")
     path = Path(path)
     meta = backbone.metadata()
     meta["adapter"] = False
     if mode == "adapter":
-        base = backbone.causal_lm.config._name_or_path
+        base = backbone.causal_lm.config.name_or_path
         if not base:
             raise ValueError("save mode 'adapter' needs a base model loadable by name or path; this one was built "
                              "from model.architecture (random weights): use save mode 'full'")  # fmt: skip

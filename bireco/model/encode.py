@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bireco.core.precision import autocast, bf16_for, inference_casts, weights_swapped
+from bireco.core.precision import autocast, bf16_for
 from bireco.model.backbone import Backbone
 from bireco.model.text_format import encode_side, pad_sides
 
@@ -49,7 +49,7 @@ def encode_texts(
     order = sorted(range(len(texts)), key=lambda i: -sides[i].length)
     out = torch.empty(len(texts), backbone.hidden_size)
     mixed = bf16_for(device, bf16)
-    with weights_swapped(inference_casts(device, mixed, backbone)), autocast(device, mixed):
+    with autocast(device, mixed):
         for start in tqdm(
             range(0, len(order), batch_size), desc="encoding", disable=not progress, leave=False
         ):
@@ -65,8 +65,8 @@ def encode_texts(
 
 
 def default_batch_size(device: torch.device | str) -> int:
-    """Sequences per forward when encoding: 64 on an accelerator; 16 on a CPU, where batches of 64 took 1.5x as long
-    (cache-bound; experiments/bench/encode_batch.py)."""
+    """Sequences per forward when encoding: 64 on an accelerator; 16 on a CPU, where larger batches are slower
+    (cache-bound; docs/benchmarks.md)."""
     return 16 if torch.device(device).type == "cpu" else 64
 
 

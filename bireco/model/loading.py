@@ -13,13 +13,22 @@ from typing import Any
 import torch
 from torch import nn
 
+from bireco.core.choices import Choice
 from bireco.core.errors import CheckpointNotFound, ConfigError
 from bireco.core.files import partial_writes
-from bireco.model.attention import attn_implementation
 from bireco.model.checkpoint import METADATA_FILE, checkpoint_weights, read_metadata
 from bireco.model.text_format import TextFormat
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Dtype(Choice):
+    """`model.dtype`: the weights' dtype; auto = bf16 on a bf16 GPU, fp32 elsewhere."""
+
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
 
 
 def resolve_dtype(name: str, key: str = "model.dtype") -> torch.dtype:
@@ -55,8 +64,14 @@ def backbone_parts(model_cfg: Any, lora_cfg: Any | None = None) -> dict:
     cfg = as_dict(model_cfg)
     trust = bool(cfg.get("trust_remote_code", False))
     dtype = resolve_dtype(cfg.get("dtype", "auto"))
-    attn = attn_implementation(cfg.get("attn_implementation", "sdpa"),
-                               cpu_fp32_grad=bool(cfg.get("cpu_training_attention_fp32", True)))  # fmt: skip
+    attn = cfg.get("attn_implementation", "sdpa")
+    if attn == "flash_attention_2":  # fail here, before any weights load
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError as err:
+            raise ValueError(
+                "model.attn_implementation=flash_attention_2 needs `pip install flash-attn`"
+            ) from err
     name = cfg.get("name_or_path")
     tok_name = cfg.get("tokenizer") or name
     if tok_name is None:
@@ -99,6 +114,7 @@ def backbone_parts(model_cfg: Any, lora_cfg: Any | None = None) -> dict:
         "attention": cfg.get("attention", "causal"),
         "padding_side": cfg.get("padding_side", "left"),
         "ce_chunk_size": int(cfg.get("ce_chunk_size", 4096)),
+        "attn_implementation": str(attn),
     }
 
 
@@ -140,12 +156,7 @@ def apply_lora(model: nn.Module, lora: dict, family_targets: list[str] | None) -
         target_modules=targets,
         bias="none",
     )
-    model = get_peft_model(model, config)
-    if lora.get("cpu_poisson_dropout", True):
-        from bireco.model.dropout import use_cpu_poisson_dropout
-
-        use_cpu_poisson_dropout(model)
-    return model
+    return get_peft_model(model, config)
 
 
 def check_model_dir(name: str, expected_model_type: str | None = None) -> None:

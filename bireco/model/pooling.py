@@ -7,7 +7,15 @@ from __future__ import annotations
 
 import torch
 
-POOLING_MODES = ("last", "mean", "weighted_mean")
+from bireco.core.choices import Choice
+
+
+class Pooling(Choice):
+    """`model.pooling`: the hidden states' summary (the paper pools the last token, its [EOS])."""
+
+    last = "last"
+    mean = "mean"
+    weighted_mean = "weighted_mean"
 
 
 def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -42,4 +50,4 @@ def pool(
         return mean(hidden, mask)
     if mode == "weighted_mean":
         return weighted_mean(hidden, mask)
-    raise ValueError(f"unknown pooling {mode!r}; valid: {', '.join(POOLING_MODES)}")
+    raise ValueError(f"unknown pooling {mode!r}; valid: {', '.join(Pooling.values())}")

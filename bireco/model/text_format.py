@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 import torch
 
-PADDING_SIDES = ("left", "right")
+from bireco.core.choices import Choice
+
+
+class PaddingSide(Choice):
+    """`model.padding_side`: where a batch pads (every mask and position is read from the mask, so either works)."""
+
+    left = "left"
+    right = "right"
 
 
 @dataclass(frozen=True)

@@ -3,33 +3,24 @@ the extra state an exact resume needs (RNG streams)."""
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections import Counter
-from typing import Any
 
 import lightning as L
 import torch
 
-from bireco.core.precision import (
-    autocast,
-    bf16_for,
-    cpu_bf16_mixed,
-    inference_casts,
-    lora_input_casts_off,
-    training_casts,
-    weights_swapped,
-)
+from bireco.config.schema import OptimConfig
+from bireco.core.precision import autocast, bf16_for
+from bireco.cpu.casts import WeightCasts, run_with
 from bireco.evaluation.dev_check import score
 from bireco.model.backbone import Backbone
-from bireco.model.dropout import has_torch_lora_dropout
 from bireco.stages.optim import build_optimizer, build_scheduler
 from bireco.stages.sharding import full_state_dict, is_fsdp, is_sharded
-from bireco.stages.step_monitors import ON_NONFINITE, NonFiniteGuard, Throughput, rng_state, set_rng_state
+from bireco.stages.step_monitors import NonFiniteGuard, Throughput, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-__all__ = ["ON_NONFINITE", "StageModule"]
+__all__ = ["StageModule"]
 
 
 def restore_buffers(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> None:
@@ -43,7 +34,7 @@ def restore_buffers(module: torch.nn.Module, saved: dict[str, torch.Tensor]) -> 
 class StageModule(L.LightningModule):
     """Base of ReconstructionModule / ContrastiveModule: everything but the training step."""
 
-    def __init__(self, backbone: Backbone, optim: Any, lr_horizon: int, on_nonfinite: str = "raise"):
+    def __init__(self, backbone: Backbone, optim: OptimConfig, lr_horizon: int, on_nonfinite: str = "raise"):
         super().__init__()
         self.backbone = backbone
         self.optim_cfg = optim
@@ -58,28 +49,43 @@ class StageModule(L.LightningModule):
         self._rotary_fp32 = {
             n: b.detach().float().clone() for n, b in backbone.named_buffers() if n.endswith("inv_freq")
         }
-        self._frozen_casts: list[tuple] = []  # set in on_train_start (core.precision.training_casts)
-        self._lora_input_casts_off = False  # set in on_train_start (core.precision.lora_input_casts_off)
+        # weights the passes use in place of the module's own: none, unless the CPU fast path gives bf16 copies
+        self.weight_casts = WeightCasts()
 
     def on_fit_start(self):
         restore_buffers(self.backbone, self._rotary_fp32)
 
+    @property
+    def attached(self) -> bool:
+        """Whether a Trainer runs this module (steps called by hand, in tests and benches, have none)."""
+        try:
+            return self.trainer is not None  # Lightning's property raises when the module has no Trainer
+        except RuntimeError:
+            return False
+
+    @property
+    def world_size(self) -> int:
+        """Processes of the run: the trainer's, 1 for a module stepped by hand."""
+        return self.trainer.world_size if self.attached else 1
+
+    def forward_step(self, step_loss, batch: dict):
+        """A training step's forward (`step_loss(batch)`) with the weight casts of the run, if any."""
+        return run_with(self, self.weight_casts.training(), step_loss, batch)
+
     # ---- the dev retrieval check (bireco.evaluation.dev_check): Lightning's validation loop over dev queries and documents
     def on_validation_epoch_start(self):
         self._dev_parts: tuple[list, list] = ([], [])
-        # as encode_texts on a CPU: the fp32 Linear weights cast to bf16 once per check, not by autocast at every
-        # forward (same bits; 0.64x the check's time, experiments/bench/dev_check.py); swapped in per step
-        self._dev_casts = inference_casts(self.device, bf16_for(self.device), self.backbone)
+        self._dev_weights = self.weight_casts.inference(self.backbone)  # once per check, not per forward
 
     def validation_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> None:
         # as bireco.model.encode.encode_texts encodes
-        with weights_swapped(self._dev_casts), autocast(self.device, bf16_for(self.device)):
-            emb = self.backbone.embed(batch).float()
+        with autocast(self.device, bf16_for(self.device)):
+            emb = run_with(self.backbone, self._dev_weights, self.backbone.embed, batch).float()
         self._dev_parts[dataloader_idx].append((batch["index"], torch.nn.functional.normalize(emb, dim=-1)))
 
     def on_validation_epoch_end(self):
         metrics = score(self, *self._dev_parts, self.trainer.datamodule.dev_check.rs)
-        self._dev_parts, self._dev_casts = ([], []), []
+        self._dev_parts, self._dev_weights = ([], []), {}
         # to the loggers at the optimizer step the check ran after (Lightning would log a validation epoch one step
         # earlier, and nothing from the sanity check, which is the check before the first step)
         if self.trainer.is_global_zero:
@@ -93,38 +99,12 @@ class StageModule(L.LightningModule):
 
     def configure_optimizers(self):
         opt = build_optimizer(
-            self.trainer.model.parameters() if self._trainer else self.parameters(),
-            self.optim_cfg,
-            self.lr_of,
+            self.trainer.model.parameters() if self.attached else self.parameters(), self.optim_cfg
         )
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.optim_cfg, self.lr_horizon)}
 
-    def lr_of(self, param) -> float | None:
-        """A parameter's own learning rate, None = stage.optim.lr (a stage may give its extra parameters one)."""
-        return None
-
     def on_train_start(self):
         self.backbone.train()  # from_pretrained returns eval mode; dropout (e.g. LoRA) must be on
-        # on a CPU under bf16-mixed, the weights that take no gradient (LoRA's base layers, a frozen decoder) cast to
-        # bf16 once for the run instead of by autocast at every forward: the same bits (sharded weights: left alone)
-        if not self._sharded():
-            self._frozen_casts = training_casts(self.device, self.trainer.precision, self)
-        self._lora_input_casts_off = cpu_bf16_mixed(
-            self.device, self.trainer.precision
-        ) and not has_torch_lora_dropout(self.backbone)
-
-    @contextlib.contextmanager
-    def training_forward_casts(self):
-        """Around a training step's forward passes, the casts made once instead of at every forward (a CPU under
-        bf16-mixed; same bits): the frozen weights' bf16 copies in place (their fp32 selves again after, for
-        checkpoints and the dev check) and LoRA's inputs left in bf16. A recomputation in the backward pass
-        (activation checkpointing, GradCache) runs after the block and lets autocast and peft cast again: the same
-        bits."""
-        with (
-            weights_swapped(self._frozen_casts),
-            lora_input_casts_off(self.backbone, self._lora_input_casts_off),
-        ):
-            yield
 
     def on_train_batch_start(self, batch, batch_idx):
         if self._rng_to_restore is not None:  # after resume: continue the interrupted run's random streams
@@ -138,7 +118,7 @@ class StageModule(L.LightningModule):
         if total is not None and self._sharded():  # each rank holds a shard of the gradients
             total = self.trainer.strategy.reduce(total.float() ** 2, reduce_op="sum").sqrt()
         reduce = None
-        if self._trainer is not None and self.trainer.world_size > 1:
+        if self.world_size > 1:
             reduce = functools.partial(self.trainer.strategy.reduce, reduce_op="sum")
         self.nonfinite.check(optimizer, total, self.global_step, reduce)
         if total is not None:
@@ -176,7 +156,7 @@ class StageModule(L.LightningModule):
         )
 
     def _sharded(self) -> bool:
-        return self._trainer is not None and is_sharded(self.trainer.strategy)
+        return self.attached and is_sharded(self.trainer.strategy)
 
     def on_train_end(self):
         """Under a sharded strategy, gather the full weights for the final export while the strategy is still live
@@ -187,7 +167,7 @@ class StageModule(L.LightningModule):
         """Running totals of texts cut to the max length (counted per batch by the collator, in whichever process
         collated it; summed over ranks)."""
         self.truncated.update(batch.get("truncated", {}))
-        sync = self._trainer is not None and self.trainer.world_size > 1
+        sync = self.world_size > 1
         for kind, n in self.truncated.items():
             self.log(f"data/truncated_{kind}", float(n), on_step=True, sync_dist=sync, reduce_fx="sum")
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
+from bireco.config.schema import ContrastiveStageConfig
 from bireco.losses.grad_cache import cached_embed
 from bireco.losses.info_nce import InfoNCELoss, InfoNCEOutput
 from bireco.model.backbone import Backbone
@@ -24,29 +23,23 @@ def freeze_untied_lm_head(backbone: Backbone) -> None:
 
 
 class ContrastiveModule(StageModule):
+    """Stage II from its typed config node (`stage=contrastive` / `baseline`): the InfoNCE settings and the optimizer."""
+
     def __init__(
-        self,
-        backbone: Backbone,
-        optim: Any,
-        lr_horizon: int,
-        scale: float = 50.0,
-        symmetric: bool = False,
-        gather_across_devices: bool = True,
-        grad_cache_chunk_size: int | None = None,
-        on_nonfinite: str = "raise",
+        self, backbone: Backbone, stage: ContrastiveStageConfig, lr_horizon: int, on_nonfinite: str = "raise"
     ):
-        super().__init__(backbone, optim, lr_horizon, on_nonfinite)
+        super().__init__(backbone, stage.optim, lr_horizon, on_nonfinite)
         freeze_untied_lm_head(backbone)
-        self.loss_fn = InfoNCELoss(scale=scale, symmetric=symmetric)
-        self.gather_across_devices = gather_across_devices
-        self.grad_cache_chunk_size = grad_cache_chunk_size
+        self.loss_fn = InfoNCELoss(scale=stage.scale, symmetric=stage.symmetric)
+        self.gather_across_devices = stage.gather_across_devices
+        self.grad_cache_chunk_size = stage.grad_cache_chunk_size
 
     # GradCache under DDP: the second pass back-propagates chunk by chunk inside the loss's backward, which DDP's
     # bucketed gradient hooks cannot follow (they expect one backward per forward). So DDP's own sync is switched
     # off for this module, like the non-final micro-batches of gradient accumulation, and the gradients are
     # averaged over ranks in one flat all-reduce before clipping and the optimizer step (same update as DDP's).
     def _manual_grad_sync(self) -> bool:
-        return bool(self.grad_cache_chunk_size) and self._trainer is not None and self.trainer.world_size > 1
+        return bool(self.grad_cache_chunk_size) and self.world_size > 1
 
     def on_train_batch_start(self, batch, batch_idx):
         super().on_train_batch_start(batch, batch_idx)
@@ -83,7 +76,7 @@ class ContrastiveModule(StageModule):
         q = self.embed(batch["query"])  # (B, H)
         p = self.embed(batch["positive"])  # (B, H)
         n = self.embed(batch["negatives"]) if "negatives" in batch else None  # (N, H)
-        distributed = self._trainer is not None and self.trainer.world_size > 1 and self.gather_across_devices
+        distributed = self.world_size > 1 and self.gather_across_devices
         if not distributed:
             return self.loss_fn(q, p, n)
         # Every rank issues the same collectives, whatever its local batch holds: ranks may have different numbers
@@ -100,8 +93,7 @@ class ContrastiveModule(StageModule):
         return self.loss_fn(q, p, n, gather=self._gather, rank=self.global_rank, n_mask=n_mask)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        with self.training_forward_casts():
-            out = self.step_loss(batch)
+        out = self.forward_step(self.step_loss, batch)
         self.nonfinite.record(out.loss, batch)
         B = batch["query"]["input_ids"].shape[0]
         # every rank holds B queries: the mean over ranks is the global mean

@@ -3,27 +3,23 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
-LR_SCHEDULES = ("linear", "cosine", "constant")
+from bireco.config.schema import OptimConfig
+
 # where torch's AdamW has a fused kernel (it has one for fp32 and bf16 weights)
 FUSED_DEVICES = ("cuda", "cpu")
 
 
-def build_optimizer(params, optim: Any, lr_of=None) -> torch.optim.Optimizer:
-    """AdamW over the trainable `params` at `optim.lr`; `lr_of(p)` may give a parameter its own learning rate
-    (a group of its own; the schedule scales every group alike). `optim.fused=None` takes torch's fused kernel
-    wherever every parameter lies on a device that has it (CUDA, CPU): the same update up to float rounding, and on a
-    2-core CPU a full fine-tuning update of SmolLM2 takes 0.09 s instead of 0.28 (experiments/bench/fused_adamw.py)."""
+def build_optimizer(params, optim: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable `params` at `optim.lr`. `optim.fused=None` takes torch's fused kernel wherever every
+    parameter lies on a device that has it (CUDA, CPU): the same update up to float rounding, and much faster than the
+    per-parameter loop on a CPU (docs/benchmarks.md)."""
     params = [p for p in params if p.requires_grad]
     fused = optim.fused if optim.fused is not None else all(p.device.type in FUSED_DEVICES for p in params)
-    groups: dict[float, list] = {}
-    for p in params:
-        groups.setdefault(float((lr_of and lr_of(p)) or optim.lr), []).append(p)
     return torch.optim.AdamW(
-        [{"params": ps, "lr": lr} for lr, ps in groups.items()] if len(groups) > 1 else params,
+        params,
         lr=optim.lr,
         betas=tuple(optim.betas),
         eps=optim.eps,
@@ -33,9 +29,6 @@ def build_optimizer(params, optim: Any, lr_of=None) -> torch.optim.Optimizer:
 
 
 def lr_lambda(warmup: int, total: int, schedule: str):
-    if schedule not in LR_SCHEDULES:
-        raise ValueError(f"stage.optim.schedule={schedule!r}; valid: {', '.join(LR_SCHEDULES)}")
-
     def f(step: int) -> float:
         if warmup and step < warmup:
             # the first step already trains (HF starts at 0; a zero step wastes a batch)
@@ -48,7 +41,7 @@ def lr_lambda(warmup: int, total: int, schedule: str):
     return f
 
 
-def build_scheduler(optimizer, optim: Any, horizon: int) -> dict:
+def build_scheduler(optimizer, optim: OptimConfig, horizon: int) -> dict:
     """`horizon`: the optimizer steps the decay is sized for (optim.schedule_steps wins when set)."""
     total = optim.schedule_steps or horizon
     sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(optim.warmup_steps, total, optim.schedule))

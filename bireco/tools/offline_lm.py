@@ -129,7 +129,7 @@ def convert(name: str, out: Path) -> Path:
     config = loaded.config  # `loaded` is dropped after the copy, so its config can be edited in place
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # else every model loaded from the result refuses save_pretrained
-    config._name_or_path = name
+    config.name_or_path = name
     config.dtype = torch.float32
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)

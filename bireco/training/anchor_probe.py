@@ -4,8 +4,8 @@ Every `stage.probe.every_n_steps` optimizer steps it measures, on held-out pairs
 of bireco.evaluation.anchor_diagnostics.anchor_use (CE with another pair's anchor of the same pair set - CE with the
 pair's own, nats per token; 0 = the anchor is not read), with a 95% bootstrap interval over the pairs, overall and
 per pair set. The pairs are drawn by `stage.probe.seed`, not the training seed, so runs of different seeds are
-probed on the same pairs. It runs without gradients, in eval mode, on the stage's own anchor and decoder input
-(conditioning included), and never touches the global RNG streams, so a run trains the same with or without.
+probed on the same pairs. It runs without gradients, in eval mode, reads and decodes as the stage does (a control's
+anchor, a frozen decoder), and never touches the global RNG streams, so a run trains the same with or without.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def heldout_records(cfg, datamodule, n: int) -> list[dict]:
 
 
 class AnchorProbe(L.Callback):
-    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}` (and `_{q2q,d2d}` under `stage.target=self`), each gain's interval
+    """Logs `probe/{ce,acc,anchor_gain}_{q2d,d2q}`, each gain's interval
     (`_lo`, `_hi`) and the same per pair set (`probe/<set>/...`) before the first optimizer step, every
     `every_n_steps` steps and after the last one, to every logger (CSV, wandb) at the optimizer step it ran after.
     `last` holds the latest values (bireco.training.run writes them into final/train_summary.json)."""
@@ -49,7 +49,13 @@ class AnchorProbe(L.Callback):
         if step == self._done_at:
             return
         self._done_at = step
-        use = anchor_use(module.reader, self.batches, directions=module.probe_directions, seed=self.seed)
+        from functools import partial
+
+        from bireco.cpu.casts import run_with
+
+        # the run's weight copies, if any (the CPU fast path), cast once per probe
+        run = partial(run_with, module, module.weight_casts.inference(module))
+        use = anchor_use(module.reader, self.batches, seed=self.seed, run=run)
         self.last = {f"probe/{k}": v for k, v in use.items()}
         if trainer.is_global_zero:
             for logger in trainer.loggers:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from bireco.core.errors import ConfigError
 from bireco.core.files import atomic_write_text
 from bireco.core.precision import resolve_precision, weights_dtype
-from bireco.core.runs import init_checkpoint, wandb_id_file, wandb_mode
+from bireco.core.runs import init_checkpoint, metrics_csv, wandb_id_file, wandb_mode
 from bireco.data.collate import PairCollator
 from bireco.data.datamodule import PairDataModule
 from bireco.model.backbone import Backbone, checkpoint_weights
@@ -78,46 +78,45 @@ def lr_horizon(cfg: DictConfig, batches_per_epoch: int | None = None) -> int:
     return int(cfg.trainer.max_steps)
 
 
+def build_frozen_decoder(cfg: DictConfig) -> Backbone:
+    """`stage.decoder=frozen`: Stage I's start loaded again (the same weights the backbone starts from), under its own
+    random streams so the run's are where they would be without it."""
+    import torch
+
+    from bireco.model.anchor_controls import frozen_decoder_model
+
+    with torch.random.fork_rng(devices=[]):
+        return Backbone.from_config(frozen_decoder_model(start_model_cfg(cfg)))
+
+
 def build_module(
     cfg: DictConfig, backbone: Backbone, batches_per_epoch: int | None = None
 ) -> L.LightningModule:
-    """The stage's LightningModule; `batches_per_epoch` sizes an epoch-based LR horizon (lr_horizon)."""
-    s = cfg.stage
-    horizon = lr_horizon(cfg, batches_per_epoch)
-    if s.name == "reconstruction":
+    """The stage's LightningModule from its typed `stage` node; `batches_per_epoch` sizes an epoch-based LR horizon
+    (lr_horizon). Stage I beyond the paper (a control, a frozen decoder) is its own module class."""
+    stage = OmegaConf.to_object(cfg.stage)
+    horizon, on_nonfinite = lr_horizon(cfg, batches_per_epoch), cfg.trainer.on_nonfinite
+    if stage.name == "reconstruction":
         from bireco.stages.reconstruction import ReconstructionModule
+        from bireco.stages.reconstruction_controls import ControlledReconstructionModule, is_paper
 
-        return ReconstructionModule(
-            backbone, s.optim, horizon, alpha=s.alpha, schedule=s.schedule,
-            labels=s.labels, reconstruct_instruction=s.reconstruct_instruction, on_nonfinite=cfg.trainer.on_nonfinite,
-            anchor=s.anchor, anchor_scale=s.anchor_scale, anchor_lead_token=s.anchor_lead_token,
-            anchor_affine_lr=s.anchor_affine_lr, anchor_detach=s.anchor_detach, decoder=s.decoder,
-            target=s.target,
-        )  # fmt: skip
-    if s.name == "contrastive":
+        if is_paper(stage):
+            return ReconstructionModule(backbone, stage, horizon, on_nonfinite)
+        decoder = build_frozen_decoder(cfg) if stage.decoder == "frozen" else None
+        return ControlledReconstructionModule(backbone, stage, horizon, on_nonfinite, decoder)
+    if stage.name == "contrastive":
         from bireco.stages.contrastive import ContrastiveModule
 
-        return ContrastiveModule(
-            backbone, s.optim, horizon, scale=s.scale, symmetric=s.symmetric,
-            gather_across_devices=s.gather_across_devices, grad_cache_chunk_size=s.grad_cache_chunk_size,
-            on_nonfinite=cfg.trainer.on_nonfinite,
-        )  # fmt: skip
-    raise ConfigError(f"stage.name={s.name!r}; valid: reconstruction, contrastive")
+        return ContrastiveModule(backbone, stage, horizon, on_nonfinite)
+    raise ConfigError(f"stage.name={stage.name!r}; valid: reconstruction, contrastive")
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool = False) -> list:
     """CSV always (appends across resumes); wandb when enabled, continuing the same wandb run on resume."""
-    from bireco.training.loggers import AppendingCSVLogger
+    from bireco.training.loggers import MetricsCSVLogger
 
     # flushed at every log interval and before every checkpoint: a crash loses no row the resumed run will not redo
-    loggers = [
-        AppendingCSVLogger(
-            save_dir=str(run_dir),
-            name="",
-            version="logs",
-            flush_logs_every_n_steps=cfg.trainer.log_every_n_steps,
-        )
-    ]
+    loggers = [MetricsCSVLogger(metrics_csv(run_dir), flush_every=cfg.trainer.log_every_n_steps)]
     if cfg.logger.wandb:
         from lightning.pytorch.loggers import WandbLogger
 

@@ -1,4 +1,4 @@
-"""Training callbacks: periodic checkpoints (for resume), malloc's reuse of large buffers on a CPU, and the
+"""Training callbacks: periodic checkpoints (for resume), the CPU fast path (`trainer.cpu_fast_path`) and the
 `callbacks` group's Lightning callbacks (the dev retrieval check is Lightning's validation loop:
 bireco.evaluation.dev_check)."""
 
@@ -6,28 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
-
-from bireco.core.allocator import keep_freed_memory
-
-
-class KeepFreedMemory(Callback):
-    """`trainer.cpu_keep_freed_memory` (default on): when the run trains on a CPU, malloc keeps large freed buffers
-    for the next step instead of mapping them afresh (bireco.core.allocator; the same computation)."""
-
-    def on_fit_start(self, trainer, pl_module):
-        if pl_module.device.type == "cpu":
-            keep_freed_memory()
 
 
 def build_callbacks(cfg: DictConfig, run_dir: Path) -> list:
-    """bireco's periodic checkpoints, malloc's buffer reuse on a CPU and the `callbacks` group's (`callbacks=[lr_monitor,early_stopping]`)."""
+    """bireco's periodic checkpoints, the CPU fast path and the `callbacks` group's (`callbacks=[lr_monitor,...]`)."""
     from hydra.utils import instantiate
 
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    if cfg.trainer.cpu_keep_freed_memory:
-        callbacks.append(KeepFreedMemory())
+    if cfg.trainer.cpu_fast_path:
+        from bireco.cpu.fast_path import CpuFastPath
+
+        callbacks.append(CpuFastPath())
     every = cfg.trainer.checkpoint_every_n_steps
     if every:
         callbacks.append(

@@ -4,7 +4,6 @@ model-sized file in the system temp dir (Lightning's fsspec transaction writes t
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -14,13 +13,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from bireco.core.files import atomic_path
 
 
-def _write(f, data: bytes) -> None:
-    f.write(data)
-
-
 class RunDirCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        with atomic_path(Path(path)) as tmp, open(tmp, "wb") as f:
-            _write(f, buffer.getbuffer())
+        with atomic_path(Path(path)) as tmp:
+            torch.save(checkpoint, tmp)

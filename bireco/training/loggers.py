@@ -1,38 +1,79 @@
-"""A CSV logger whose history survives a resume.
+"""logs/metrics.csv, a small Lightning logger whose history survives a resume.
 
-Lightning's CSV writer deletes an existing metrics.csv when a new process starts writing to the same directory,
-so a resumed run would lose every row logged before the crash. This writer appends instead (the first flush
-re-writes the file with the union of old and new columns, keeping the old rows); train.run trims rows past the
-checkpoint first, so each step appears once.
+Lightning's CSV logger deletes an existing metrics.csv when a new process starts writing to the same directory, so a
+resumed run would lose every row logged before the crash. This one appends to the file the run already has (its old
+columns kept; when new columns appear the file is rewritten, atomically, with the union as its header); train.run
+trims rows past the checkpoint first, so each step appears once. Rows are flushed every `flush_every` steps and
+whenever Lightning saves (before every checkpoint).
 """
 
 from __future__ import annotations
 
 import csv
+from pathlib import Path
+from typing import Any
 
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
-from lightning.pytorch.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
-
-class _AppendingWriter(ExperimentWriter):
-    def __init__(self, log_dir: str) -> None:
-        super().__init__(log_dir)
-        if self._fs.isfile(
-            self.metrics_file_path
-        ):  # old columns stay in the header, so old rows keep their values
-            with self._fs.open(self.metrics_file_path, "r", newline="") as f:
-                self.metrics_keys = sorted(next(csv.reader(f), []))
-
-    def _check_log_dir_exists(self) -> None:  # the parent deletes metrics.csv here
-        return None
+from bireco.core.files import atomic_path
 
 
-class AppendingCSVLogger(CSVLogger):
+class MetricsCSVLogger(Logger):
+    def __init__(self, path: str | Path, flush_every: int = 10):
+        super().__init__()
+        self.path, self.flush_every = Path(path), max(1, flush_every)
+        self.rows: list[dict[str, Any]] = []
+        self.keys: list[str] = []
+        if (
+            self.path.is_file()
+        ):  # a resumed run: its columns stay in the header, so old rows keep their values
+            with self.path.open(newline="") as f:
+                self.keys = sorted(next(csv.reader(f), []))
+
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def name(self) -> str:
+        return "csv"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.path.parent.parent)  # the run directory
+
+    @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        """Nothing: the run's resolved config is its config.yaml."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        step = len(self.rows) if step is None else step
+        self.rows.append(
+            {**{k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()}, "step": step}
+        )
+        if (step + 1) % self.flush_every == 0:
+            self.save()
+
+    @rank_zero_only
+    def save(self) -> None:
+        if not self.rows:
+            return
+        new = set().union(*self.rows) - set(self.keys)
+        exists = self.path.is_file()
+        if new or not exists:
+            self.keys = sorted({*self.keys, *new})
+            old = list(csv.DictReader(self.path.open(newline=""))) if exists else []
+            with atomic_path(self.path) as tmp, tmp.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=self.keys)
+                writer.writeheader()
+                writer.writerows(old + self.rows)
+        else:
+            with self.path.open("a", newline="") as f:
+                csv.DictWriter(f, fieldnames=self.keys).writerows(self.rows)
+        self.rows = []
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.save()

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import _update_n
 
 from bireco.core.runs import final_dir, metrics_csv, wandb_id_file
 
@@ -42,15 +41,21 @@ class StepProgressBar(TQDMProgressBar):
     def on_train_epoch_start(self, trainer, *_):
         if self.train_progress_bar.total != trainer.max_steps:  # one bar for the whole run, not one per epoch
             self.train_progress_bar.reset(total=trainer.max_steps)
-            _update_n(self.train_progress_bar, trainer.global_step)
+            self._show_step(trainer.global_step)
         self.train_progress_bar.set_description(self.name)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if self.train_progress_bar is not None and self._should_update(
             trainer.global_step, trainer.max_steps
         ):
-            _update_n(self.train_progress_bar, trainer.global_step)
+            self._show_step(trainer.global_step)
             self.train_progress_bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def _show_step(self, step: int) -> None:
+        bar = self.train_progress_bar  # a tqdm bar: its public position and redraw
+        if not bar.disable:
+            bar.n = step
+            bar.refresh()
 
     def get_metrics(self, trainer, pl_module):
         items = super().get_metrics(trainer, pl_module)

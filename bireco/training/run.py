@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import lightning as L
@@ -111,27 +110,26 @@ def prepare_run_dir(cfg: DictConfig, run_dir: Path, ckpt: str | None) -> None:
         step = checkpoint_step(ckpt)
         log.info("resuming from %s (step %d)", ckpt, step)
         trim_metrics(metrics_csv(run_dir), step)
-        # wrong here: the datamodule restores the sampler position (PairDataModule.state_dict)
-        warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
     else:
         keep_previous_metrics(metrics_csv(run_dir))
     for partial in remove_partial(checkpoints_dir(run_dir)):
         log.info("removed %s, a checkpoint write that an earlier run did not finish", partial)
 
 
-def save_final(cfg: DictConfig, run_dir: Path, export, module, summary: dict) -> None:
-    """final/: the model, train_summary.json, Stage I's anchor conditioning (bireco.inspect reads it), the card."""
-    from bireco.model.anchor import frozen_decoder_model, save_conditioning
+def save_final(cfg: DictConfig, run_dir: Path, export, summary: dict) -> None:
+    """final/: the model, train_summary.json, what a Stage I decoded with (its anchor source and decoder:
+    bireco.inspect reads it), the card."""
     from bireco.model.model_card import write_final_card
-    from bireco.training.builders import start_model_cfg
 
     final = final_dir(run_dir)
     export.save(final, cfg.save_mode)
     atomic_write_text(final / TRAIN_SUMMARY, json.dumps(summary, indent=2))
     if cfg.stage.name == "reconstruction":
+        from bireco.model.anchor_controls import frozen_decoder_model, save_record
+        from bireco.training.builders import start_model_cfg
+
         frozen = cfg.stage.decoder == "frozen"
-        model = frozen_decoder_model(start_model_cfg(cfg)) if frozen else None
-        save_conditioning(final, module.conditioning, model)
+        save_record(final, cfg.stage.anchor, frozen_decoder_model(start_model_cfg(cfg)) if frozen else None)
     base = cfg.model.name_or_path or f"a random-init {cfg.model.family} ({cfg.size.name})"
     write_final_card(final, str(base), cfg.stage.run_name)
 
@@ -172,7 +170,7 @@ def run(cfg: DictConfig) -> dict:
             **metrics,
             **(probe.last if probe else {}),
         }
-        save_final(cfg, run_dir, export, module, summary)
+        save_final(cfg, run_dir, export, summary)
         from bireco.training.progress import summary_lines
 
         for line in summary_lines(run_dir, time.perf_counter() - started, trainer.global_step, summary):

@@ -4,7 +4,7 @@ On WordNet at toy budgets the Stage I decoder ignores the anchor (docs/results.m
 "has not yet": eight query-document pairs are trained over and over (joint schedule, alpha 0.5, full fine-tuning,
 plain AdamW), once with the real anchors and once with `stage.anchor=constant`. With a constant anchor the decoder
 can learn each side's text but not which of the eight to write; with the real anchor it can, if it reads the
-embedding. Prints `bireco.inspect.anchor_use` on the eight pairs before and after.
+embedding. Prints the anchor probe (bireco.checkpoint_anchor_use) on the eight pairs before and after.
 
     python experiments/anchor_memorise/anchor_memorise.py                   # SmolLM2-135M-Instruct, 60 steps at lr 1e-4 (~5 min on 2 cores)
     python experiments/anchor_memorise/anchor_memorise.py --model tiny --steps 200 --lr 1e-3
@@ -31,14 +31,11 @@ RECORDS = [
 
 def train_pairs(backbone, anchor: str, steps: int, lr: float) -> None:
     """Stage I's joint loss on RECORDS, `steps` AdamW steps (the module's loss, no Lightning)."""
-    from omegaconf import OmegaConf
+    from bireco import PairCollator, build_module, compose_train
 
-    from bireco.config.schema import OptimConfig
-    from bireco.data.collate import PairCollator
-    from bireco.stages.reconstruction import ReconstructionModule
-
-    module = ReconstructionModule(backbone, OmegaConf.structured(OptimConfig(lr=lr)), lr_horizon=steps, alpha=0.5,
-                                  schedule="joint", anchor=anchor)  # fmt: skip
+    cfg = compose_train(["stage=reconstruction", "stage.alpha=0.5", "stage.schedule=joint", f"stage.anchor={anchor}",
+                         f"stage.optim.lr={lr}", f"trainer.max_steps={steps}"])  # fmt: skip
+    module = build_module(cfg, backbone)
     collate = PairCollator(backbone.tokenizer, backbone.text_format, 16, 16, pad_id=backbone.pad_id)
     opt = torch.optim.AdamW([p for p in backbone.parameters() if p.requires_grad], lr=lr)
     backbone.train()
@@ -50,9 +47,10 @@ def train_pairs(backbone, anchor: str, steps: int, lr: float) -> None:
 
 
 def main() -> None:
-    from bireco.config.compose import compose_train
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
-    from bireco.training.builders import build_backbone
+    from bireco import AnchorReader, build_backbone, checkpoint_anchor_use, compose_train
+
+    def anchor_use(backbone, records, **kw):  # with real anchors, whatever the model trained with
+        return checkpoint_anchor_use(AnchorReader(backbone), records, **kw)
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["smollm2", "tiny"], default="smollm2")

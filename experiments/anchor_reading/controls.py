@@ -53,6 +53,9 @@ COMPARISONS = {
 }
 PROBE_PAIRS = 256
 MODEL = ["model=smollm2"]
+STAGE2_PRESET = [
+    "experiment=demo_smollm2"
+]  # the demo's Stage II: LoRA, lr 1e-3, 40 steps, the dev check every 10
 
 
 def commit() -> str:
@@ -75,26 +78,20 @@ def machine() -> str:
 def final_probe(final: Path, data) -> dict:
     """The unbiased probe on PROBE_PAIRS WordNet dev pairs, on the checkpoint as its Stage I decoded (`data`: the
     run's data config: its lengths and instructions)."""
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use, wordnet_dev_pairs
-    from bireco.model.anchor import load_conditioning, load_decoder
-    from bireco.model.backbone import Backbone
+    from bireco import Backbone, checkpoint_anchor_use, reader_for_checkpoint, wordnet_dev_pairs
 
     pairs = wordnet_dev_pairs(PROBE_PAIRS, 42, data)
-    use = checkpoint_anchor_use(Backbone.load(final), pairs, batch_size=16, max_query_length=data.max_query_length,
-                                max_doc_length=data.max_doc_length, conditioning=load_conditioning(final),
-                                decoder=load_decoder(final))  # fmt: skip
+    reader = reader_for_checkpoint(Backbone.load(final), final)
+    use = checkpoint_anchor_use(reader, pairs, batch_size=16, max_query_length=data.max_query_length,
+                                max_doc_length=data.max_doc_length)  # fmt: skip
     return {k: round(v, 4) for k, v in use.items()}
 
 
 def run_design(name: str, seed: int, out: Path) -> tuple[dict, list[dict]]:
     """One design at one seed: its row and its curves (step, metric, value)."""
-    from bireco.config.compose import compose_train
-    from bireco.core.runs import final_dir, logged_curve
-    from bireco.demo import EVAL_TASKS, PRESETS
-    from bireco.evaluation.runner import evaluate_checkpoint
-    from bireco.training.run import run
+    from bireco import EVAL_SUBSAMPLE, EVAL_TASKS, compose_train, evaluate_checkpoint, final_dir, logged_curve
+    from bireco import train_stage as run
 
-    preset = PRESETS["smollm2"]
     stage1, stage2_extra, stage2_steps, with_stage2 = DESIGNS[name]
     common = [*MODEL, f"output_root={out}", "experiment_name=anchor_controls", f"variant={name}-seed{seed}",
               f"seed={seed}", "trainer.log_every_n_steps=10", "trainer.enable_progress_bar=false"]  # fmt: skip
@@ -112,10 +109,12 @@ def run_design(name: str, seed: int, out: Path) -> tuple[dict, list[dict]]:
         row["probe"] = final_probe(final_dir(cfg.run_dir), cfg.data)
         init = str(final_dir(cfg.run_dir).resolve())
     if with_stage2:
-        steps = stage2_steps or preset.stage2_steps
-        every = 10 if steps <= 100 else 40
-        cfg = compose_train([*common, "stage=contrastive", f"stage.init_from={init}", *preset.data, *preset.stage2,
-                             f"trainer.max_steps={steps}", f"trainer.dev_check_every_n_steps={every}",
+        steps = (
+            [f"trainer.max_steps={stage2_steps}", "trainer.dev_check_every_n_steps=40"]
+            if stage2_steps
+            else []
+        )
+        cfg = compose_train([*STAGE2_PRESET, *common, "stage=contrastive", f"stage.init_from={init}", *steps,
                              *stage2_extra])  # fmt: skip
         t0 = time.perf_counter()
         run(cfg)
@@ -127,8 +126,8 @@ def run_design(name: str, seed: int, out: Path) -> tuple[dict, list[dict]]:
         ]
         row["dev_ndcg10_last"] = round(100 * dev[-1][1], 2)
         summary = evaluate_checkpoint(str(final_dir(cfg.run_dir)), tasks=EVAL_TASKS,
-                                      output_dir=str(Path(cfg.run_dir) / "eval"), max_queries=preset.eval_queries,
-                                      max_docs=preset.eval_docs, progress=False, wandb=False)  # fmt: skip
+                                      output_dir=str(Path(cfg.run_dir) / "eval"), max_queries=EVAL_SUBSAMPLE["smollm2"][0],
+                                      max_docs=EVAL_SUBSAMPLE["smollm2"][1], progress=False, wandb=False)  # fmt: skip
         row["suite"] = {"Average": round(summary["categories"]["Average"], 2),
                         **{k: round(v, 2) for k, v in summary["groups"].items()},
                         **{t: round(v["main_score"], 2) for t, v in summary["tasks"].items()}}  # fmt: skip
@@ -156,7 +155,7 @@ def save(rows: dict, curves: dict[str, list[dict]]) -> None:
 
 def report(rows: dict) -> str:
     """Per seed: the final probe and the suite; then each recipe minus each control as paired differences."""
-    from bireco.evaluation.seed_table import paired_difference, seed_row, seed_table_head
+    from bireco import paired_difference, seed_row, seed_table_head
 
     seeds = sorted({r["seed"] for r in rows.values()})
     by = {(r["design"], r["seed"]): r for r in rows.values()}
@@ -214,7 +213,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/anchor_controls"))
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
-    from bireco.config.cli import quiet_console
+    from bireco import quiet_console
 
     quiet_console()
     rows = load()

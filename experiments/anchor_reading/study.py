@@ -34,9 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bireco.config.cli import quiet_console
-from bireco.core.runs import final_dir, metrics_csv
-from bireco.evaluation.seed_table import seed_row, seed_table_head
+from bireco import final_dir, metrics_csv, quiet_console, seed_row, seed_table_head
 
 HERE = Path(__file__).resolve().parent
 STAGE1_STEPS = 80  # the demo's
@@ -51,35 +49,17 @@ EMBEDDER = "stage.init_from={embedder}"  # filled from --embedder
 FULL_FT = ("stage.lora.enabled=false", next(o for o in DEMO_BUDGET if o.startswith("stage.optim.lr=")))
 OPTIONS = {
     "raw": [],
-    "token_norm": ["stage.anchor_scale=token_norm"],
-    "centered": ["stage.anchor_scale=centered_token_norm"],
-    "lead_token_norm": ["stage.anchor_scale=token_norm", "stage.anchor_lead_token=bos"],
-    # a learned map (identity at the start) at 10x the decoder's learning rate: fast enough to move the anchor to
-    # where the decoder reads before the language prior is spent (one setting, not tuned)
-    "affine": ["stage.anchor_scale=affine", "stage.anchor_affine_lr=3e-3"],
-    # the paper's raw anchor without its gradient into the embedding (a diagnostic: does reading die in the
-    # encoder or in the decoder?)
-    "raw_detached": ["stage.anchor_detach=true"],
     "constant": ["stage.anchor=constant"],
-    # a frozen copy of the start model decodes (stage.decoder=frozen): only the encoder (and a map) learn, so the
-    # decoder can neither fit the language prior nor learn to discount the anchor; the loss falls only by reading
+    # beyond the paper's shared weights: a frozen copy of the start model decodes (stage.decoder=frozen), so only the
+    # encoder learns and the decoder can neither fit the language prior nor learn to discount the anchor
     "frozen": ["stage.decoder=frozen"],
-    "frozen_token_norm": ["stage.decoder=frozen", "stage.anchor_scale=token_norm"],
-    "frozen_affine": ["stage.decoder=frozen", "stage.anchor_scale=affine", "stage.anchor_affine_lr=3e-3"],
     # its control: the same frozen decoder and steps, each query decoded from another pair's document anchor, so the
     # encoder is trained through the anchor as much, but a pair's own content cannot lower the loss
     "frozen_shuffled": ["stage.decoder=frozen", "stage.anchor=shuffled"],
-    # a frozen decoder with the batch's mean anchor subtracted in training: a frozen decoder's encoder otherwise
-    # learns one generic prompt (the query's anchor decodes a document as well as the document's own); here what all
-    # anchors share reaches the decoder as nothing, so the loss can fall only by what differs between pairs
-    "frozen_batch_centered": ["stage.decoder=frozen", "stage.anchor_scale=batch_centered_token_norm"],
-    "frozen_batch_centered_lead": [
-        "stage.decoder=frozen",
-        "stage.anchor_scale=batch_centered_token_norm",
-        "stage.anchor_lead_token=bos",
-    ],  # fmt: skip
-    "batch_centered_lead": ["stage.anchor_scale=batch_centered_token_norm", "stage.anchor_lead_token=bos"],
 }
+# The conditioning options (anchor scales, a lead token, a learned affine map, self-targets, a detached anchor) and
+# their designs were removed once they had been run: each left the anchor unread (README here); the code last lived
+# at commit 439e8c2, whose study.py still runs them.
 DESIGNS: dict[str, list[str]] = {
     **{f"d2q_{k}": [*DEMO_BUDGET, *D2Q, *v] for k, v in OPTIONS.items()},
     **{f"joint_{k}": [*DEMO_BUDGET, *JOINT, *v] for k, v in OPTIONS.items()},
@@ -96,37 +76,12 @@ DESIGNS: dict[str, list[str]] = {
     },  # fmt: skip
     # pool size: P distinct training pairs at the same 80 x 16 budget (P = 1,280 is d2q_raw: every pair new)
     **{f"d2q_raw_pool{p}": [*DEMO_BUDGET, *D2Q, f"data.max_train_records={p}"] for p in (64, 512)},
-    **{
-        f"d2q_token_norm_pool{p}": [
-            *DEMO_BUDGET,
-            *D2Q,
-            "stage.anchor_scale=token_norm",
-            f"data.max_train_records={p}",
-        ]
-        for p in (64, 512)
-    },  # fmt: skip
-    # beyond the paper: each side regenerates itself (stage.target=self; D2D at alpha 0), where the language prior
-    # cannot predict the text and the anchor can: does an autoencoding Stage I teach the decoder to read? Then the
-    # paper's D2Q from it (--embedder its final/, --embedder-label d2d_raw: d2q_*_from_embedder)
-    **{
-        f"d2d_{k}": [*DEMO_BUDGET, *D2Q, "stage.target=self", *OPTIONS[k]]
-        for k in ("raw", "lead_token_norm", "constant", "frozen")
-    },
-    # ... through a frozen copy of the start model (the encoder must write what the base decoder reads), 4x the steps
-    "d2d_frozen_x4": [
-        *DEMO_BUDGET,
-        *D2Q,
-        "stage.target=self",
-        *OPTIONS["frozen"],
-        "trainer.max_steps=320",
-        "stage.optim.warmup_steps=32",
-    ],  # fmt: skip
     # Stage I starting from a trained embedder (--embedder PATH, e.g. the demo's Anchor Stage II): its anchors already
     # tell the dev documents apart, so these ask whether the *decoder* learns to read within the budget when the
     # encoder has something to give (the chicken-and-egg of an untrained encoder removed)
     **{
         f"d2q_{k}_from_embedder": [*DEMO_BUDGET, *D2Q, *OPTIONS[k], EMBEDDER]
-        for k in ("raw", "constant", "affine", "raw_detached", "frozen", "frozen_affine", "frozen_shuffled")
+        for k in ("raw", "constant", "frozen", "frozen_shuffled")
     },
     **{
         f"joint_{k}_from_embedder": [*DEMO_BUDGET, *JOINT, *OPTIONS[k], EMBEDDER] for k in ("raw", "constant")
@@ -136,7 +91,7 @@ DESIGNS: dict[str, list[str]] = {
 
 def wordnet_data():
     """The study's data config (data=wordnet as its runs compose it): the probe's pairs carry the same instructions."""
-    from bireco.config.compose import compose_train
+    from bireco import compose_train
 
     return compose_train(COMMON).data
 
@@ -150,7 +105,7 @@ def relative(path: Path) -> str:
 
 def train_records(cfg, n: int) -> list[dict]:
     """The run's first `n` training records (what data.max_train_records keeps)."""
-    from bireco.data.records import load_pairs
+    from bireco import load_pairs
 
     ds = load_pairs(cfg.data, "train")
     return [ds[i] for i in range(min(n, len(ds)))]
@@ -178,10 +133,8 @@ def run_design(
 ) -> dict:
     import pandas as pd
 
-    from bireco.config.compose import compose_train
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
-    from bireco.model.anchor import load_conditioning, load_decoder
-    from bireco.training.run import run
+    from bireco import Backbone, checkpoint_anchor_use, compose_train, reader_for_checkpoint
+    from bireco import train_stage as run
 
     overrides = design_overrides(name, embedder)
     cfg = compose_train(
@@ -201,26 +154,19 @@ def run_design(
     probe = log.dropna(subset=["probe/anchor_gain_d2q"])
     curve = {c.split("/")[1]: [(int(s), round(float(v), 4)) for s, v in zip(probe["step"], probe[c])]
              for c in probe.columns if c.startswith("probe/")}  # fmt: skip
-    from bireco.model.backbone import Backbone
-
-    backbone = Backbone.load(final_dir(run_dir))
-    cond, decoder = load_conditioning(final_dir(run_dir)), load_decoder(final_dir(run_dir))
-    trained_on = anchor_use(backbone, train_records(cfg, 64), batch_size=16,
-                            conditioning=cond, decoder=decoder)  # fmt: skip
+    reader = reader_for_checkpoint(Backbone.load(final_dir(run_dir)), final_dir(run_dir))
+    trained_on = checkpoint_anchor_use(reader, train_records(cfg, 64), batch_size=16)
     init = {"init_from": relative(embedder), "embedder": embedder_label} if EMBEDDER in DESIGNS[name] else {}
     return {"design": name, "seed": seed, "overrides": DESIGNS[name], **init, "seconds": seconds, "probe": curve,
             "train_pairs_probe": trained_on, "run_dir": relative(run_dir)}  # fmt: skip
 
 
 def add_overlap(row: dict, k: int) -> None:
-    from bireco.evaluation.anchor_diagnostics import query_overlap, wordnet_dev_pairs
-    from bireco.model.anchor import load_conditioning, load_decoder
-    from bireco.model.backbone import Backbone
+    from bireco import Backbone, query_overlap, reader_for_checkpoint, wordnet_dev_pairs
 
     final = final_dir(row["run_dir"])
     constant = "stage.anchor=constant" in row["overrides"]  # decoded from the vector it trained with
-    ov = query_overlap(Backbone.load(final), wordnet_dev_pairs(k), conditioning=load_conditioning(final),
-                       constant=constant, decoder=load_decoder(final))  # fmt: skip
+    ov = query_overlap(reader_for_checkpoint(Backbone.load(final), final, constant), wordnet_dev_pairs(k))
     row["overlap"] = {"k": k, "rate": ov["rate"], "examples": ov["examples"][:5]}
 
 
@@ -231,22 +177,26 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
     tokens: the demo's in-training dev check)."""
     import torch.nn.functional as F
 
-    from bireco.evaluation.anchor_diagnostics import anchor_of, checkpoint_anchor_use, wordnet_dev_pairs
-    from bireco.evaluation.retrieval import evaluate, wordnet_retrieval_set
-    from bireco.model.anchor import load_conditioning, load_decoder
-    from bireco.model.backbone import Backbone
+    from bireco import (
+        Backbone,
+        anchor_of,
+        checkpoint_anchor_use,
+        reader_for_checkpoint,
+        retrieval_scores,
+        wordnet_dev_pairs,
+        wordnet_retrieval_set,
+    )
 
     backbone = Backbone.load(final).eval()
     pairs = wordnet_dev_pairs(64, seed, data_cfg)
-    probe = checkpoint_anchor_use(backbone, pairs, batch_size=16, conditioning=load_conditioning(final),
-                                  decoder=load_decoder(final))  # fmt: skip
+    probe = checkpoint_anchor_use(reader_for_checkpoint(backbone, final), pairs, batch_size=16)
     with torch.no_grad():
         docs = F.normalize(
             torch.cat([anchor_of(backbone, r["positive"], max_length=48) for r in pairs]).float(), dim=-1
         )
     n = len(pairs)
     cos = float(((docs @ docs.T).sum() - n) / (n * (n - 1)))
-    dev = evaluate(
+    dev = retrieval_scores(
         backbone, wordnet_retrieval_set("dev", corpus_size=500), max_query_length=32, max_doc_length=48
     )
     return {
@@ -259,21 +209,18 @@ def checkpoint_stats(final: Path, data_cfg, seed: int = 42) -> dict:
 def run_stage2(
     start: Path, key: str, out: Path, seed: int, steps: int | None = None, extra: tuple[str, ...] = ()
 ) -> dict:
-    """The demo's Stage II (bireco.demo PRESETS["smollm2"]: LoRA, its lr, 40 steps or `steps`, the dev check every 10
-    steps; `extra` overrides last) from checkpoint `start` (or BASE); its dev nDCG@10 curve (WordNet dev) and the run's place."""
-    from bireco.config.compose import compose_train
-    from bireco.core.runs import logged_curve
-    from bireco.demo import PRESETS
-    from bireco.training.run import run
+    """The demo's Stage II (`experiment=demo_smollm2 stage=contrastive`: LoRA, its lr, 40 steps or `steps`, the dev
+    check every 10 steps; `extra` overrides last) from checkpoint `start` (or BASE); its dev nDCG@10 curve (WordNet dev)
+    and the run's place."""
+    from bireco import compose_train, logged_curve
+    from bireco import train_stage as run
 
-    preset = PRESETS["smollm2"]
     base = str(start) == BASE  # the untrained model: Stage II from it is the demo's baseline
     init = BASE if base else Path(start).resolve()
-    cfg = compose_train(["model=smollm2", "stage=contrastive", f"stage.init_from={init}",
+    cfg = compose_train(["experiment=demo_smollm2", "stage=contrastive", f"stage.init_from={init}",
                          "experiment_name=anchor_reading_stage2", f"output_root={out}", f"variant={key}",
-                         f"seed={seed}", "trainer.log_every_n_steps=5", "trainer.enable_progress_bar=false",
-                         *preset.data, *preset.stage2, f"trainer.max_steps={steps or preset.stage2_steps}",
-                         f"trainer.dev_check_every_n_steps={preset.eval_every}", *extra])  # fmt: skip
+                         f"seed={seed}", "trainer.enable_progress_bar=false",
+                         *([f"trainer.max_steps={steps}"] if steps else []), *extra])  # fmt: skip
     t0 = time.perf_counter()
     run(cfg)
     seconds = round(time.perf_counter() - t0)
@@ -352,12 +299,11 @@ def suite_key(stage2_key: str, label: str) -> str | None:
 
 def run_suite(stage2: dict, label: str, store: Path) -> dict:
     """Every Stage II model of stage2.json started from `label` (suite_key), and the start itself where it is a
-    checkpoint, on the demo's built-in suite and subsample (bireco.demo EVAL_TASKS, PRESETS["smollm2"]); kept in
+    checkpoint, on the demo's built-in suite and subsample (bireco.EVAL_TASKS, bireco.EVAL_SUBSAMPLE); kept in
     `store` (a rerun skips what is there). Paths in stage2.json are relative to the working directory."""
-    from bireco.demo import EVAL_TASKS, PRESETS
-    from bireco.evaluation.runner import evaluate_checkpoint
+    from bireco import EVAL_SUBSAMPLE, EVAL_TASKS, evaluate_checkpoint
 
-    preset = PRESETS["smollm2"]
+    queries, docs = EVAL_SUBSAMPLE["smollm2"]
     suite = json.loads(store.read_text()) if store.is_file() else {}
     todo = {k: final_dir(r["run_dir"]) for key, r in stage2.items() if (k := suite_key(key, label))}
     # the untrained base is no bireco checkpoint: the demo's `untrained` row is its score
@@ -369,7 +315,7 @@ def run_suite(stage2: dict, label: str, store: Path) -> dict:
         if key in suite:
             continue
         summary = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(Path(ckpt).parent / "eval-suite"),
-                                      max_queries=preset.eval_queries, max_docs=preset.eval_docs, progress=False,
+                                      max_queries=queries, max_docs=docs, progress=False,
                                       wandb=False)  # fmt: skip
         suite[key] = {"checkpoint": relative(ckpt), "scores": {name: summary[a][b] for name, (a, b) in SUITE_SCORES.items()},
                       "tasks": {t: v["main_score"] for t, v in summary["tasks"].items()}}  # fmt: skip
@@ -381,11 +327,11 @@ def run_suite(stage2: dict, label: str, store: Path) -> dict:
 def write_suite_table(suite: dict, path: Path) -> None:
     """A section per start in suite.json; per score one row per run, a column per seed, mean ± sd; then the
     start's own-anchor recipe − each control by seed."""
-    from bireco.demo import PRESETS
+    from bireco import EVAL_SUBSAMPLE
 
-    preset = PRESETS["smollm2"]
-    parts = [f"nDCG@10 × 100 on the built-in suite (bireco.demo EVAL_TASKS: the two WordNet test tasks, "
-             f"DebianPackagesRetrieval, PythonAPIRetrieval; {preset.eval_queries} queries, {preset.eval_docs} documents "
+    queries, docs = EVAL_SUBSAMPLE["smollm2"]
+    parts = [f"nDCG@10 × 100 on the built-in suite (bireco.EVAL_TASKS: the two WordNet test tasks, "
+             f"DebianPackagesRetrieval, PythonAPIRetrieval; {queries} queries, {docs} documents "
              f"per task, the demo's subsample). The same start for every seed of a section; the seed drives Stage I "
              f"and Stage II.\n"]  # fmt: skip
     labels = list(dict.fromkeys(m.group(1) for key in suite if (m := re.search(r"\[(\w+)\]", key))))
@@ -415,6 +361,38 @@ def write_suite_table(suite: dict, path: Path) -> None:
                     lines.append(seed_row(f"**{name}**", delta, seeds, fmt="{:+.2f}"))
             parts.append("\n".join(lines) + "\n")
     path.write_text("".join(parts))
+
+
+CURVES = (
+    HERE / "results_curves.csv"
+)  # every row's probe curves (run, metric, step, value); the rest in results.json
+
+
+def load_results(store: Path) -> dict:
+    """results.json with each row's probe curves put back from results_curves.csv."""
+    import csv
+
+    results = json.loads(store.read_text()) if store.is_file() else {}
+    if CURVES.is_file():
+        with CURVES.open(newline="") as f:
+            for r in csv.DictReader(f):
+                curve = results[r["run"]].setdefault("probe", {}).setdefault(r["metric"], [])
+                curve.append([int(r["step"]), float(r["value"])])
+    return results
+
+
+def save_results(results: dict, store: Path) -> None:
+    """The rows to results.json, their probe curves to results_curves.csv (a row per point: compact and diffable)."""
+    import csv
+
+    store.write_text(json.dumps({k: {kk: v for kk, v in r.items() if kk != "probe"} for k, r in results.items()},
+                                indent=1) + "\n")  # fmt: skip
+    with CURVES.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["run", "metric", "step", "value"])
+        for key, r in results.items():
+            for metric, points in sorted(r.get("probe", {}).items()):
+                w.writerows([key, metric, step, value] for step, value in points)
 
 
 def write_table(results: dict, path: Path) -> None:
@@ -500,7 +478,7 @@ def main() -> None:
     if (str(args.embedder) == BASE) != (args.embedder_label == BASE) and args.embedder:
         raise SystemExit(f"--embedder {BASE} goes with --embedder-label {BASE} (and only with it)")
     store = HERE / "results.json"
-    results = json.loads(store.read_text()) if store.is_file() else {}
+    results = load_results(store)
     other = HERE / "checkpoint_stats.json"
     for item in args.checkpoint_stats:
         label, path = item.split("=", 1)
@@ -522,13 +500,16 @@ def main() -> None:
             write_stage2_table(stage2, HERE / "stage2.md")
         print(key, json.dumps(stage2[key]), flush=True)
 
-    from bireco.demo import PRESETS
+    from bireco import compose_train
 
     from_embedder = {  # Stage II from --embedder itself (no Stage I between): the controls, by stage2.json prefix
         "embedder": (args.stage2_embedder, {}),
         "embedder_matched": (
             args.stage2_embedder_matched,
-            {"steps": PRESETS["smollm2"].stage2_steps + recipe(args.embedder_label or "").stage1_steps},
+            {
+                "steps": compose_train(["experiment=demo_smollm2", "stage=contrastive"]).trainer.max_steps
+                + recipe(args.embedder_label or "").stage1_steps
+            },
         ),
         "embedder_full_ft": (args.stage2_embedder_full_ft, {"extra": FULL_FT}),
     }
@@ -556,7 +537,7 @@ def main() -> None:
             results[key]["stats"] = checkpoint_stats(
                 final_dir(results[key]["run_dir"]), wordnet_data(), args.seed
             )
-        store.write_text(json.dumps(results, indent=1))
+        save_results(results, store)
         write_table(results, HERE / "results.md")
         print(
             json.dumps({k: v for k, v in results[key].items() if k != "probe"}, indent=1)[:2000], flush=True

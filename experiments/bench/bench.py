@@ -31,7 +31,6 @@ Prints a markdown table with ratios bireco / reference and writes it (plus JSON)
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import json
 import math
@@ -46,8 +45,7 @@ import torch
 import torch.nn.functional as F
 from matmul_limit import matmul_limit
 
-from bireco.core.paths import asset_path
-from bireco.model.backbone import Backbone
+from bireco import Backbone, asset_path
 
 PEAK_TFLOPS = 989.0  # H100 SXM bf16 dense, datasheet
 CPU_LIMIT_GFLOPS: dict[
@@ -184,15 +182,13 @@ def padded_tokens(batch: dict, sides) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- model building
-def model_cfg(setup: Setup, ckpt: bool, compile: bool = False, plain: bool = False) -> dict:
-    """`plain`: what a hand-written loop loads (transformers' sdpa as is, no bireco attention on CPU)."""
+def model_cfg(setup: Setup, ckpt: bool, compile: bool = False) -> dict:
     return {
         "family": "bench",
         "tokenizer": asset_path("tiny_tokenizer"),
         "architecture": dict(setup.arch),
         "dtype": {torch.float32: "float32", torch.bfloat16: "bfloat16"}[setup.dtype],
         "attn_implementation": "sdpa",
-        "cpu_training_attention_fp32": not plain,
         "gradient_checkpointing": ckpt,
         "compile": compile,
         "text_format": {
@@ -207,30 +203,20 @@ def model_cfg(setup: Setup, ckpt: bool, compile: bool = False, plain: bool = Fal
 LORA = {"enabled": True, "r": 16, "alpha": 32, "dropout": 0.05}
 
 
-def build_backbone(
-    setup: Setup,
-    ckpt: bool,
-    lora: bool = False,
-    compile: bool = False,
-    plain: bool = False,
-    torch_dropout: bool = False,
-) -> Backbone:
-    """`plain` / `torch_dropout`: LoRA dropout is torch's nn.Dropout (what a hand-written loop has), not bireco's
-    CPU Poisson sampler."""
+def build_backbone(setup: Setup, ckpt: bool, lora: bool = False, compile: bool = False) -> Backbone:
+    """The setup's model as loaded (transformers' sdpa, torch's LoRA dropout: what a hand-written loop has); bireco's
+    steps add its CPU fast path for the run (`fit_steps`)."""
     torch.manual_seed(0)
-    lora_cfg = dict(LORA, cpu_poisson_dropout=not (plain or torch_dropout)) if lora else None
+    lora_cfg = LORA if lora else None
     if setup.model:
-        from bireco.tools.offline_lm import offline_lm_path
-        from bireco.tools.tiny_lm import family_format
+        from bireco import family_format, offline_lm_path
 
         path = offline_lm_path(setup.model)
-        cfg = dict(
-            model_cfg(setup, ckpt, compile, plain), name_or_path=path, tokenizer=path, architecture=None
-        )
+        cfg = dict(model_cfg(setup, ckpt, compile), name_or_path=path, tokenizer=path, architecture=None)
         cfg["text_format"] = vars(family_format("smollm2"))
         return Backbone.from_config(cfg, lora_cfg)
     with torch.device(setup.device):  # random init straight on the device
-        return Backbone.from_config(model_cfg(setup, ckpt, compile, plain), lora_cfg)
+        return Backbone.from_config(model_cfg(setup, ckpt, compile), lora_cfg)
 
 
 def model_arch(setup: Setup) -> dict:
@@ -238,7 +224,7 @@ def model_arch(setup: Setup) -> dict:
     if setup.model:
         from transformers import AutoConfig
 
-        from bireco.tools.offline_lm import offline_lm_path
+        from bireco import offline_lm_path
 
         return AutoConfig.from_pretrained(offline_lm_path(setup.model)).to_dict()
     return setup.arch
@@ -361,13 +347,13 @@ def plain_stage2_loss(decoder, batch: dict, scale: float = 50.0) -> torch.Tensor
 
 
 def precision(setup: Setup) -> str:
-    from bireco.core.precision import resolve_precision
+    from bireco import resolve_precision
 
     return resolve_precision(setup.precision, "gpu" if setup.device == "cuda" else "cpu")
 
 
 def run_plain(name, setup, batches, loss_fn, params, work, backbone, token_sides) -> Result:
-    from bireco.core.precision import autocast
+    from bireco import autocast
 
     opt = torch.optim.AdamW(params, lr=1e-5, fused=setup.device == "cuda")
     mixed = precision(setup) == "bf16-mixed"
@@ -388,23 +374,27 @@ def run_plain(name, setup, batches, loss_fn, params, work, backbone, token_sides
 
 
 # ---------------------------------------------------------------------------------------------- bireco
-def fit_steps(module, batches: list[dict], setup: Setup, callback) -> None:
+def fit_steps(module, batches: list[dict], setup: Setup, callback, fast_path: bool = True) -> None:
     """bireco's real training path over `batches`, one optimizer step each: a Lightning Trainer on the setup's device
-    and precision, clipping at 1.0, no logger, checkpoint or validation; `callback` times the steps."""
+    and precision, clipping at 1.0, no logger, checkpoint or validation, and on a CPU the CPU fast path as
+    `trainer=cpu` has it (`fast_path=False`: without it); `callback` times the steps."""
     import lightning as L
     from torch.utils.data import DataLoader
 
+    from bireco import CpuFastPath
+
+    callbacks = [callback, *([CpuFastPath()] if fast_path and setup.device == "cpu" else [])]
     trainer = L.Trainer(
         accelerator="gpu" if setup.device == "cuda" else "cpu", devices=1, precision=precision(setup),
         max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[callback], gradient_clip_val=1.0, num_sanity_val_steps=0,
+        enable_model_summary=False, callbacks=callbacks, gradient_clip_val=1.0, num_sanity_val_steps=0,
         limit_val_batches=0,
     )  # fmt: skip
     loader = DataLoader(batches, batch_size=None, shuffle=False, pin_memory=setup.device == "cuda")
     trainer.fit(module, train_dataloaders=loader)
 
 
-def run_bireco(name, setup, batches, module, work, token_sides) -> Result:
+def run_bireco(name, setup, batches, module, work, token_sides, fast_path: bool = True) -> Result:
     import lightning as L
 
     class StepClock(L.Callback):
@@ -419,81 +409,30 @@ def run_bireco(name, setup, batches, module, work, token_sides) -> Result:
             self.last = now
 
     clock = StepClock()
-    fit_steps(module, batches, setup, clock)
+    fit_steps(module, batches, setup, clock, fast_path)
     return summarise(name, clock.times, batches, setup, work, module.backbone, token_sides)
 
 
-class Interleaved:
-    """Two or more variants of one training run taking turns step by step (A B A B ...), so the machine's drift,
-    up to 24% between two runs of one variant on the 2-core CPU, falls on all alike. `variants`: name -> a function
-    that sets the module up for that variant before its step; step times per variant after `warmup` steps."""
-
-    def __init__(self, variants: dict, warmup: int):
-        import lightning as L
-
-        names, outer = list(variants), self
-
-        class Turns(L.Callback):
-            def on_train_batch_start(self, trainer, module, batch, batch_idx):
-                variants[names[batch_idx % len(names)]](module)
-                outer.t0 = time.perf_counter()
-
-            def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-                if batch_idx >= warmup:
-                    outer.times[names[batch_idx % len(names)]].append(time.perf_counter() - outer.t0)
-
-        self.callback, self.t0 = Turns(), 0.0
-        self.times: dict[str, list[float]] = {n: [] for n in names}
-
-    def fit(self, module, batches: list[dict], setup: Setup) -> dict[str, float]:
-        """Train `module` on `batches` (bench's `fit_steps`); the median step time of each variant."""
-        fit_steps(module, batches, setup, self.callback)
-        return {k: statistics.median(v) for k, v in self.times.items()}
-
-
-def interleaved_setup(mode: str, keep_freed: bool = True) -> Setup:
-    """SETUPS[mode] for an interleaved comparison (frozen_casts.py, fused_adamw.py): the smoke toy model in fp32 under
-    bf16 autocast, as a CPU trains SmolLM2; on a CPU, malloc keeps freed buffers for the process, as training does
-    (`keep_freed=False`: left as it is, for malloc_reuse.py, which compares the two)."""
-    setup = SETUPS[mode]
-    if mode == "smoke":
-        setup = dataclasses.replace(setup, dtype=torch.float32, precision="bf16-mixed")
-    if keep_freed and setup.device == "cpu":  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory)
-        from bireco.core.allocator import keep_freed_memory
-
-        keep_freed_memory()
-    return setup
-
-
-def write_interleaved(out: Path, stem: str, title: str, mode: str, setup: Setup, steps: int, rows: list[str],
-                      data) -> str:  # fmt: skip
-    """An interleaved comparison's report: a header naming the setup and the machine, then the table `rows`;
-    printed and written to `out`/`stem`.md, with `data` as `stem`.json."""
-    report = "\n".join([
-        f"{title} ({mode}, {precision(setup)}, batch {setup.batch}, lengths {setup.q_len}/{setup.d_len}, "
-        f"{torch.get_num_threads()} threads; {platform.machine()}, {platform.processor() or 'cpu'}, "
-        f"torch {torch.__version__}), {steps} steps per variant, interleaved:", "", *rows,
-    ])  # fmt: skip
-    print(report)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.md").write_text(report + "\n")
-    (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
-    return report
-
-
 def optim_cfg(lr: float):
-    from types import SimpleNamespace
+    """AdamW at a constant `lr` (bireco's own optimizer, as the stage builds it)."""
+    from bireco import OptimConfig
 
-    return SimpleNamespace(
-        lr=lr,
-        betas=(0.9, 0.999),
-        eps=1e-8,
-        weight_decay=0.0,
-        fused=None,
-        schedule="constant",
-        warmup_steps=0,
-        schedule_steps=None,
-    )
+    return OptimConfig(lr=lr, warmup_steps=0, schedule="constant")
+
+
+def stage1_module(backbone: Backbone, n_steps: int, schedule: str, on_nonfinite: str = "raise"):
+    """bireco's Stage I module (alpha 0.2) from its typed stage config."""
+    from bireco import ReconstructionModule, ReconstructionStageConfig
+
+    stage = ReconstructionStageConfig(alpha=0.2, schedule=schedule, optim=optim_cfg(1e-5))
+    return ReconstructionModule(backbone, stage, n_steps, on_nonfinite)
+
+
+def stage2_module(backbone: Backbone, n_steps: int):
+    """bireco's Stage II module (InfoNCE, scale 50) from its typed stage config."""
+    from bireco import ContrastiveModule, ContrastiveStageConfig
+
+    return ContrastiveModule(backbone, ContrastiveStageConfig(scale=50.0, optim=optim_cfg(2e-4)), n_steps)
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -511,19 +450,16 @@ def stage1_work(both: bool, recompute: bool) -> StepWork:
     )
 
 
-def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False, compiled: bool = False) -> list:
-    """`native_attention`: only bireco's alternate step, with transformers' sdpa instead of bireco's CPU training
-    attention (bireco.model.attention), to measure that lever against the default in the same process.
-    `compiled`: only bireco's alternate step with `model.compile=true`."""
-    from bireco.stages.reconstruction import ReconstructionModule
-
+def stage1_variants(setup: Setup, ckpt: bool, fast_path: bool = True, compiled: bool = False) -> list:
+    """`fast_path=False`: only bireco's alternate step, without its CPU fast path (what the fast path buys, measured in
+    the same process). `compiled`: only bireco's alternate step with `model.compile=true`."""
     tag = "ckpt" if ckpt else "no ckpt"
     sides = ("query", "positive")
     n_steps = setup.warmup + 1 + setup.steps
 
     def plain(both: bool):
         def go():
-            backbone = build_backbone(setup, ckpt, plain=True)
+            backbone = build_backbone(setup, ckpt)
             model = backbone.causal_lm
             model.train()
             bb = make_batches(
@@ -553,45 +489,36 @@ def stage1_variants(setup: Setup, ckpt: bool, native_attention: bool = False, co
 
     def bireco(schedule: str):
         def go():
-            backbone = build_backbone(setup, ckpt, compile=compiled, plain=native_attention)
+            backbone = build_backbone(setup, ckpt, compile=compiled)
             bb = make_batches(
                 n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, False
             )
-            module = ReconstructionModule(backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule=schedule)
+            module = stage1_module(backbone, len(bb), schedule)
             name = (
                 f"bireco Stage I, {schedule} ({tag})"
                 + (", compiled" if compiled else "")
-                + (NATIVE if native_attention else "")
+                + ("" if fast_path else NO_FAST_PATH)
             )
-            return run_bireco(name, setup, bb, module, stage1_work(schedule == "joint", ckpt), sides)
+            return run_bireco(
+                name, setup, bb, module, stage1_work(schedule == "joint", ckpt), sides, fast_path
+            )
 
         return go
 
-    if native_attention or compiled:
+    if not fast_path or compiled:
         return [bireco("alternate")]
     return [plain(True), plain(False), bireco("joint"), bireco("alternate")]
 
 
-def stage2_variants(
-    setup: Setup,
-    ckpt: bool,
-    compiled: bool = False,
-    native_attention: bool = False,
-    torch_dropout: bool = False,
-    frozen_autocast: bool = False,
-) -> list:
-    """`native_attention` / `torch_dropout` / `frozen_autocast`: only bireco's step, with transformers' sdpa / torch's
-    LoRA dropout / autocast recasting the frozen base weights at every forward (bireco.core.precision.training_casts
-    off)."""
-    from bireco.stages.contrastive import ContrastiveModule
-
+def stage2_variants(setup: Setup, ckpt: bool, compiled: bool = False, fast_path: bool = True) -> list:
+    """`fast_path=False`: only bireco's step, without its CPU fast path. `compiled`: only bireco's step, compiled."""
     tag = "LoRA r16" + (", ckpt" if ckpt else "")
     sides = ("query", "positive", "negatives")
     work = StepWork(body=dict.fromkeys(sides, 1), recompute=ckpt)  # three embeddings, no LM head
     n_steps = setup.warmup + 1 + setup.steps
 
     def plain():
-        backbone = build_backbone(setup, ckpt, lora=True, plain=True)
+        backbone = build_backbone(setup, ckpt, lora=True)
         backbone.model.train()
         bb = make_batches(
             n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True
@@ -610,43 +537,30 @@ def stage2_variants(
 
     def bireco(compile: bool):
         def go():
-            backbone = build_backbone(
-                setup, ckpt, lora=True, compile=compile, plain=native_attention, torch_dropout=torch_dropout
-            )
+            backbone = build_backbone(setup, ckpt, lora=True, compile=compile)
             bb = make_batches(
                 n_steps, setup, backbone.text_format.eos_id(backbone.tokenizer), backbone.pad_id, True
             )
-            module = ContrastiveModule(backbone, optim_cfg(2e-4), len(bb), scale=50.0)
+            module = stage2_module(backbone, len(bb))
             name = (
                 f"bireco Stage II, {tag}"
                 + (", compiled" if compile else "")
-                + (NATIVE if native_attention else "")
-                + (TORCH_DROPOUT if torch_dropout else "")
-                + (FROZEN_AUTOCAST if frozen_autocast else "")
+                + ("" if fast_path else NO_FAST_PATH)
             )
-            if not frozen_autocast:
-                return run_bireco(name, setup, bb, module, work, sides)
-            import bireco.stages.base as stage_base
-
-            real, stage_base.training_casts = stage_base.training_casts, lambda device, prec, *models: []
-            try:
-                return run_bireco(name, setup, bb, module, work, sides)
-            finally:
-                stage_base.training_casts = real
+            return run_bireco(name, setup, bb, module, work, sides, fast_path)
 
         return go
 
     if compiled:
         return [bireco(True)]
-    if native_attention or torch_dropout or frozen_autocast:
+    if not fast_path:
         return [bireco(False)]
     return [plain, bireco(False)]
 
 
 def varlen_variants(setup: Setup) -> list:
     """Same records, same bireco Stage I (alternate): random batches vs length-bucketed batches."""
-    from bireco.data.samplers import PairBatchSampler
-    from bireco.stages.reconstruction import ReconstructionModule
+    from bireco import PairBatchSampler
 
     n_batches = setup.warmup + 1 + 3 * setup.steps
     q_max, d_max = (64, 512) if setup.device == "cuda" else (32, 128)
@@ -671,9 +585,7 @@ def varlen_variants(setup: Setup) -> list:
                 False,
                 lengths,
             )
-            module = ReconstructionModule(
-                backbone, optim_cfg(1e-5), len(bb), alpha=0.2, schedule="alternate", on_nonfinite="skip"
-            )
+            module = stage1_module(backbone, len(bb), "alternate", on_nonfinite="skip")
             name = f"bireco Stage I, E5-like lengths, {'length-bucketed' if bucketed else 'random'} batches"
             work = stage1_work(False, setup.device == "cuda")
             r = run_bireco(name, setup, bb, module, work, ("query", "positive"))
@@ -694,12 +606,8 @@ def varlen_variants(setup: Setup) -> list:
     return [go(False), go(True)]
 
 
-NATIVE = ", transformers' sdpa"  # bench variants without bireco's CPU training attention
-TORCH_DROPOUT = (
-    ", torch's LoRA dropout"  # ... without bireco's CPU Poisson LoRA dropout (bireco.model.dropout)
-)
-FROZEN_AUTOCAST = (
-    ", frozen weights cast by autocast"  # ... at every forward, not once (precision.training_casts)
+NO_FAST_PATH = (
+    ", without the CPU fast path"  # bench variants without bireco.cpu (trainer.cpu_fast_path=false)
 )
 
 GROUPS = {
@@ -710,39 +618,17 @@ GROUPS = {
     "varlen": varlen_variants,
     "stage2_compile": lambda s: stage2_variants(s, ckpt=True, compiled=True),  # GPU: compile time ~1 min
     "stage2_compile_nockpt": lambda s: stage2_variants(s, ckpt=False, compiled=True),  # next to stage2_nockpt
-    # compiled with torch's LoRA dropout: the Poisson dropout's random count recompiles (next to torch_dropout)
-    "stage2_compile_torch_dropout": lambda s: stage2_variants(
-        s, ckpt=False, compiled=True, torch_dropout=True
-    ),
     "stage1_compile_nockpt": lambda s: stage1_variants(s, ckpt=False, compiled=True),  # next to stage1_nockpt
-    # bireco's steps with transformers' sdpa instead of its CPU training attention: run next to stage1_nockpt /
-    # stage2_nockpt, the ratio is what bireco.model.attention buys
-    "native_attention": lambda s: (
-        stage1_variants(s, ckpt=False, native_attention=True)
-        + stage2_variants(s, ckpt=False, native_attention=True)
-    ),
-    # bireco's Stage II with torch's nn.Dropout for LoRA: next to stage2_nockpt, what bireco.model.dropout buys
-    "torch_dropout": lambda s: stage2_variants(s, ckpt=False, torch_dropout=True),
-    # bireco's Stage II with autocast recasting LoRA's frozen base weights at every forward: next to stage2_nockpt /
-    # stage2, what casting them once (bireco.core.precision.training_casts) buys on a CPU under bf16-mixed
-    "frozen_autocast": lambda s: (
-        stage2_variants(s, ckpt=False, frozen_autocast=True)
-        + stage2_variants(s, ckpt=True, frozen_autocast=True)
+    # bireco's steps without its CPU fast path: next to stage1_nockpt / stage2_nockpt, the ratio is what it buys
+    "no_fast_path": lambda s: (
+        stage1_variants(s, ckpt=False, fast_path=False) + stage2_variants(s, ckpt=False, fast_path=False)
     ),
 }
 DEFAULT_GROUPS = {
     "cpu": ["stage1_nockpt", "stage2", "varlen"],
     "gpu": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "stage2_compile"],
-    "smoke": [
-        "stage1_ckpt",
-        "stage1_nockpt",
-        "stage2",
-        "varlen",
-        "native_attention",
-        "torch_dropout",
-        "frozen_autocast",
-    ],
-    "smollm2": ["stage1_nockpt", "stage2_nockpt", "native_attention", "torch_dropout", "frozen_autocast"],
+    "smoke": ["stage1_ckpt", "stage1_nockpt", "stage2", "varlen", "no_fast_path"],
+    "smollm2": ["stage1_nockpt", "stage2_nockpt", "no_fast_path"],
 }
 
 
@@ -828,15 +714,10 @@ def ratios(results: list[Result]) -> list[str]:
             f"plain Stage II, {s2}",
             "pairs_per_s",
         )
-    ratio("Stage I step time, bireco's CPU training attention / transformers' sdpa (alternate, no ckpt)",
-          "bireco Stage I, alternate (no ckpt)", "bireco Stage I, alternate (no ckpt)" + NATIVE, "step_s")  # fmt: skip
-    ratio("Stage II step time, bireco's CPU training attention / transformers' sdpa (LoRA r16)",
-          "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + NATIVE, "step_s")  # fmt: skip
-    ratio("Stage II step time, bireco's CPU Poisson LoRA dropout / torch's nn.Dropout (LoRA r16)",
-          "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + TORCH_DROPOUT, "step_s")  # fmt: skip
-    for s2 in ("LoRA r16", "LoRA r16, ckpt"):
-        ratio(f"Stage II step time, frozen weights cast once / by autocast at every forward ({s2})",
-              f"bireco Stage II, {s2}", f"bireco Stage II, {s2}" + FROZEN_AUTOCAST, "step_s")  # fmt: skip
+    ratio("Stage I step time, with / without the CPU fast path (alternate, no ckpt)",
+          "bireco Stage I, alternate (no ckpt)", "bireco Stage I, alternate (no ckpt)" + NO_FAST_PATH, "step_s")  # fmt: skip
+    ratio("Stage II step time, with / without the CPU fast path (LoRA r16)",
+          "bireco Stage II, LoRA r16", "bireco Stage II, LoRA r16" + NO_FAST_PATH, "step_s")  # fmt: skip
     ratio("Variable lengths, real tokens/s, bucketed / random batches",
           "bireco Stage I, E5-like lengths, length-bucketed batches", "bireco Stage I, E5-like lengths, random batches", "tokens_per_s", 1.5)  # fmt: skip
     pad = [by.get(f"bireco Stage I, E5-like lengths, {k} batches") for k in ("random", "length-bucketed")]
@@ -874,12 +755,6 @@ def main(argv=None) -> list[Result]:
     ap.add_argument("--out", default=None, help="directory for bench-<mode>.md / .json")
     args = ap.parse_args(argv)
     setup = SETUPS[args.mode]
-    if setup.device == "cpu":
-        # as bireco's CPU training runs (trainer.cpu_keep_freed_memory); malloc's setting is the process's, so the
-        # plain loops run with it too
-        from bireco.core.allocator import keep_freed_memory
-
-        keep_freed_memory()
     if args.steps:
         setup.steps = args.steps
     if setup.device == "cuda" and not torch.cuda.is_available():
@@ -907,6 +782,12 @@ def main(argv=None) -> list[Result]:
             v for _ in range(repeats) for v in GROUPS[g](setup)
         ]:  # A B A B: drift hits both alike
             reset_memory(setup.device)
+            if setup.device == "cpu":
+                # the plain loops run with malloc's buffer reuse too (bireco's CPU fast path sets it for its runs
+                # and sets glibc's defaults back after), so the ratios compare the loops, not the allocator
+                from bireco import keep_freed_memory
+
+                keep_freed_memory()
             t0 = time.perf_counter()
             try:
                 r = variant()

@@ -21,10 +21,22 @@ import time
 from pathlib import Path
 
 import torch
-from encode_batch import debian_documents, tokens_in
 
 ROOT = Path(__file__).resolve().parents[2]
 BF16_WEIGHTS = "bireco, bf16 weights (dtype=bfloat16, as the bf16 export)"
+
+
+def debian_documents(n: int) -> list[str]:
+    """The first `n` documents of the DebianPackagesRetrieval corpus (50-350 tokens: the long side of the suite)."""
+    from bireco import resolve_tasks
+
+    task = resolve_tasks(["DebianPackagesRetrieval"], None)[0]
+    return list(task.dataset["default"]["test"]["corpus"]["text"])[:n]
+
+
+def tokens_in(tokenizer, texts: list[str], max_length: int) -> int:
+    """Tokens encoding feeds the model: each text truncated to `max_length`."""
+    return sum(min(len(ids), max_length) for ids in tokenizer(texts)["input_ids"])
 
 
 def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
@@ -39,16 +51,18 @@ def timed(fn, repeats: int) -> tuple[float, torch.Tensor]:
 def main(argv=None) -> dict:
     from sentence_transformers import SentenceTransformer
 
-    from bireco.config.compose import compose_train
-    from bireco.export import export_sentence_transformers
-    from bireco.model.backbone import Backbone
-    from bireco.model.encode import encode_texts
-    from bireco.tools.offline_lm import offline_lm_path
-    from bireco.training.builders import build_backbone
+    from bireco import (
+        Backbone,
+        build_backbone,
+        compose_train,
+        encode_texts,
+        export_sentence_transformers,
+        offline_lm_path,
+    )
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--docs", type=int, default=300)
-    ap.add_argument("--batch-size", type=int, default=16, help="bireco's CPU default (encode_batch.py)")
+    ap.add_argument("--batch-size", type=int, default=16, help="bireco's CPU default")
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "outputs" / "bench" / "encode_vs_st")

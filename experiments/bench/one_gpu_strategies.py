@@ -22,17 +22,22 @@ from pathlib import Path
 import torch
 from bench import SETUPS, make_batches
 
-from bireco.config.compose import compose_train as compose
+from bireco import compose_train as compose
 
 
 def one_run(trainer_name: str, stage: str, out: Path, steps: int, cpu_check: bool = False) -> dict:
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from bireco.config.validate import validate
-    from bireco.core.runs import checkpoint_step
-    from bireco.training.builders import build_backbone, build_module, build_trainer
-    from bireco.training.run import export_backbone
+    from bireco import (
+        build_backbone,
+        build_callbacks,
+        build_module,
+        build_trainer,
+        checkpoint_step,
+        export_backbone,
+        validate,
+    )
 
     ckpt_every = steps // 2 if trainer_name == "fsdp" and stage == "reconstruction" else None
     size = ["size=tiny", "trainer.precision=bf16-true"] if cpu_check else ["size=1b"]
@@ -49,8 +54,6 @@ def one_run(trainer_name: str, stage: str, out: Path, steps: int, cpu_check: boo
         backbone = build_backbone(cfg)
     module = build_module(cfg, backbone)
     run_dir = Path(cfg.run_dir)
-    from bireco.training.callbacks import build_callbacks
-
     trainer = build_trainer(cfg, run_dir, build_callbacks(cfg, run_dir), backbone=backbone)
     setup = SETUPS["smoke" if cpu_check else "gpu"]
     setup.arch["vocab_size"] = backbone.causal_lm.config.vocab_size

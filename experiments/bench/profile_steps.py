@@ -1,5 +1,5 @@
 """Where a training step's time goes: torch.profiler over bireco's real Stage I and Stage II steps (Backbone + the
-stage's LightningModule under a Lightning Trainer), grouped into GEMMs, attention, norms and elementwise, casts, the
+stage's LightningModule under a Lightning Trainer with the CPU fast path, as trainer=cpu trains), grouped into GEMMs, attention, norms and elementwise, casts, the
 fused CE, the optimizer and the rest (Lightning hooks, Python, data) = wall time not inside any op.
 
     python experiments/bench/profile_steps.py                         # SmolLM2-135M on CPU, bench.py's smollm2 setup
@@ -27,9 +27,10 @@ from bench import (
     build_backbone,
     make_batches,
     model_arch,
-    optim_cfg,
     precision,
+    stage1_module,
     stage1_work,
+    stage2_module,
 )
 from matmul_limit import matmul_limit
 from torch.utils.data import DataLoader
@@ -72,9 +73,12 @@ class ProfileSteps(L.Callback):
 
 def profile(name: str, module, batches, setup, steps: int, work: StepWork) -> dict:
     cb = ProfileSteps(setup.warmup + 1, steps)
+    from bireco import CpuFastPath
+
     trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision(setup), max_steps=len(batches),
                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[cb], gradient_clip_val=1.0, num_sanity_val_steps=0, limit_val_batches=0)  # fmt: skip
+                        callbacks=[cb, CpuFastPath()], gradient_clip_val=1.0, num_sanity_val_steps=0,
+                        limit_val_batches=0)  # fmt: skip
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, shuffle=False))
     self_ms: dict[str, float] = {}
     for e in cb.prof.key_averages():
@@ -92,9 +96,6 @@ def profile(name: str, module, batches, setup, steps: int, work: StepWork) -> di
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    from bireco.stages.contrastive import ContrastiveModule
-    from bireco.stages.reconstruction import ReconstructionModule
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mode", choices=["smollm2", "cpu", "smoke"], default="smollm2")
     ap.add_argument(
@@ -112,16 +113,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if unknown := set(stages) - {"stage1", "stage2", "stage2_ckpt"}:
         raise SystemExit(f"--stages: unknown {sorted(unknown)}; choose from stage1, stage2, stage2_ckpt")
     setup = SETUPS[args.mode]
-    if setup.device == "cpu":  # as bireco's CPU training runs (trainer.cpu_keep_freed_memory) and bench.py
-        from bireco.core.allocator import keep_freed_memory
-
-        keep_freed_memory()
     n = setup.warmup + 1 + args.steps
     rows = []
     if "stage1" in stages:
         backbone = build_backbone(setup, ckpt=False)
         eos = backbone.text_format.eos_id(backbone.tokenizer)
-        module = ReconstructionModule(backbone, optim_cfg(1e-5), n, alpha=0.2, schedule="joint")
+        module = stage1_module(backbone, n, "joint")
         rows.append(profile("Stage I, joint (full fine-tuning)", module, make_batches(n, setup, eos, backbone.pad_id,
                             False), setup, args.steps, stage1_work(both=True, recompute=False)))  # fmt: skip
     for name, ckpt in (("stage2", False), ("stage2_ckpt", True)):
@@ -129,7 +126,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         backbone = build_backbone(setup, ckpt=ckpt, lora=True)
         eos = backbone.text_format.eos_id(backbone.tokenizer)
-        module = ContrastiveModule(backbone, optim_cfg(2e-4), n, scale=50.0)
+        module = stage2_module(backbone, n)
         label = (
             "Stage II (LoRA r16, recomputation)"
             if ckpt

@@ -85,9 +85,8 @@ DESIGNS: dict[str, dict[str, list[str]]] = {
 def run_design(name: str, out: Path, eval_every: int, seed: int, stage1_only: bool = False) -> dict:
     """Baseline (shared between designs with the same data + Stage II), Stage I, Anchor; `stage1_only`: Stage I and
     its anchor use alone (the cheap question: does the decoder read the embedding at all?)."""
-    from bireco.config.compose import compose_train
-    from bireco.core.runs import logged_curve
-    from bireco.training.run import run
+    from bireco import compose_train, logged_curve
+    from bireco import train_stage as run
 
     d = DESIGNS[name]
     common = [
@@ -127,8 +126,7 @@ def run_design(name: str, out: Path, eval_every: int, seed: int, stage1_only: bo
 
 def load_backbone(checkpoint: Path | str | None):
     """A bireco checkpoint, or the untrained SmolLM2 (bireco's smollm2 family format) for None."""
-    from bireco.config.compose import compose_train
-    from bireco.model.backbone import Backbone
+    from bireco import Backbone, compose_train
 
     if checkpoint is None:
         return Backbone.from_config(compose_train(["model=smollm2"]).model)
@@ -140,23 +138,11 @@ def gain_of(use: dict, direction: str) -> float:
     return use.get(f"anchor_gain_{direction}", use.get(f"gain_{direction}"))
 
 
-def anchor_use_of(checkpoint: Path | None, n: int = 256, lead_token: str | None = None) -> dict:
-    """Stage I's CE with own vs another pair's anchor on `n` WordNet dev pairs
-    (bireco.evaluation.anchor_diagnostics); `lead_token`: one real token placed before the anchor."""
-    from bireco.data import wordnet
-    from bireco.data.instructions import instruction_for, load_table
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
-    from bireco.model.anchor import AnchorConditioning
+def anchor_use_of(checkpoint: Path | None, n: int = 256) -> dict:
+    """The anchor probe (bireco.checkpoint_anchor_use) on `n` WordNet dev pairs (the probe's own draw)."""
+    from bireco import AnchorReader, checkpoint_anchor_use, wordnet_dev_pairs
 
-    backbone = load_backbone(checkpoint)
-    instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)
-    records = [
-        dict(r, instruction=instruction)
-        for r in wordnet.pair_records("dev")
-        if r["dataset"] == wordnet.DEFINITIONS
-    ][:n]
-    lead = backbone.tokenizer.convert_tokens_to_ids(lead_token) if lead_token else None
-    return anchor_use(backbone, records, conditioning=AnchorConditioning(lead_token_id=lead))
+    return checkpoint_anchor_use(AnchorReader(load_backbone(checkpoint)), wordnet_dev_pairs(n))
 
 
 def write_table(results: dict, out: Path) -> None:

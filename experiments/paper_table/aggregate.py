@@ -17,7 +17,7 @@ import csv
 import json
 from pathlib import Path
 
-from bireco.evaluation.runner import CATEGORIES as PAPER_CATEGORIES
+from bireco import CATEGORIES as PAPER_CATEGORIES
 
 CATEGORIES = (*PAPER_CATEGORIES, "Average")
 

@@ -9,8 +9,7 @@ probe every 100 steps on 64 WordNet dev pairs, once with real anchors and once w
 (the control: the same LM fine-tuning without any reconstruction signal); Stage II (the paper's LoRA recipe,
 300 steps) then runs as the baseline (from the base), Anchor (from Stage I) and the constant-anchor control (from
 the control's Stage I). Every model is evaluated on the built-in suite (WordNet test + out-of-domain, the demo's
-subsample), and one table goes to <out>/anchor_study.md / .json with the probe's last anchor gains. `--stage1-anchor-scale`
-tries an anchor conditioning option. `--frozen-decoder` adds a Stage I with `stage.decoder=frozen` (beyond the paper:
+subsample), and one table goes to <out>/anchor_study.md / .json with the probe's last anchor gains. `--frozen-decoder` adds a Stage I with `stage.decoder=frozen` (beyond the paper:
 a frozen copy of the base decodes, only the encoder side trains; on CPU it grew held-out reading from a model that
 already read, experiments/anchor_reading/README.md) and its Stage II. Test splits are read only for the final
 table; nothing is chosen on them. The smoke mode saves its random-init tiny model first and starts every run from
@@ -76,22 +75,17 @@ FROZEN_ROWS = {  # --frozen-decoder
 
 def smoke_start(out: Path, common: list[str]) -> str:
     """The smoke mode's random-init tiny model, saved once, so every run (a frozen decoder too) loads it by path."""
-    from bireco.config.compose import compose_train
-    from bireco.model.checkpoint import METADATA_FILE
-    from bireco.training.builders import build_backbone
+    from bireco import build_backbone, compose_train
 
     start = out / "tiny-start"
-    if not (start / METADATA_FILE).is_file():
+    if not (start / "bireco.json").is_file():
         build_backbone(compose_train([*common, "stage=baseline", "stage.lora.enabled=false"])).save(start)
     return str(start)
 
 
-def run_study(
-    mode: str, out: Path, seed: int = 42, anchor_scale: str = "raw", frozen_decoder: bool = False
-) -> dict:
-    from bireco.config.compose import compose_train
-    from bireco.evaluation.runner import evaluate_checkpoint
-    from bireco.training.run import run
+def run_study(mode: str, out: Path, seed: int = 42, frozen_decoder: bool = False) -> dict:
+    from bireco import compose_train, evaluate_checkpoint
+    from bireco import train_stage as run
 
     m = MODES[mode]
     common = list(m["common"])
@@ -99,11 +93,7 @@ def run_study(
         common.append(f"model.name_or_path={smoke_start(out, common)}")
     rows, seconds = {}, {}
     for label, (variant, stage, extra) in {**ROWS, **(FROZEN_ROWS if frozen_decoder else {})}.items():
-        stage_args = (
-            m["stage1"] + [f"stage.anchor_scale={anchor_scale}"]
-            if stage == "stage=reconstruction"
-            else m["stage2"]
-        )
+        stage_args = m["stage1"] if stage == "stage=reconstruction" else m["stage2"]
         cfg = compose_train([*common, stage, *stage_args, *extra, f"output_root={out}", "experiment_name=anchor_study",
                              f"variant={variant}", f"seed={seed}", "trainer.enable_progress_bar=false"])  # fmt: skip
         final = Path(cfg.run_dir) / "final"
@@ -117,7 +107,7 @@ def run_study(
         train_summary = json.loads((final / "train_summary.json").read_text())
         rows[label] = {"categories": summary["categories"], "tasks": {k: v["main_score"] for k, v in summary["tasks"].items()},
                        **{k: v for k, v in train_summary.items() if k.startswith("probe/anchor_gain")}}  # fmt: skip
-    result = {"mode": mode, "seed": seed, "anchor_scale": anchor_scale, "frozen_decoder": frozen_decoder, "rows": rows, "train_seconds": seconds,
+    result = {"mode": mode, "seed": seed, "frozen_decoder": frozen_decoder, "rows": rows, "train_seconds": seconds,
               "machine": platform.node(), "overrides": m}  # fmt: skip
     (out / "anchor_study.json").write_text(json.dumps(result, indent=2))
     (out / "anchor_study.md").write_text(table(rows))
@@ -142,13 +132,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("outputs/anchor_scale"))
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument(
-        "--stage1-anchor-scale", default="raw", choices=["raw", "token_norm", "centered_token_norm"]
-    )
-    ap.add_argument(
         "--frozen-decoder", action="store_true", help="add a stage.decoder=frozen Stage I and its Stage II"
     )
     args = ap.parse_args()
-    result = run_study(args.mode, args.out, args.seed, args.stage1_anchor_scale, args.frozen_decoder)
+    result = run_study(args.mode, args.out, args.seed, args.frozen_decoder)
     print(table(result["rows"]))
 
 

@@ -1,6 +1,6 @@
 """Evidence over seeds: baseline vs Anchor on the real LLM (SmolLM2-135M-Instruct), plus the compute-matched control.
 
-For each seed this runs the demo (`bireco.demo`, the smollm2 preset: untrained / Stage I only / baseline / Anchor,
+For each seed this runs the demo (`bireco.run_demo`, experiment=demo_smollm2: untrained / Stage I only / baseline / Anchor,
 evaluated on the held-out built-in tasks) and the paper's compute-matched control (docs/method.md §6.2): Stage II alone,
 from the base model, given Stage I's steps on top of its own (stage1_steps + stage2_steps). It writes one table
 with every seed's numbers, mean ± sd per row, Anchor − baseline and Anchor − control per seed, and the Stage II
@@ -26,8 +26,7 @@ import platform
 import time
 from pathlib import Path
 
-from bireco.core.runs import final_dir
-from bireco.evaluation.seed_table import seed_row, seed_table_head
+from bireco import final_dir, seed_row, seed_table_head
 
 CONTROL = "Stage II alone, compute-matched (steps = Stage I + Stage II)"
 CONSTANT_ANCHOR = "Stage I with a constant anchor + Stage II (control)"
@@ -52,8 +51,8 @@ def row_checkpoint(seed_dir: Path, label: str) -> Path:
 
 def run_control(out: Path, res: dict) -> None:
     """The compute-matched control (docs/method.md §6.2): Stage II alone from the base, for Stage I + Stage II steps."""
-    from bireco.config.compose import compose_train
-    from bireco.training.run import run
+    from bireco import compose_train
+    from bireco import train_stage as run
 
     steps = res["stage1_steps"] + res["stage2_steps"]
     t = time.perf_counter()
@@ -72,8 +71,7 @@ def run_control(out: Path, res: dict) -> None:
 
 def add_row(res: dict, label: str, curve: str, ckpt: Path) -> None:
     """Evaluate one extra run on the demo's test subsample and record its dev curve."""
-    from bireco.core.runs import eval_dir, logged_curve, run_of
-    from bireco.evaluation.runner import evaluate_checkpoint
+    from bireco import eval_dir, evaluate_checkpoint, logged_curve, run_of
 
     res["summaries"][label] = evaluate_checkpoint(
         str(ckpt), tasks=res.get("eval_tasks", ["WordNetDefinitionsRetrieval", "WordNetExamplesRetrieval"]),
@@ -88,8 +86,8 @@ def run_constant_anchor(out: Path, res: dict) -> None:
     Stage II: if this row matches Anchor, the gain comes from LM training on the pairs' text, not from the anchor."""
     from omegaconf import OmegaConf
 
-    from bireco.config.compose import compose_train
-    from bireco.training.run import run
+    from bireco import compose_train
+    from bireco import train_stage as run
 
     common = [*res["overrides"], "variant=constant_anchor"]
     stage2 = stage2_overrides(res)
@@ -118,8 +116,8 @@ def run_full_ft_baseline(out: Path, res: dict) -> None:
     The capacity control: Anchor's Stage I updates every weight, the LoRA baseline never does. Its learning rate is
     the one bireco's demo already uses for full-parameter training of this model (Stage I's), not Stage II's LoRA
     rate, which is far too large for every weight; nothing was tuned for it."""
-    from bireco.config.compose import compose_train
-    from bireco.training.run import run
+    from bireco import compose_train
+    from bireco import train_stage as run
 
     full_ft_lr = next(o for o in res["stage1_overrides"] if o.startswith("stage.optim.lr="))
     t = time.perf_counter()
@@ -134,24 +132,22 @@ def evaluate_suite(out: Path, results: dict[int, dict]) -> dict[int, dict]:
     """Every row of every finished seed on the demo's current evaluation (the built-in suite: WordNet test and the
     out-of-domain tasks, the demo's subsample). The seeds ran when their table held WordNet alone; this adds the
     out-of-domain half for all of them. Written to suite.json (reused on rerun) and suite.md."""
-    from bireco.demo import EVAL_TASKS, PRESETS
-    from bireco.evaluation.runner import evaluate_checkpoint
-    from bireco.model.checkpoint import METADATA_FILE
+    from bireco import EVAL_SUBSAMPLE, EVAL_TASKS, evaluate_checkpoint
 
-    preset = PRESETS["smollm2"]
+    queries, docs = EVAL_SUBSAMPLE["smollm2"]
     path = out / "suite.json"
     suite = {int(k): v for k, v in json.loads(path.read_text()).items()} if path.is_file() else {}
     for seed in sorted(results):
         rows = suite.setdefault(seed, {})
         for label in ROW_RUNS:
             ckpt = row_checkpoint(out / f"seed-{seed}", label)
-            if label in rows or not (ckpt / METADATA_FILE).is_file():
+            if label in rows or not (ckpt / "bireco.json").is_file():
                 continue
             rows[label] = evaluate_checkpoint(str(ckpt), tasks=EVAL_TASKS, output_dir=str(ckpt.parent / "eval-suite"),
-                                              max_queries=preset.eval_queries, max_docs=preset.eval_docs,
+                                              max_queries=queries, max_docs=docs,
                                               progress=False)  # fmt: skip
             path.write_text(json.dumps({str(k): v for k, v in suite.items()}, indent=1))
-    (out / "suite.md").write_text(suite_report(suite, preset.eval_queries, preset.eval_docs))
+    (out / "suite.md").write_text(suite_report(suite, queries, docs))
     return suite
 
 
@@ -176,7 +172,7 @@ def suite_report(suite: dict[int, dict], queries: int, docs: int) -> str:
 
 def dev_corpus_size(overrides: list[str]) -> int:
     """The dev check's corpus size of a run (the demo preset changed it from the default 2000 to 1000)."""
-    from bireco.config.schema import DataConfig
+    from bireco import DataConfig
 
     sizes = [int(o.split("=", 1)[1]) for o in overrides if o.startswith("data.dev_corpus_size=")]
     return sizes[-1] if sizes else DataConfig.dev_corpus_size
@@ -215,7 +211,7 @@ def report(results: dict[int, dict]) -> str:
     )
     head = (
         f"Average nDCG@10 × 100 of {', '.join(tasks)} (held-out test splits; {first['eval_queries']} queries, {first['eval_docs']} documents per task). Stage I {first['stage1_steps']} steps, "
-        f"Stage II {first['stage2_steps']} steps; settings: bireco/demo.py PRESETS['smollm2']. Machine: "
+        f"Stage II {first['stage2_steps']} steps; settings: conf/experiment/demo_smollm2.yaml. Machine: "
         f"{first['machine']}, {first['cpu_count']} CPUs; {minutes:.0f} minutes in all.\n\n"
     )
     return head + "\n".join(lines) + "\n" + "\n".join(curves) + "\n"
@@ -256,10 +252,10 @@ def main() -> None:
         t = time.perf_counter()
         new = seed not in results
         if new:
-            from bireco.demo import run_demo
+            from bireco import run_demo
 
-            results[seed] = run_demo(out, "smollm2", args.stage1_steps, args.stage2_steps, wandb=False,
-                                     progress=False, seed=seed)  # fmt: skip
+            results[seed] = run_demo(out, base="smollm2", stage1_steps=args.stage1_steps, stage2_steps=args.stage2_steps,
+                                     wandb=False, progress=False, seed=seed)  # fmt: skip
             results[seed]["seed_seconds"] = 0.0
         extras = [(run_control, CONTROL, not args.no_control),
                   (run_constant_anchor, CONSTANT_ANCHOR, args.constant_anchor),

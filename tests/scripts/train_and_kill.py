@@ -15,7 +15,6 @@ import sys
 import lightning as L
 
 import bireco.training.callbacks
-import bireco.training.checkpoint_io
 from bireco import train
 
 
@@ -34,19 +33,32 @@ class KillAfterStep(L.Callback):
 
 
 def kill_during_save(step: int) -> None:
-    """Let the checkpoint write of optimizer step `step` put half its bytes on disk, then die."""
+    """Let the checkpoint write of optimizer step `step` put half its bytes on disk (into the file it writes), then
+    die."""
+    import io
+
+    import torch
+
     state = {"trainer": None}
-    write = bireco.training.checkpoint_io._write
+    save = torch.save
 
-    def half_write_then_die(f, data):
+    def half_write_then_die(obj, f, *args, **kwargs):
         trainer = state["trainer"]
-        if trainer is not None and trainer.global_step >= step and len(data) > 1000:
-            write(f, data[: len(data) // 2])
-            f.flush()
+        if (
+            trainer is not None
+            and trainer.global_step >= step
+            and isinstance(obj, dict)
+            and "state_dict" in obj
+        ):
+            buffer = io.BytesIO()
+            save(obj, buffer, *args, **kwargs)
+            with open(f, "wb") as out:
+                out.write(buffer.getbuffer()[: len(buffer.getbuffer()) // 2])
+                out.flush()
             die()
-        return write(f, data)
+        return save(obj, f, *args, **kwargs)
 
-    bireco.training.checkpoint_io._write = half_write_then_die
+    torch.save = half_write_then_die
 
     class Remember(L.Callback):
         def on_train_start(self, trainer, pl_module):

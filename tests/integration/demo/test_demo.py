@@ -5,8 +5,8 @@ import importlib.util
 
 import pytest
 
-from bireco.demo import CONTROL, PROBE, REFERENCES, run_demo
 from bireco.evaluation.tasks import BUILTIN_TASKS
+from bireco.training.demo import CONTROL, PROBE, REFERENCES, run_demo
 
 
 def installed(reference: str) -> bool:
@@ -47,23 +47,31 @@ def test_reduced_demo_writes_table_plot_and_wandb_run(tmp_path, monkeypatch):
 
 
 def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
-    """The settings `make demo` and experiments/dev_sweep/dev_sweep.py run are valid configs (typos fail here, not after an hour)."""
+    """The settings `make demo` and experiments/dev_sweep/dev_sweep.py run are valid configs (typos fail here, not
+    after an hour), and each demo preset gives each stage its own settings (conf/experiment_stage)."""
 
     from conftest import experiment
 
     from bireco.config.compose import compose_train
     from bireco.config.validate import validate
-    from bireco.demo import PRESETS
+    from bireco.training.demo import BASES
 
     sweep = experiment("dev_sweep/dev_sweep.py")
     COMMON, DESIGNS = sweep.COMMON, sweep.DESIGNS
 
-    for p in PRESETS.values():
-        model = p.model or [
-            "model.name_or_path=/nonexistent"
-        ]  # tiny: the pretrained LM's path is added at run time
-        for stage, extra in (("baseline", p.stage2), ("reconstruction", p.stage1)):
-            validate(compose_train([*model, *p.data, f"stage={stage}", *extra]))
+    for base in BASES:
+        # tiny: the pretrained LM's path is added at run time
+        model = [] if base == "smollm2" else ["model.name_or_path=/nonexistent"]
+        cfgs = {stage: compose_train([f"experiment=demo_{base}", *model, f"stage={stage}"])
+                for stage in ("reconstruction", "contrastive", "baseline")}  # fmt: skip
+        for cfg in cfgs.values():
+            validate(cfg)
+        assert cfgs["reconstruction"].stage.schedule == "alternate"
+        assert (
+            cfgs["contrastive"].trainer.dev_check_every_n_steps
+            and not cfgs["reconstruction"].trainer.dev_check_every_n_steps
+        )
+        assert cfgs["contrastive"].stage.optim == cfgs["baseline"].stage.optim
     for d in DESIGNS.values():
         validate(compose_train([*COMMON, *d["data"], "stage=reconstruction", *d["stage1"]]))
         validate(compose_train([*COMMON, *d["data"], "stage=baseline", *d["stage2"]]))
@@ -72,7 +80,6 @@ def test_every_demo_preset_and_dev_sweep_design_composes_and_validates():
 def test_dev_check_uses_the_configured_corpus_size(tmp_path):
     """data.dev_corpus_size reaches the in-training dev check (the SmolLM2 demo uses 500 to stay within budget)."""
     from bireco.config.compose import compose_train
-    from bireco.demo import PRESETS
     from bireco.evaluation.dev_check import dev_retrieval_set
 
     sizes = {}
@@ -84,7 +91,7 @@ def test_dev_check_uses_the_configured_corpus_size(tmp_path):
         sizes[n] = len(rs.corpus)
         assert len(rs.queries) == 50 and max(rs.relevant) < sizes[n]
     assert sizes == {300: 300, 1000: 1000}
-    assert "data.dev_corpus_size=500" in PRESETS["smollm2"].data
+    assert compose_train(["experiment=demo_smollm2"]).data.dev_corpus_size == 500
 
 
 def test_dev_check_on_other_data_holds_pairs_out_and_is_monitorable(tmp_path):
@@ -130,7 +137,7 @@ def test_dev_check_is_lightnings_validation_loop_leaves_training_alone_and_drive
 
     from bireco.config.compose import compose_train
     from bireco.evaluation.dev_check import dev_retrieval_set
-    from bireco.evaluation.retrieval import evaluate
+    from bireco.evaluation.retrieval import retrieval_scores as evaluate
     from bireco.model.backbone import Backbone
     from bireco.training.run import run
 
@@ -176,7 +183,7 @@ def test_reference_rows_are_kept_in_the_cache_and_reused_by_the_next_demo(tmp_pa
     import mteb
 
     import bireco.evaluation.runner as runner
-    from bireco.demo import reference_rows
+    from bireco.training.demo import reference_rows
 
     monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
     refs = {"BM25 (reference)": "bm25"}
@@ -217,12 +224,12 @@ def test_the_untrained_row_is_built_and_evaluated_once_per_model_settings(
 
     import bireco.training.builders as builders
     from bireco.config.compose import compose_train
-    from bireco.demo import PRESETS, untrained_cache_dir, untrained_row
+    from bireco.training.demo import untrained_cache_dir, untrained_row
 
     monkeypatch.setenv("BIRECO_CACHE", str(tmp_path / "cache"))
 
     def cfg(*extra: str):
-        return compose_train([*PRESETS["tiny"].model, f"model.name_or_path={pretrained_lm}", "stage=baseline",
+        return compose_train(["experiment=demo_tiny", f"model.name_or_path={pretrained_lm}", "stage=baseline",
                               "stage.lora.enabled=false", *extra])  # fmt: skip
 
     builds, runs = [], []

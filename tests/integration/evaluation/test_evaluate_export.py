@@ -85,7 +85,7 @@ def test_markdown_table_has_paper_categories():
 def test_export_round_trip_through_sentence_transformers(checkpoint, tmp_path):
     from sentence_transformers import SentenceTransformer
 
-    from bireco.export import export_sentence_transformers
+    from bireco.model.export import export_sentence_transformers
 
     out = export_sentence_transformers(
         checkpoint, tmp_path / "st", instruction="Find the sense", dtype="float32"
@@ -112,7 +112,7 @@ def test_export_encodes_as_bireco_with_a_colon_instruction_and_over_long_text(ch
     max length are cut before the [EOS]: the export must do both as bireco.evaluate's encoder does."""
     from sentence_transformers import SentenceTransformer
 
-    from bireco.export import export_sentence_transformers
+    from bireco.model.export import export_sentence_transformers
 
     instruction = "Given a word, retrieve its sense:"
     out = export_sentence_transformers(
@@ -143,7 +143,7 @@ def test_export_defaults_to_bf16_writes_a_model_card_and_does_not_replace_silent
     from safetensors import safe_open
     from sentence_transformers import SentenceTransformer
 
-    from bireco.export import export_sentence_transformers
+    from bireco.model.export import export_sentence_transformers
 
     out = export_sentence_transformers(checkpoint, tmp_path / "st", instruction="Find the sense")
     (weights,) = out.rglob("model.safetensors")

@@ -121,14 +121,13 @@ def test_constant_anchor_control_trains_the_real_model_with_finite_gradients(smo
     """stage.anchor=constant on SmolLM2: finite loss and gradients (an all-zero prefix, the control's first form,
     stays zero through every layer and gave NaN gradients on this model)."""
     import torch
-
-    from bireco.stages.reconstruction import ReconstructionModule
+    from conftest import stage1_module
 
     backbone = smollm2
     ids = backbone.tokenizer(["a large body of salt water", "a small dog"], return_tensors="pt", padding=True)
     side = {"input_ids": ids["input_ids"], "attention_mask": ids["attention_mask"]}
     labels = ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)
-    m = ReconstructionModule(backbone, optim=None, lr_horizon=1, anchor="constant")
+    m = stage1_module(backbone, lr_horizon=1, anchor="constant")
     out = backbone.reconstruction_loss(m.anchor(side), ids["input_ids"], ids["attention_mask"], labels)
     out.loss.backward()
     grads = [p.grad for p in backbone.parameters() if p.grad is not None]
@@ -149,9 +148,9 @@ def test_export_of_a_chat_model_embeds_what_bireco_embeds(smollm2, tmp_path):
     from sentence_transformers import SentenceTransformer
     from torch.utils.data import DataLoader
 
-    from bireco.export import export_sentence_transformers
     from bireco.model.backbone import Backbone
     from bireco.model.encode import encode_texts
+    from bireco.model.export import export_sentence_transformers
 
     checkpoint = smollm2.save(tmp_path / "run" / "final")
     instruction = "Given a word, retrieve its definition:"

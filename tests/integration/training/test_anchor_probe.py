@@ -1,4 +1,4 @@
-"""Stage I's anchor probe (bireco.training.anchor_probe) and the opt-in anchor conditioning of its decoder input."""
+"""Stage I's anchor probe (bireco.training.anchor_probe), the paper's decoder input, and the frozen decoder beyond it."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import experiment, make_side
+from conftest import experiment, make_side, stage1_module
 
 from bireco.config.schema import OptimConfig
-from bireco.model.anchor import AnchorConditioning
-from bireco.stages.reconstruction import ReconstructionModule
 
 RECORDS = experiment(
     "anchor_memorise/anchor_memorise.py"
@@ -65,61 +63,10 @@ def test_probe_logs_anchor_gain_while_training(cfg_factory, tmp_path, monkeypatc
         # one vector for every pair: nothing to swap, exactly, interval included
         for key in ("probe/anchor_gain_d2q", "probe/anchor_gain_d2q_lo", "probe/anchor_gain_d2q_hi"):
             assert rows[key].abs().max() == 0, rows[key].to_dict()
-    assert json.loads((run_dir / "final" / "stage1_anchor.json").read_text())["scale"] == "raw"
-
-
-def test_a_self_target_stage1_logs_the_probe_of_the_directions_it_trains(cfg_factory, tmp_path, monkeypatch):
-    """`stage.target=self` through bireco.train: the run trains D2D (alpha 0), logs it as such, and the probe logs
-    the D2D gain beside the paper's two directions, in the CSV and in final/train_summary.json; where only the anchor
-    says which of eight documents to write, the decoder reads it."""
-    from bireco.training import anchor_probe
-    from bireco.training.run import run
-
-    monkeypatch.setattr(anchor_probe, "heldout_records", lambda cfg, dm, n: list(RECORDS))
-    STEPS = 150
-    data = write_pairs(tmp_path / "pairs.jsonl", copies=4)
-    cfg = cfg_factory("stage=reconstruction", "data=jsonl", f"data.path={data}", "data.num_hard_negatives=0",
-                      "data.global_batch_size=8", "data.max_query_length=16", "data.max_doc_length=16",
-                      "stage.alpha=0.0", "stage.target=self", "stage.optim.lr=3e-3", "stage.optim.warmup_steps=0",
-                      "stage.optim.schedule=constant", "trainer.precision=32-true", f"trainer.max_steps={STEPS}",
-                      f"stage.probe.every_n_steps={STEPS}", "stage.probe.batch_size=8")  # fmt: skip
-    run(cfg)
-    run_dir = Path(cfg.run_dir)
-    rows = pd.read_csv(run_dir / "logs" / "metrics.csv")
-    assert "train/loss_d2d" in rows and "train/loss_d2q" not in rows
-    probe = rows.dropna(subset=["probe/anchor_gain_d2d"]).set_index("step")
-    assert list(probe.index) == [0, STEPS]
-    assert not {"probe/anchor_gain_q2q", "probe/anchor_gain_q2d", "probe/anchor_gain_d2q"} - set(probe)
-    summary = json.loads((run_dir / "final" / "train_summary.json").read_text())
-    assert summary["probe/anchor_gain_d2d"] == pytest.approx(probe.loc[STEPS, "probe/anchor_gain_d2d"])
-    gain = probe["probe/anchor_gain_d2d"]
-    assert gain[STEPS] > 0.3 and gain[STEPS] > gain[0] + 0.3, gain.to_dict()
-
-
-def test_a_stage1_run_trains_and_keeps_the_affine_anchor_map(cfg_factory, tmp_path, monkeypatch):
-    """`stage.anchor_scale=affine` through bireco.train: the map trains (it leaves the identity), final/ keeps it
-    and the probe of inspection reads through it."""
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use
-    from bireco.model.anchor import load_conditioning
-    from bireco.model.backbone import Backbone
-    from bireco.training import anchor_probe
-    from bireco.training.run import run
-
-    monkeypatch.setattr(anchor_probe, "heldout_records", lambda cfg, dm, n: list(RECORDS))
-    data = write_pairs(tmp_path / "pairs.jsonl", copies=1)
-    cfg = cfg_factory("stage=reconstruction", "data=jsonl", f"data.path={data}", "data.num_hard_negatives=0",
-                      "data.global_batch_size=4", "trainer.precision=32-true", "trainer.max_steps=3",
-                      "stage.optim.warmup_steps=0", "stage.anchor_scale=affine", "stage.anchor_affine_lr=1e-2",
-                      "stage.probe.every_n_steps=3", "stage.probe.batch_size=4")  # fmt: skip
-    run(cfg)
-    final = Path(cfg.run_dir) / "final"
-    loaded = load_conditioning(final)
-    assert loaded.scale == "affine" and (final / "stage1_anchor.safetensors").is_file()
-    assert not torch.allclose(loaded.affine.weight, torch.eye(loaded.affine.weight.shape[0]))
-    use = checkpoint_anchor_use(Backbone.load(final), list(RECORDS), batch_size=4, bf16=False,
-                                conditioning=loaded)  # fmt: skip
-    logged = probe_rows(Path(cfg.run_dir)).loc[3]
-    assert use["ce_d2q"] == pytest.approx(logged["probe/ce_d2q"], rel=1e-4)  # read as training read it
+    assert json.loads((run_dir / "final" / "stage1_anchor.json").read_text()) == {
+        "anchor": anchor,
+        "decoder": "shared",
+    }
 
 
 def test_the_probe_does_not_change_training(cfg_factory, tmp_path, monkeypatch):
@@ -145,192 +92,18 @@ def test_the_probe_does_not_change_training(cfg_factory, tmp_path, monkeypatch):
     assert losses[0] == losses[1] and len(losses[0]) == 4
 
 
-def _module(backbone, **kw) -> ReconstructionModule:
-    return ReconstructionModule(backbone, OptimConfig(), lr_horizon=1, **kw)
-
-
-def test_default_decoder_input_is_the_papers_bit_for_bit(backbone):
-    """Options off (the default and every preset): the decoder input is [anchor; tokens], the loss the very number
-    the backbone computes from the raw anchor, and the module's state dict has no new entries."""
+def test_the_papers_decoder_input_is_the_raw_anchor_bit_for_bit(backbone):
+    """The paper's Stage I: the decoder input is [anchor; tokens], the loss the very number the backbone computes from
+    the raw anchor, and the module's state dict is the backbone's alone."""
     side = make_side(backbone, ["a domesticated carnivorous mammal", "dog"])
     from bireco.model.anchor import target_labels
 
-    m = _module(backbone)
-    assert m.conditioning.is_raw and not any("conditioning" in k for k in m.state_dict())
+    m = stage1_module(backbone, lr_horizon=1)
+    assert {k.removeprefix("backbone.") for k in m.state_dict()} == set(backbone.state_dict())
     anchor = m.anchor(side)
-    assert m.conditioning(anchor) is anchor
     labels = target_labels(side, "paper", False)
     ref = backbone.reconstruction_loss(anchor, side["input_ids"], side["attention_mask"], labels)
     assert torch.equal(m.decode(anchor, side).loss, ref.loss)
-
-
-@pytest.mark.parametrize("scale", ["token_norm", "centered_token_norm", "batch_centered_token_norm"])
-def test_scaled_anchor_has_token_norm_and_gradient_reaches_the_encoder(backbone, scale):
-    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog", "red"])
-    m = _module(backbone, anchor_scale=scale)
-    table_norms = backbone.causal_lm.get_input_embeddings().weight.detach().norm(dim=-1)
-    assert m.conditioning.token_norm == pytest.approx(float(table_norms.median()), rel=1e-5)
-    m.train()
-    anchor = m.anchor(side)
-    conditioned = m.conditioning(anchor)
-    assert torch.allclose(conditioned.norm(dim=-1), torch.full((3,), m.conditioning.token_norm), rtol=1e-4)
-    if scale != "token_norm":  # the first training batch sets the running mean; later ones move it
-        assert torch.allclose(m.conditioning.center, anchor.detach().mean(0), atol=1e-5)
-        assert "conditioning.center" in m.state_dict()
-    anchor = m.anchor(side)
-    anchor.retain_grad()
-    m.decode(anchor, side).loss.backward()
-    assert anchor.grad is not None and bool((anchor.grad.norm(dim=-1) > 0).all())  # on to the encoder pass
-
-
-def test_batch_centering_gives_a_shared_component_no_effect_in_training_and_keeps_the_mean_for_inference(
-    backbone,
-):
-    """`stage.anchor_scale=batch_centered_token_norm`: in training, a vector added to every anchor of the batch
-    changes nothing the decoder gets (it cannot serve as a generic prompt); in eval mode the running mean is
-    subtracted, and the record keeps it for inspection."""
-    m = _module(backbone, anchor_scale="batch_centered_token_norm")
-    cond = m.conditioning
-    anchor = torch.randn(4, backbone.hidden_size)
-    shared = 10 * torch.randn(backbone.hidden_size)
-    cond.train()
-    first = cond(anchor)
-    torch.testing.assert_close(cond(anchor + shared), first, rtol=1e-4, atol=1e-4)
-    assert not torch.allclose(cond.center, torch.zeros_like(cond.center))  # the running mean moved
-    cond.eval()
-    expected = anchor - cond.center
-    expected = expected * (cond.token_norm / expected.norm(dim=-1, keepdim=True))
-    torch.testing.assert_close(cond(anchor), expected)
-    loaded = AnchorConditioning.from_record(json.loads(json.dumps(cond.record())))
-    assert loaded.scale == "batch_centered_token_norm" and torch.allclose(loaded.center, cond.center)
-
-
-def test_batch_centering_needs_two_pairs_per_device(cfg_factory):
-    from bireco.config.validate import validate
-    from bireco.core.errors import ConfigError
-
-    validate(cfg_factory("stage=reconstruction", "stage.anchor_scale=batch_centered_token_norm"))
-    with pytest.raises(ConfigError, match="batch_centered_token_norm subtracts each device batch's mean"):
-        validate(cfg_factory("stage=reconstruction", "stage.anchor_scale=batch_centered_token_norm",
-                             "data.global_batch_size=1"))  # fmt: skip
-
-
-def test_lead_token_sits_before_the_anchor_with_positions_and_mask(backbone, monkeypatch):
-    """`stage.anchor_lead_token=bos`: the decoder input is [lead; anchor; tokens], positions 0.. over real tokens,
-    the lead and anchor unmasked, and the hidden state at the anchor slot predicts target token 0."""
-    tok = backbone.tokenizer
-    lead_name = tok.bos_token or tok.eos_token
-    m = _module(backbone, anchor_lead_token=lead_name)
-    lead_id = tok.convert_tokens_to_ids(lead_name)
-    assert m.conditioning.lead_token_id == lead_id
-    side = make_side(backbone, ["dog", "a domesticated carnivorous mammal"])  # left-padded
-    seen = {}
-    real_forward = backbone.decoder.forward
-
-    def spy(*args, **kwargs):
-        seen.update(kwargs)
-        return real_forward(*args, **kwargs)
-
-    monkeypatch.setattr(backbone.decoder, "forward", spy)
-    anchor = m.anchor(side)
-    seen.clear()
-    m.decode(anchor, side)
-    embeds, mask, pos = seen["inputs_embeds"], seen["attention_mask"], seen["position_ids"]
-    table = backbone.causal_lm.get_input_embeddings().weight
-    n_real = side["attention_mask"].sum(1)
-    assert embeds.shape[1] == side["input_ids"].shape[1] + 2
-    assert torch.equal(embeds[:, 0], table[lead_id].expand(2, -1)) and torch.equal(embeds[:, 1], anchor)
-    assert mask[:, :2].all() and torch.equal(mask.sum(1), n_real + 2)
-    assert torch.equal(pos[0, : int(n_real[0]) + 2], torch.arange(int(n_real[0]) + 2))
-    with pytest.raises(ValueError, match="not a single token"):
-        _module(backbone, anchor_lead_token="no such token here")
-
-
-def test_conditioning_is_recorded_and_inspection_decodes_with_it(backbone, tmp_path):
-    """final/stage1_anchor.json holds the options (and the running mean); bireco.inspect's probe and greedy decoding
-    apply them, so a checkpoint is read as it was trained."""
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
-    from bireco.evaluation.anchor_diagnostics import reconstruct
-    from bireco.model.anchor import load_conditioning
-
-    m = _module(backbone, anchor_scale="centered_token_norm", anchor_lead_token=backbone.tokenizer.eos_token)
-    m.train()
-    m.conditioning(m.anchor(make_side(backbone, ["dog", "a domesticated carnivorous mammal"])))
-    ckpt = backbone.save(tmp_path / "final")
-    (ckpt / "stage1_anchor.json").write_text(json.dumps(m.conditioning.record()))
-    loaded = load_conditioning(ckpt)
-    assert loaded.scale == "centered_token_norm" and loaded.lead_token_id == m.conditioning.lead_token_id
-    assert torch.allclose(loaded.center, m.conditioning.center)
-    records = RECORDS[:4]
-    with_record = anchor_use(backbone, records, batch_size=4, bf16=False, conditioning=loaded)
-    raw = anchor_use(backbone, records, batch_size=4, bf16=False)
-    assert with_record["ce_d2q"] != pytest.approx(raw["ce_d2q"], abs=1e-6)
-    m.eval()
-    anchor = m.anchor(make_side(backbone, ["dog"]))
-    ids, _ = reconstruct(backbone, anchor, max_new_tokens=3, conditioning=copy.deepcopy(loaded))
-    assert len(ids) <= 3
-    assert load_conditioning(tmp_path) is None  # no record: the paper's raw anchor
-    assert AnchorConditioning().is_raw
-
-
-def test_affine_anchor_map_starts_as_token_norm_trains_at_its_own_lr_and_round_trips(backbone, tmp_path):
-    """`stage.anchor_scale=affine`: identity-initialised, so step 0 is the token_norm option; its weights get a
-    gradient and an optimizer group at `stage.anchor_affine_lr`, the encoder side still gets its gradient; final/
-    keeps the map beside the record and inspection loads it (a record without its weights is a clear error)."""
-    from bireco.model.anchor import AFFINE_FILE, load_conditioning, save_conditioning
-
-    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog", "red"])
-    m = _module(backbone, anchor_scale="affine", anchor_affine_lr=1e-2)
-    ref = _module(backbone, anchor_scale="token_norm")
-    m.train()
-    anchor = m.anchor(side)
-    assert torch.allclose(m.conditioning(anchor), ref.conditioning(anchor), atol=1e-5)
-    assert "conditioning.affine.weight" in m.state_dict()
-    anchor.retain_grad()
-    m.decode(anchor, side).loss.backward()
-    assert m.conditioning.affine.weight.grad.abs().sum() > 0 and anchor.grad.norm() > 0
-    opt = m.configure_optimizers()["optimizer"]
-    lrs = {id(p): g["initial_lr"] for g in opt.param_groups for p in g["params"]}  # before the warmup factor
-    assert lrs[id(m.conditioning.affine.weight)] == 1e-2
-    assert lrs[id(next(backbone.parameters()))] == m.optim_cfg.lr
-    opt.step()
-    assert not torch.equal(m.conditioning.affine.weight, torch.eye(backbone.hidden_size))
-    save_conditioning(tmp_path, m.conditioning)
-    loaded = load_conditioning(tmp_path).eval()
-    m.eval()
-    with torch.no_grad():
-        assert torch.equal(loaded(anchor), m.conditioning(anchor))
-    (tmp_path / AFFINE_FILE).unlink()
-    with pytest.raises(FileNotFoundError, match=AFFINE_FILE):
-        load_conditioning(tmp_path)
-
-
-def test_detached_anchor_trains_the_decoder_only(backbone):
-    """`stage.anchor_detach=true`: the step's gradient is exactly that of decoding a detached anchor, and differs
-    from the paper's (whose gradient also reaches the embedding through the anchor)."""
-    side = make_side(backbone, ["a domesticated carnivorous mammal", "dog"])
-    target = make_side(backbone, ["dog", "a domesticated carnivorous mammal"])
-
-    def grads(module, detach_by_hand=False):
-        backbone.zero_grad()
-        anchor = module.anchor(side)
-        module.decode(anchor.detach() if detach_by_hand else anchor, target).loss.backward()
-        return {n: p.grad.clone() for n, p in backbone.named_parameters() if p.grad is not None}
-
-    detached = grads(_module(backbone, anchor_detach=True))
-    by_hand = grads(_module(backbone), detach_by_hand=True)
-    paper = grads(_module(backbone))
-    assert detached.keys() == by_hand.keys() and all(torch.equal(detached[k], by_hand[k]) for k in detached)
-    assert any(not torch.allclose(detached[k], paper[k]) for k in detached)
-
-
-def test_affine_lr_needs_the_affine_scale(cfg_factory):
-    from bireco.config.validate import validate
-    from bireco.core.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="anchor_scale=affine"):
-        validate(cfg_factory("stage=reconstruction", "stage.anchor_affine_lr=1e-3"))
-    validate(cfg_factory("stage=reconstruction", "stage.anchor_scale=affine", "stage.anchor_affine_lr=1e-3"))
 
 
 @pytest.mark.slow
@@ -376,12 +149,13 @@ def test_inspect_probes_a_checkpoint_from_the_command_line(backbone, tmp_path):
 def test_frozen_decoder_decodes_with_the_start_weights_and_trains_only_the_encoder(backbone):
     """`stage.decoder=frozen`: the loss is the start model decoding the trained encoder's anchor, exactly; steps
     move the encoder and never the decoder; the decoder stays in eval mode and out of the optimizer."""
-    from bireco.model.anchor import AnchorConditioning, AnchorReader
+    from bireco.model.anchor import AnchorReader
 
     start = copy.deepcopy(backbone)
     side = make_side(backbone, ["a domesticated carnivorous mammal", "dog", "red"])
     target = make_side(backbone, ["dog", "a domesticated carnivorous mammal", "a colour"])
-    m = ReconstructionModule(backbone, OptimConfig(lr=1e-2, warmup_steps=0), lr_horizon=10, decoder="frozen")
+    m = stage1_module(backbone, OptimConfig(lr=1e-2, warmup_steps=0), lr_horizon=10, decoder="frozen",
+                      decoder_backbone=copy.deepcopy(backbone))  # fmt: skip
     m.train()
     assert m.backbone.training and not m.frozen_decoder.training
     opt = m.configure_optimizers()["optimizer"]
@@ -396,8 +170,8 @@ def test_frozen_decoder_decodes_with_the_start_weights_and_trains_only_the_encod
     assert any(not torch.equal(moved[k], v) for k, v in start.state_dict().items())
     with torch.no_grad():
         anchor = m.anchor(side)
-        by_start = AnchorReader(start, AnchorConditioning()).decode(anchor, target).loss
-        by_trained = AnchorReader(backbone, AnchorConditioning()).decode(anchor, target).loss
+        by_start = AnchorReader(start).decode(anchor, target).loss
+        by_trained = AnchorReader(backbone).decode(anchor, target).loss
         assert torch.equal(m.decode(anchor, target).loss, by_start)
         assert not torch.allclose(by_trained, by_start)
 
@@ -405,6 +179,8 @@ def test_frozen_decoder_decodes_with_the_start_weights_and_trains_only_the_encod
 def test_frozen_decoder_config_fails_fast_where_nothing_would_train_or_it_cannot_be_rebuilt(
     cfg_factory, tmp_path
 ):
+    from hydra.errors import ConfigCompositionException
+
     from bireco.config.validate import validate
     from bireco.core.errors import ConfigError
 
@@ -413,10 +189,9 @@ def test_frozen_decoder_config_fails_fast_where_nothing_would_train_or_it_cannot
     named = f"model.name_or_path={tmp_path}"
     with pytest.raises(ConfigError, match="nothing would train"):
         validate(cfg_factory("stage=reconstruction", "stage.decoder=frozen", named, "stage.anchor=constant"))
-    with pytest.raises(ConfigError, match="choose one of: shared, frozen"):
-        validate(cfg_factory("stage=reconstruction", "stage.decoder=frozn", named))
-    validate(cfg_factory("stage=reconstruction", "stage.decoder=frozen", named, "stage.anchor=constant",
-                         "stage.anchor_scale=affine"))  # fmt: skip
+    with pytest.raises(ConfigCompositionException):  # not one of shared, frozen
+        cfg_factory("stage=reconstruction", "stage.decoder=frozn", named)
+    validate(cfg_factory("stage=reconstruction", "stage.decoder=frozen", named, "stage.anchor=shuffled"))
 
 
 def test_a_frozen_decoder_stage1_run_learns_to_write_what_its_start_reads(
@@ -426,7 +201,7 @@ def test_a_frozen_decoder_stage1_run_learns_to_write_what_its_start_reads(
     repeated) the encoder learns anchors the frozen start model reads (D2Q gain clearly above 0); final/ records the
     decoder, inspection rebuilds it with the start weights, and its probe equals the last logged one."""
     from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use
-    from bireco.model.anchor import load_conditioning, load_decoder
+    from bireco.model.anchor_controls import load_decoder, reader_for_checkpoint
     from bireco.model.backbone import Backbone
     from bireco.training import anchor_probe
     from bireco.training.run import run
@@ -449,9 +224,8 @@ def test_a_frozen_decoder_stage1_run_learns_to_write_what_its_start_reads(
     assert json.loads((final / "stage1_anchor.json").read_text())["decoder"] == "frozen"
     decoder = load_decoder(final)
     assert all(torch.equal(decoder.state_dict()[k], v) for k, v in backbone.state_dict().items())
-    use = checkpoint_anchor_use(Backbone.load(final), list(RECORDS), batch_size=8, bf16=False,
-                                max_query_length=16, max_doc_length=16,
-                                conditioning=load_conditioning(final), decoder=decoder)  # fmt: skip
+    use = checkpoint_anchor_use(reader_for_checkpoint(Backbone.load(final), final), list(RECORDS), batch_size=8,
+                                bf16=False, max_query_length=16, max_doc_length=16)  # fmt: skip
     logged = probe_rows(run_dir).loc[200]
     assert use["ce_d2q"] == pytest.approx(logged["probe/ce_d2q"], rel=1e-4)  # decoded as training decoded
     assert use["anchor_gain_d2q"] == pytest.approx(gain[200], abs=2e-3)  # a difference of CEs: absolute

@@ -9,7 +9,7 @@ from conftest import TEXTS
 
 from bireco.data.collate import PairCollator
 from bireco.evaluation.anchor_diagnostics import anchor_use, gain_interval, probe_batches
-from bireco.model.anchor import AnchorConditioning, AnchorReader
+from bireco.model.anchor import AnchorReader
 
 
 def records(n: int, dataset: str) -> list[dict]:
@@ -69,7 +69,7 @@ def test_anchor_use_reports_each_pair_set_and_sums_to_the_overall_gain(backbone)
     batches = probe_batches(
         records(6, "definitions") + records(4, "examples"), collate_of(backbone), batch_size=4
     )
-    use = anchor_use(AnchorReader(backbone, AnchorConditioning()), batches, bf16=False)
+    use = anchor_use(AnchorReader(backbone), batches, bf16=False)
     assert use["pairs"] == 10 and use["definitions/pairs"] == 6 and use["examples/pairs"] == 4
     for d in ("q2d", "d2q"):
         assert use[f"anchor_gain_{d}_lo"] <= use[f"anchor_gain_{d}"] <= use[f"anchor_gain_{d}_hi"]
@@ -81,7 +81,7 @@ def test_anchor_use_reports_each_pair_set_and_sums_to_the_overall_gain(backbone)
         def anchor(self, side):
             return torch.ones(side["input_ids"].shape[0], self.backbone.hidden_size)
 
-    const = anchor_use(Constant(backbone, AnchorConditioning()), batches, bf16=False)
+    const = anchor_use(Constant(backbone), batches, bf16=False)
     assert all(v == 0.0 for k, v in const.items() if "anchor_gain" in k)
 
 

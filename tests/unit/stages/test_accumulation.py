@@ -12,12 +12,11 @@ import copy
 import lightning as L
 import pytest
 import torch
+from conftest import stage1_module, stage2_module
 from torch.utils.data import DataLoader
 
 from bireco.config.schema import OptimConfig
 from bireco.data.collate import PairCollator
-from bireco.stages.contrastive import ContrastiveModule
-from bireco.stages.reconstruction import ReconstructionModule
 
 A = {
     "query": "dog",
@@ -59,8 +58,8 @@ class GradProbe(L.Callback):
 def make(stage: str, backbone):
     optim = OptimConfig(warmup_steps=0, schedule="constant")
     if stage == "reconstruction":
-        return ReconstructionModule(copy.deepcopy(backbone), optim, lr_horizon=1, alpha=0.2, schedule="joint")
-    return ContrastiveModule(copy.deepcopy(backbone), optim, lr_horizon=1)
+        return stage1_module(copy.deepcopy(backbone), optim, lr_horizon=1, alpha=0.2, schedule="joint")
+    return stage2_module(copy.deepcopy(backbone), optim, lr_horizon=1)
 
 
 def trainer_grads(module, batches: list[dict], accumulate: int) -> dict:

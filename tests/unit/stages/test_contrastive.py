@@ -6,15 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TEXTS, make_side
-from omegaconf import OmegaConf
+from conftest import TEXTS, make_side, stage2_module
 
 from bireco.config.schema import OptimConfig
 from bireco.data import wordnet
 from bireco.data.collate import PairCollator
 from bireco.losses.info_nce import InfoNCELoss
 from bireco.model.loading import apply_lora
-from bireco.stages.contrastive import ContrastiveModule
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -59,9 +57,9 @@ def test_grad_cache_equals_uncached_step(backbone):
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     batch = _batch(backbone, 8)
-    optim = OmegaConf.structured(OptimConfig())
-    plain = ContrastiveModule(backbone, optim, 10)
-    cached = ContrastiveModule(backbone, optim, 10, grad_cache_chunk_size=3)
+    optim = OptimConfig()
+    plain = stage2_module(backbone, optim, 10)
+    cached = stage2_module(backbone, optim, 10, grad_cache_chunk_size=3)
     loss_a, g_a = _grads(plain, batch)
     loss_b, g_b = _grads(cached, batch)
     assert torch.allclose(loss_a, loss_b, atol=1e-5)
@@ -75,15 +73,18 @@ def test_grad_cache_replays_dropout_masks(backbone, poisson):
     """With dropout on, the recomputation in backward must see the masks of the no-grad pass: two cached
     steps from the same seed agree exactly, and a changed seed changes the gradient (torch's nn.Dropout and
     bireco's CPU Poisson dropout alike)."""
-    lora = {"r": 4, "alpha": 8, "dropout": 0.3, "cpu_poisson_dropout": poisson}
-    backbone.model = apply_lora(backbone.model, lora, ["q_proj", "v_proj"])
+    from bireco.cpu.dropout import use_cpu_poisson_dropout
+
+    backbone.model = apply_lora(backbone.model, {"r": 4, "alpha": 8, "dropout": 0.3}, ["q_proj", "v_proj"])
+    if poisson:  # as the CPU fast path sets it for a run
+        use_cpu_poisson_dropout(backbone.model)
     with torch.no_grad():
         for n, p in backbone.model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.1)
     backbone.train()
     batch = _batch(backbone, 6)
-    cached = ContrastiveModule(backbone, OmegaConf.structured(OptimConfig()), 10, grad_cache_chunk_size=2)
+    cached = stage2_module(backbone, OptimConfig(), 10, grad_cache_chunk_size=2)
     (la, ga), (lb, gb), (_, gc) = _grads(cached, batch, 1), _grads(cached, batch, 1), _grads(cached, batch, 2)
     assert torch.equal(la, lb) and all(torch.equal(ga[k], gb[k]) for k in ga)
     assert any(not torch.allclose(ga[k], gc[k]) for k in ga)
@@ -106,9 +107,15 @@ def test_gathered_loss_gradients_equal_single_process_full_batch(tmp_path):
 
 
 def test_embedding_is_normalised_only_in_the_loss(backbone):
-    side = make_side(backbone, TEXTS)
-    e = backbone.embed(side)
-    assert not torch.allclose(e.norm(dim=-1), torch.ones(len(TEXTS)))  # raw vectors, like Stage I's anchor
+    """The backbone's embeddings are raw vectors (like Stage I's anchor); the InfoNCE loss normalises them itself: it is
+    the cross-entropy of 50 x cosine similarities, and rescaling any embedding leaves it unchanged."""
+    q, p = backbone.embed(make_side(backbone, TEXTS[:2])), backbone.embed(make_side(backbone, TEXTS[2:]))
+    assert not torch.allclose(q.norm(dim=-1), torch.ones(2))  # raw
+    loss = InfoNCELoss(scale=50.0)(q, p).loss
+    cos = F.normalize(q, dim=-1) @ F.normalize(p, dim=-1).T  # (2, 2)
+    torch.testing.assert_close(loss, F.cross_entropy(50.0 * cos, torch.arange(2)))
+    rescaled = InfoNCELoss(scale=50.0)(q * torch.tensor([[3.0], [0.1]]), p * 7.0).loss
+    torch.testing.assert_close(rescaled, loss)
 
 
 @pytest.mark.integration
@@ -118,7 +125,8 @@ def test_short_run_raises_held_out_ndcg(pretrained_lm, cfg_factory, tmp_path):
     (pretrained-LM) embedder. Mean pooling: a briefly pretrained tiny LM's [EOS] state needs far more steps."""
     import pandas as pd
 
-    from bireco.evaluation.retrieval import evaluate, wordnet_retrieval_set
+    from bireco.evaluation.retrieval import retrieval_scores as evaluate
+    from bireco.evaluation.retrieval import wordnet_retrieval_set
     from bireco.model.backbone import Backbone
     from bireco.training.run import run
 

@@ -53,19 +53,19 @@ def test_bf16_mixed_training_clips_a_fused_adamw_as_the_foreach_one(backbone):
     import copy
 
     import lightning as L
+    from conftest import stage1_module
     from torch.utils.data import DataLoader
 
     from bireco.config.schema import OptimConfig
     from bireco.data.collate import PairCollator
-    from bireco.stages.reconstruction import ReconstructionModule
 
     pairs = [{"query": q, "positive": d, "negatives": [], "instruction": "Find", "dataset": "a"}
              for q, d in [("dog", "a member of the genus Canis"), ("run fast", "move quickly on foot")]]  # fmt: skip
     batch = PairCollator(backbone.tokenizer, backbone.text_format, 32, 32, pad_id=backbone.pad_id)(pairs)
     weights = {}
     for fused in (True, False):
-        module = ReconstructionModule(copy.deepcopy(backbone), OptimConfig(warmup_steps=0, schedule="constant",
-                                      fused=fused), lr_horizon=2, alpha=0.2, schedule="joint")  # fmt: skip
+        module = stage1_module(copy.deepcopy(backbone), OptimConfig(warmup_steps=0, schedule="constant",
+                               fused=fused), lr_horizon=2, alpha=0.2, schedule="joint")  # fmt: skip
         trainer = L.Trainer(max_steps=2, accelerator="cpu", devices=1, precision="bf16-mixed", gradient_clip_val=1e-3,
                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False)  # fmt: skip

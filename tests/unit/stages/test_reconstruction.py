@@ -4,12 +4,11 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from omegaconf import OmegaConf
+from conftest import compose_cfg, stage1_module
 
-from bireco.config.schema import OptimConfig
 from bireco.data.collate import PairCollator
 from bireco.model.anchor import target_labels
-from bireco.stages.reconstruction import D2Q, Q2D, ReconstructionModule, direction_at
+from bireco.stages.reconstruction import D2Q, Q2D, direction_at
 
 RECORDS = [
     {"query": "dog", "positive": "a member of the genus Canis", "negatives": ["a cat"], "instruction": "Find the sense", "dataset": "a"},
@@ -23,7 +22,7 @@ def make_batch(backbone):
 
 
 def module(backbone, **kw):
-    return ReconstructionModule(backbone, OmegaConf.structured(OptimConfig()), lr_horizon=10, **kw)
+    return stage1_module(backbone, lr_horizon=10, **kw)
 
 
 @pytest.mark.parametrize(
@@ -75,8 +74,9 @@ def test_constant_anchor_control_decodes_without_the_other_side(backbone):
     const, method = module(backbone, anchor="constant"), module(backbone)
     torch.testing.assert_close(const.q2d(batch).loss, const.q2d(other).loss)
     assert not torch.allclose(method.q2d(batch).loss, method.q2d(other).loss)
-    with pytest.raises(ValueError, match="valid: embedding, constant, shuffled"):
-        module(backbone, anchor="none")
+    with pytest.raises(Exception) as bad:  # a choice the schema does not have: refused as the config composes
+        compose_cfg(["stage=reconstruction", "stage.anchor=none"])
+    assert "expected one of [embedding, constant, shuffled]" in str(bad.value.__cause__)
 
 
 def test_shuffled_anchor_control_decodes_each_target_from_the_previous_pairs_embedding(backbone):
@@ -253,7 +253,11 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
     gain is the CE increase when each target is decoded from the next pair's anchor instead."""
     from bireco.data import wordnet
     from bireco.data.instructions import instruction_for, load_table
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
+    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use
+    from bireco.model.anchor import AnchorReader
+
+    def anchor_use(backbone, records, **kw):
+        return checkpoint_anchor_use(AnchorReader(backbone), records, **kw)
 
     instruction = instruction_for(load_table("wordnet"), wordnet.DEFINITIONS, 0)
     records = [
@@ -266,7 +270,7 @@ def test_anchor_use_is_stage1_ce_with_own_vs_another_pairs_anchor(backbone):
         backbone.tokenizer, backbone.text_format, 48, 64, backbone.padding_side, 0, backbone.pad_id
     )
     batch = collate(records)
-    module = ReconstructionModule(backbone, OptimConfig(), lr_horizon=1)
+    module = stage1_module(backbone, lr_horizon=1)
     module.eval()
     with torch.no_grad():
         own = module.d2q(batch)
@@ -315,7 +319,11 @@ def test_stage1_learns_to_read_its_anchor_where_the_text_alone_cannot_say_which_
 
     from conftest import experiment
 
-    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use as anchor_use
+    from bireco.evaluation.anchor_diagnostics import checkpoint_anchor_use
+    from bireco.model.anchor import AnchorReader
+
+    def anchor_use(backbone, records, **kw):  # with real anchors, whatever the model trained with
+        return checkpoint_anchor_use(AnchorReader(backbone), records, **kw)
 
     memorise = experiment("anchor_memorise/anchor_memorise.py")
     RECORDS, train_pairs = memorise.RECORDS, memorise.train_pairs
@@ -341,33 +349,3 @@ def test_inspect_embeds_a_query_as_evaluation_does(backbone):
     got = anchor_of(backbone, "a small dog", instruction, max_length=48)[0]
     want = encode_texts(backbone, ["a small dog"], instruction, 48, normalize=False, bf16=False)[0]
     torch.testing.assert_close(got.float(), want, rtol=1e-4, atol=1e-4)
-
-
-def test_self_target_decodes_each_side_from_its_own_anchor(backbone):
-    """stage.target=self (beyond the paper): the query's anchor decodes the query and the document's the document,
-    the gradient reaches the encoder side through the anchor, the logs are named q2q / d2d, and the probe measures
-    the paper's directions and these; the default decodes the other side, as before."""
-    batch = make_batch(backbone)
-    auto, paper = module(backbone, target="self"), module(backbone)
-    a_q, a_d = paper.anchor(batch["query"]), paper.anchor(batch["positive"])
-    torch.testing.assert_close(auto.q2d(batch).loss, paper.decode(a_q, batch["query"]).loss)
-    torch.testing.assert_close(auto.d2q(batch).loss, paper.decode(a_d, batch["positive"]).loss)
-    torch.testing.assert_close(paper.d2q(batch).loss, paper.decode(a_d, batch["query"]).loss)
-    assert paper.probe_directions == ("q2d", "d2q") and auto.probe_directions == ("q2d", "d2q", "q2q", "d2d")
-    _, logs = auto.step_loss(batch)
-    assert set(logs) == {"train/loss", "train/loss_q2q", "train/acc_q2q", "train/loss_d2d", "train/acc_d2d"}
-    # the encoder's last-token state gets a gradient only through the anchor (the target side is the same text)
-    anchor = auto.anchor(batch["positive"])
-    (grad,) = torch.autograd.grad(auto.decode(anchor, batch["positive"]).loss, anchor)
-    assert grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="valid: other, self"):
-        module(backbone, target="both")
-
-
-def test_self_target_is_a_validated_config_key(cfg_factory):
-    from bireco.config.validate import validate
-    from bireco.core.errors import ConfigError
-
-    validate(cfg_factory("stage=reconstruction", "stage.target=self"))
-    with pytest.raises(ConfigError, match="stage.target='selfs' is not valid; choose one of: other, self"):
-        validate(cfg_factory("stage=reconstruction", "stage.target=selfs"))

@@ -4,7 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from bireco.model.dropout import CpuPoissonDropout, poisson_drop_positions
+from bireco.cpu.dropout import (
+    CpuPoissonDropout,
+    poisson_drop_positions,
+    use_cpu_poisson_dropout,
+    use_torch_dropout,
+)
 from bireco.model.loading import apply_lora
 
 
@@ -50,14 +55,22 @@ def test_forward_backward_and_seeding():
     assert torch.equal(CpuPoissonDropout(0.0)(x), x)
 
 
-@pytest.mark.parametrize("switch", [True, False])
-def test_apply_lora_swaps_lora_dropout_only_when_asked(backbone, switch):
-    lora = {"r": 4, "alpha": 8, "dropout": 0.05, "cpu_poisson_dropout": switch}
-    model = apply_lora(backbone.model, lora, ["q_proj", "v_proj", "down_proj"])
-    slots = [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
-             for d in m.lora_dropout.values()]  # fmt: skip
+def test_lora_dropouts_swap_to_poisson_and_back(backbone):
+    """peft's LoRA dropouts are torch's nn.Dropout as loaded; the fast path swaps every one (p > 0) for the Poisson
+    sampler for a run and back after, with no parameter or state-dict change."""
+    model = apply_lora(
+        backbone.model, {"r": 4, "alpha": 8, "dropout": 0.05}, ["q_proj", "v_proj", "down_proj"]
+    )
+
+    def slots():
+        return [d for m in model.modules() if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
+                for d in m.lora_dropout.values()]  # fmt: skip
+
     layers = model.base_model.model.config.num_hidden_layers
-    assert len(slots) == 3 * layers
-    assert all(type(d) is (CpuPoissonDropout if switch else nn.Dropout) for d in slots)
-    assert all(d.p == 0.05 for d in slots)
-    assert not any("dropout" in k for k in model.state_dict())  # nothing new saved
+    keys = set(model.state_dict())
+    assert len(slots()) == 3 * layers and all(type(d) is nn.Dropout for d in slots())
+    assert use_cpu_poisson_dropout(model) == 3 * layers
+    assert all(type(d) is CpuPoissonDropout and d.p == 0.05 for d in slots())
+    assert set(model.state_dict()) == keys  # nothing new saved
+    assert use_torch_dropout(model) == 3 * layers
+    assert all(type(d) is nn.Dropout and d.p == 0.05 for d in slots())

@@ -1,8 +1,8 @@
 """LoRA dropout whose mask is cheap to draw on a CPU.
 
 peft's LoRA applies `nn.Dropout(p)` to the input of every adapted Linear (seven per decoder layer). On a CPU,
-torch draws that mask one element at a time from its Mersenne Twister (`aten::bernoulli_`): in a SmolLM2 Stage II
-step it was a third of the step's time (docs/benchmarks.md, "Where a step's time goes"). Here the dropped
+torch draws that mask one element at a time from its Mersenne Twister (`aten::bernoulli_`), a large share of a
+LoRA step (docs/benchmarks.md). Here the dropped
 positions are drawn instead: K ~ Poisson(n·λ) positions uniform over the n elements, with λ = −ln(1 − p). By
 Poisson splitting each element's hit count is then an independent Poisson(λ), so an element is dropped
 independently with probability 1 − e^−λ = p: the same i.i.d. Bernoulli mask in distribution, from ~p·n random
@@ -11,8 +11,7 @@ the same dropout gives on its fp32 copy (peft's LoRA casts the input to the adap
 turns that off; `F.dropout` on a bf16 input would round the scale to bf16 first). Zeros are written into the scaled
 copy, so no mask tensor is made. The random numbers differ from torch's (another stream of the same seed), so runs
 are reproducible but not bit-identical to `nn.Dropout`. Off the CPU (CUDA has a fused kernel) and in eval mode it is
-`nn.Dropout` itself.
-Switch: `stage.lora.cpu_poisson_dropout` (default true; false = `nn.Dropout` everywhere).
+`nn.Dropout` itself. The CPU fast path swaps it in for a training run and `nn.Dropout` back at its end.
 """
 
 from __future__ import annotations
@@ -43,27 +42,28 @@ class CpuPoissonDropout(nn.Dropout):
         return out
 
 
+def _lora_dropouts(model: nn.Module, kind: type[nn.Module]):
+    """(slots, adapter name, dropout) for every peft LoRA dropout of exactly this type with p > 0."""
+    for module in model.modules():
+        slots = getattr(module, "lora_dropout", None)
+        if isinstance(slots, nn.ModuleDict):
+            for name, dropout in slots.items():
+                if type(dropout) is kind and dropout.p > 0:
+                    yield slots, name, dropout
+
+
 def use_cpu_poisson_dropout(model: nn.Module) -> int:
     """Swap every peft LoRA dropout (`lora_dropout[adapter]`, an `nn.Dropout`) for `CpuPoissonDropout`; returns
     how many were swapped. No parameters or state-dict keys change."""
-    swapped = 0
-    for module in model.modules():
-        slots = getattr(module, "lora_dropout", None)
-        if not isinstance(slots, nn.ModuleDict):
-            continue
-        for name, dropout in slots.items():
-            if type(dropout) is nn.Dropout and dropout.p > 0:
-                slots[name] = CpuPoissonDropout(dropout.p)
-                swapped += 1
-    return swapped
+    swaps = list(_lora_dropouts(model, nn.Dropout))
+    for slots, name, dropout in swaps:
+        slots[name] = CpuPoissonDropout(dropout.p)
+    return len(swaps)
 
 
-def has_torch_lora_dropout(model: nn.Module) -> bool:
-    """Whether a LoRA dropout is torch's `nn.Dropout` (`stage.lora.cpu_poisson_dropout=false`), which rounds its
-    scale to a bf16 input's dtype first: fed the bf16 input instead of peft's fp32 copy, it would give other bits."""
-    return any(
-        type(d) is nn.Dropout and d.p > 0
-        for m in model.modules()
-        if isinstance(getattr(m, "lora_dropout", None), nn.ModuleDict)
-        for d in m.lora_dropout.values()
-    )
+def use_torch_dropout(model: nn.Module) -> int:
+    """The reverse of `use_cpu_poisson_dropout`: `nn.Dropout` back in every slot; returns how many."""
+    swaps = list(_lora_dropouts(model, CpuPoissonDropout))
+    for slots, name, dropout in swaps:
+        slots[name] = nn.Dropout(dropout.p)
+    return len(swaps)

@@ -1,20 +1,21 @@
-"""CPU training attention in fp32 (bireco.model.attention): used by default, exact where it claims to be, invisible
-in saved checkpoints, and off with model.cpu_training_attention_fp32=false."""
-
-import json
+"""CPU training attention in fp32 (bireco.cpu.attention): exact where it claims to be, the same as transformers' sdpa
+in inference; the fast path sets it for a run (tests/unit/cpu/test_fast_path.py)."""
 
 import torch
 import torch.nn.functional as F
 from conftest import TEXTS, compose_cfg, make_side
 
-from bireco.model.attention import CPU_FP32_SDPA
+from bireco.cpu.attention import CPU_FP32_SDPA, register, set_attention
 from bireco.model.backbone import Backbone
 
 
 def tiny(fp32_grad: bool) -> Backbone:
-    cfg = compose_cfg(["model=tiny_llama", f"model.cpu_training_attention_fp32={str(fp32_grad).lower()}"])
+    cfg = compose_cfg(["model=tiny_llama"])
     torch.manual_seed(0)
-    return Backbone.from_config(cfg.model)
+    bb = Backbone.from_config(cfg.model)
+    if fp32_grad:
+        set_attention(bb.causal_lm, register())
+    return bb
 
 
 def attention_calls(bb: Backbone, train: bool) -> list[dict]:
@@ -61,7 +62,7 @@ def test_cpu_training_runs_attention_in_fp32_and_inference_is_untouched():
 
 def test_fp32_attention_matches_a_hand_written_fp32_attention():
     """The function itself: causal attention with padding, bf16 autocast, grad on = fp32 softmax(QK^T/sqrt(d))V."""
-    from bireco.model.attention import sdpa_fp32_when_training_on_cpu
+    from bireco.cpu.attention import sdpa_fp32_when_training_on_cpu
 
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 4, 6, 8, requires_grad=True) for _ in range(3))
@@ -86,7 +87,7 @@ def test_longer_sequences_keep_the_bf16_kernel():
     """Beyond FP32_UP_TO query tokens the bf16 kernel is as fast, so transformers' sdpa runs as is (same bits)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from bireco.model.attention import FP32_UP_TO, sdpa_fp32_when_training_on_cpu
+    from bireco.cpu.attention import FP32_UP_TO, sdpa_fp32_when_training_on_cpu
 
     class Module(torch.nn.Module):
         is_causal, num_key_value_groups = True, 1
@@ -98,10 +99,3 @@ def test_longer_sequences_keep_the_bf16_kernel():
             ours, _ = sdpa_fp32_when_training_on_cpu(Module(), q, k, v, None, scaling=8**-0.5)
             plain, _ = sdpa_attention_forward(Module(), q, k, v, None, scaling=8**-0.5)
         assert torch.equal(ours, plain) == same, n
-
-
-def test_a_saved_checkpoint_does_not_name_the_cpu_attention(tmp_path):
-    bb = tiny(True)
-    bb.save(tmp_path / "ckpt")
-    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
-    assert CPU_FP32_SDPA not in json.dumps(config)
